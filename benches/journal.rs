@@ -1,0 +1,244 @@
+//! Journal benchmarks. Every figure is printed beside a baseline measured in the same
+//! run (these machines are noisy; only ratios carry over).
+//!
+//! 1. Append throughput, 200-byte events in batches of 1,000, against a raw RocksDB
+//!    `WriteBatch` of the same bytes with the same sync policy.
+//! 2. Finding the position for a timestamp (and for a source position) in a journal of
+//!    10M events, against a point read of one event.
+//!
+//! Run: `cargo bench --profile dev --bench journal [-- --events N --lookup-events M]`
+//! (the dev profile builds dependencies optimised; see ARCHITECTURE.md).
+
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use rocksdb::{Options, WriteBatch, WriteOptions, DB};
+use tidemark::config::{SourceKind, SyncPolicy};
+use tidemark::event::{ChangeEvent, KafkaRecord, Payload};
+use tidemark::journal::{Journal, JournalOptions, Progress};
+use tidemark::position::Position;
+use tidemark::time::Timestamp;
+
+const EVENT_BYTES: usize = 200;
+const BATCH: usize = 1000;
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2)
+        .find(|w| w[0] == name)
+        .and_then(|w| w[1].parse().ok())
+        .unwrap_or(default)
+}
+
+/// An event whose encoding is exactly `EVENT_BYTES` long.
+fn event(offset: i64, time_us: i64) -> ChangeEvent {
+    let mut e = ChangeEvent {
+        position: Some(Position::kafka("bench", 0, offset)),
+        commit_time_us: Some(time_us),
+        capture_time_us: time_us,
+        payload: Some(Payload::Kafka(KafkaRecord {
+            value: Some(Vec::new()),
+            timestamp_ms: time_us / 1000,
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let pad = EVENT_BYTES.saturating_sub(e.encoded_len() + 2);
+    if let Some(Payload::Kafka(r)) = &mut e.payload {
+        r.value = Some((0..pad).map(|i| (i * 31 + offset as usize) as u8).collect());
+    }
+    e
+}
+
+fn batches(n: u64) -> Vec<Vec<ChangeEvent>> {
+    let t0 = Timestamp::now().as_micros();
+    (0..n as i64)
+        .collect::<Vec<_>>()
+        .chunks(BATCH)
+        .map(|c| c.iter().map(|&i| event(i, t0 + i)).collect())
+        .collect()
+}
+
+fn raw_append(dir: &std::path::Path, batches: &[Vec<Vec<u8>>], sync: bool) -> Duration {
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    o.set_max_background_jobs(2);
+    o.set_bytes_per_sync(1 << 20);
+    let db = DB::open(&o, dir).unwrap();
+    let mut wo = WriteOptions::default();
+    wo.set_sync(sync);
+    let mut seq = 0u64;
+    let start = Instant::now();
+    for b in batches {
+        let mut wb = WriteBatch::default();
+        for v in b {
+            seq += 1;
+            wb.put(seq.to_be_bytes(), v);
+        }
+        db.write_opt(wb, &wo).unwrap();
+    }
+    start.elapsed()
+}
+
+fn journal_append(
+    dir: &std::path::Path,
+    batches: &[Vec<ChangeEvent>],
+    sync: SyncPolicy,
+) -> Duration {
+    let j = Journal::open(
+        dir,
+        JournalOptions {
+            sync,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let src = j.register_source("bench", SourceKind::Kafka).unwrap();
+    let start = Instant::now();
+    for b in batches {
+        let last = b.last().and_then(|e| e.commit_time_us).unwrap_or(0);
+        j.append(
+            src,
+            b,
+            &Progress {
+                coverage: Some(Timestamp::from_micros(last)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
+    start.elapsed()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn bench_append(n: u64) {
+    let events = batches(n);
+    let raw: Vec<Vec<Vec<u8>>> = events
+        .iter()
+        .map(|b| b.iter().map(|e| e.encode_to_vec()).collect())
+        .collect();
+    println!("## append: {n} events of {EVENT_BYTES} bytes in batches of {BATCH}");
+    println!(
+        "{:<8} {:>14} {:>14} {:>8}",
+        "sync", "raw ev/s", "journal ev/s", "ratio"
+    );
+    for (name, policy) in [("always", SyncPolicy::Always), ("os", SyncPolicy::Os)] {
+        let (mut rr, mut jr, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let r =
+                n as f64 / raw_append(a.path(), &raw, policy == SyncPolicy::Always).as_secs_f64();
+            let j = n as f64 / journal_append(b.path(), &events, policy).as_secs_f64();
+            rr.push(r);
+            jr.push(j);
+            ratios.push(j / r);
+        }
+        println!(
+            "{name:<8} {:>14.0} {:>14.0} {:>8.2}   (median of 3 interleaved rounds)",
+            median(rr),
+            median(jr),
+            median(ratios)
+        );
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p) as usize]
+}
+
+fn bench_lookup(n: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(
+        dir.path(),
+        JournalOptions {
+            sync: SyncPolicy::Os,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let src = j.register_source("bench", SourceKind::Kafka).unwrap();
+    let t0 = 1_700_000_000_000_000i64;
+    let build = Instant::now();
+    let mut i = 0i64;
+    while (i as u64) < n {
+        // Every event a distinct time (100 µs apart): the densest time index.
+        let b: Vec<ChangeEvent> = (i..(i + BATCH as i64).min(n as i64))
+            .map(|k| event(k, t0 + k * 100))
+            .collect();
+        i += b.len() as i64;
+        j.append(src, &b, &Progress::default()).unwrap();
+    }
+    j.flush().unwrap();
+    println!(
+        "\n## lookup in a journal of {n} events (built in {:.1?}, {} MB on disk)",
+        build.elapsed(),
+        j.disk_size() >> 20
+    );
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let samples = 20_000;
+    let mut measure = |f: &mut dyn FnMut(u64)| {
+        let mut d: Vec<Duration> = (0..samples)
+            .map(|_| {
+                let k = next();
+                let s = Instant::now();
+                f(k);
+                s.elapsed()
+            })
+            .collect();
+        d.sort();
+        d
+    };
+    let point = measure(&mut |k| {
+        let e = j.events(src, k + 1, k + 1).next().unwrap().unwrap();
+        assert_eq!(e.seq, k + 1);
+    });
+    let by_time = measure(&mut |k| {
+        let s = j
+            .seq_at_time(src, Timestamp::from_micros(t0 + k as i64 * 100 + 50))
+            .unwrap();
+        assert_eq!(s, Some(k + 1));
+    });
+    let by_pos = measure(&mut |k| {
+        let s = j
+            .seq_at_position(src, &Position::kafka("bench", 0, k as i64))
+            .unwrap();
+        assert_eq!(s, Some(k + 1));
+    });
+    println!(
+        "{:<22} {:>10} {:>10} {:>10} {:>16}",
+        "operation", "p50", "p99", "max", "p50 vs point read"
+    );
+    let p50 = percentile(&point, 0.5).as_secs_f64();
+    for (name, d) in [
+        ("point read (baseline)", &point),
+        ("seq at time", &by_time),
+        ("seq at position", &by_pos),
+    ] {
+        println!(
+            "{name:<22} {:>10.1?} {:>10.1?} {:>10.1?} {:>15.2}x",
+            percentile(d, 0.5),
+            percentile(d, 0.99),
+            d[d.len() - 1],
+            percentile(d, 0.5).as_secs_f64() / p50
+        );
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` probes harness=false benches
+    }
+    bench_append(arg("--events", 200_000));
+    bench_lookup(arg("--lookup-events", 10_000_000));
+}

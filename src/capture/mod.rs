@@ -1,0 +1,172 @@
+//! Capture: tailing sources into the journal.
+//!
+//! # The source contract
+//! A [`Source`] tails one configured source into the journal through its
+//! [`SourceJournal`]. Every implementation guarantees:
+//! - **Order.** Events are appended in the source's own order (commit order, offset
+//!   order) within each stream.
+//! - **Acknowledge after durable.** The source's server is told a position is
+//!   consumed (PostgreSQL flush LSN, Kafka commit, Mongo resume token, Redis ACK
+//!   offset) only after `append` returned for every event up to that position.
+//! - **Resume exactly.** On start it reads [`SourceJournal::checkpoints`] and resumes
+//!   right after them: no gap, no duplicate. With no checkpoint it first takes a base
+//!   image (where the kind has one) consistent with the position the stream starts at.
+//! - **Coverage.** It advances coverage with events and with the source's heartbeats
+//!   (keepalives, PINGs, high-water marks), so "journal complete up to T" is known
+//!   even while nothing changes.
+//! - **Shutdown.** When [`Shutdown`] fires it stops reading, appends what it has,
+//!   acknowledges it, and returns `Ok(())`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::config::{SourceConfig, SourceKind};
+use crate::event::{BaseImageMeta, ChangeEvent};
+use crate::journal::{
+    Appended, Checkpoint, ImageWriter, Journal, JournalError, Progress, SourceId,
+};
+use crate::position::Position;
+use crate::time::Timestamp;
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why capture of a source stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// This build has no capture for the kind.
+    #[error("source `{name}`: capture of {kind} sources is not available in this version of tidemark (see README, \"Status\"); remove the source or upgrade")]
+    NotAvailable {
+        /// Source name.
+        name: String,
+        /// Its kind.
+        kind: SourceKind,
+    },
+    /// The journal failed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The source failed; the message names the source and the fix.
+    #[error("source `{name}`: {message}")]
+    Source {
+        /// Source name.
+        name: String,
+        /// What went wrong and what to do.
+        message: String,
+    },
+}
+
+/// One running capture. See the module docs for the guarantees.
+pub trait Source: Send {
+    /// Captures until `ctx.shutdown` fires or an unrecoverable error occurs.
+    fn run(self: Box<Self>, ctx: CaptureContext) -> BoxFuture<'static, Result<(), CaptureError>>;
+}
+
+/// What a running source gets.
+pub struct CaptureContext {
+    /// The source's view of the journal.
+    pub journal: SourceJournal,
+    /// Fires when capture should stop.
+    pub shutdown: Shutdown,
+}
+
+/// Builds the capture for `cfg` without connecting to anything.
+pub fn build(cfg: &SourceConfig) -> Result<Box<dyn Source>, CaptureError> {
+    // Each kind's capture arrives with its own issue; until then say so plainly.
+    Err(CaptureError::NotAvailable {
+        name: cfg.name().to_string(),
+        kind: cfg.kind(),
+    })
+}
+
+/// A source's handle on the journal. Appends run on the blocking pool so a synced
+/// write never stalls the async runtime.
+#[derive(Clone)]
+pub struct SourceJournal {
+    journal: Arc<Journal>,
+    id: SourceId,
+    name: String,
+}
+
+impl SourceJournal {
+    /// Binds a registered source.
+    pub fn new(journal: Arc<Journal>, id: SourceId, name: String) -> Self {
+        SourceJournal { journal, id, name }
+    }
+
+    /// The source's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Appends `events` and `progress` atomically; durable when it returns.
+    pub async fn append(
+        &self,
+        events: Vec<ChangeEvent>,
+        progress: Progress,
+    ) -> Result<Appended, JournalError> {
+        let (journal, id) = (Arc::clone(&self.journal), self.id);
+        tokio::task::spawn_blocking(move || journal.append(id, &events, &progress))
+            .await
+            .map_err(|e| JournalError::Storage(format!("append task failed: {e}")))?
+    }
+
+    /// Where capture resumes: one checkpoint per stream, empty on first start.
+    pub fn checkpoints(&self) -> Result<Vec<Checkpoint>, JournalError> {
+        self.journal.checkpoints(self.id)
+    }
+
+    /// Starts a base image consistent with `position`.
+    pub fn begin_image(
+        &self,
+        position: Position,
+        time: Timestamp,
+        format: &str,
+    ) -> Result<ImageWriter, JournalError> {
+        self.journal.begin_image(self.id, position, time, format)
+    }
+
+    /// The newest base image, if any.
+    pub fn latest_image(&self) -> Result<Option<BaseImageMeta>, JournalError> {
+        self.journal
+            .image_at_or_before(self.id, crate::journal::ImageBound::Seq(u64::MAX))
+    }
+}
+
+/// A cloneable stop signal: fires once, seen by every clone.
+#[derive(Clone)]
+pub struct Shutdown {
+    rx: watch::Receiver<bool>,
+}
+
+/// The sending side of [`Shutdown`].
+pub struct ShutdownTrigger {
+    tx: watch::Sender<bool>,
+}
+
+/// A new stop signal and its trigger.
+pub fn shutdown_pair() -> (ShutdownTrigger, Shutdown) {
+    let (tx, rx) = watch::channel(false);
+    (ShutdownTrigger { tx }, Shutdown { rx })
+}
+
+impl ShutdownTrigger {
+    /// Fires the signal.
+    pub fn fire(&self) {
+        let _ = self.tx.send(true);
+    }
+}
+
+impl Shutdown {
+    /// True once fired.
+    pub fn is_fired(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Completes when fired (or when the trigger is dropped).
+    pub async fn wait(&mut self) {
+        let _ = self.rx.wait_for(|v| *v).await;
+    }
+}

@@ -1,0 +1,304 @@
+//! Reading the journal: events by source and sequence, the time and position
+//! indexes, checkpoints, and a whole-journal consistency check.
+
+use rocksdb::{Direction, IteratorMode, ReadOptions};
+
+use super::{keys, record, Journal, JournalError, SourceId};
+use crate::event::ChangeEvent;
+use crate::position::Position;
+use crate::time::Timestamp;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct CheckpointRecord {
+    #[prost(message, optional, tag = "1")]
+    pub position: Option<Position>,
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+}
+
+/// A source's resume point for one stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    /// The last position the journal holds durably; capture resumes after it.
+    pub position: Position,
+    /// The source's newest sequence number when the checkpoint was written.
+    pub seq: u64,
+}
+
+/// One event with its place in the journal.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    /// Global sequence number.
+    pub seq: u64,
+    /// The event, with `source` filled in.
+    pub event: ChangeEvent,
+}
+
+pub(super) fn encode_batch(src: SourceId, last_seq: u64) -> Vec<u8> {
+    let mut v = [0u8; 12];
+    v[..4].copy_from_slice(&src.to_be_bytes());
+    v[4..].copy_from_slice(&last_seq.to_be_bytes());
+    record::seal(&v)
+}
+
+/// Decodes a batch index entry into `(source, last_seq)`.
+pub(super) fn decode_batch(key: &[u8], value: &[u8]) -> Result<(SourceId, u64), JournalError> {
+    let what = || format!("batches/{}", keys::be_u64(key, 0).unwrap_or(0));
+    let p = record::open(value, &what)?;
+    match (keys::be_u32(p, 0), keys::be_u64(p, 4)) {
+        (Some(src), Some(last)) if p.len() == 12 => Ok((src, last)),
+        _ => Err(JournalError::Corrupt {
+            record: what(),
+            detail: "malformed batch entry".into(),
+        }),
+    }
+}
+
+impl Journal {
+    fn decode_event(
+        &self,
+        src: SourceId,
+        seq: u64,
+        value: &[u8],
+        name: &str,
+    ) -> Result<ChangeEvent, JournalError> {
+        let mut e: ChangeEvent = record::open_msg(value, &|| format!("events/{name}:{seq}"))?;
+        e.source = name.to_string();
+        let _ = src;
+        Ok(e)
+    }
+
+    fn name_of(&self, src: SourceId) -> String {
+        self.lock()
+            .sources
+            .get(&src)
+            .map(|s| s.name.clone())
+            .unwrap_or_else(|| format!("#{src}"))
+    }
+
+    /// The events of `src` with `from <= seq <= through`, in sequence order, each
+    /// verified against its checksum.
+    pub fn events(
+        &self,
+        src: SourceId,
+        from: u64,
+        through: u64,
+    ) -> impl Iterator<Item = Result<LogEntry, JournalError>> + '_ {
+        let name = self.name_of(src);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(keys::event(src, through.saturating_add(1)).to_vec());
+        if through == u64::MAX {
+            ro.set_iterate_upper_bound(keys::source_end(src).to_vec());
+        }
+        let start = keys::event(src, from);
+        self.db
+            .iterator_cf_opt(
+                self.cf(keys::CF_EVENTS),
+                ro,
+                IteratorMode::From(&start, Direction::Forward),
+            )
+            .map(move |item| {
+                let (k, v) = item?;
+                let seq = keys::be_u64(&k, 4).unwrap_or(0);
+                Ok(LogEntry {
+                    seq,
+                    event: self.decode_event(src, seq, &v, &name)?,
+                })
+            })
+    }
+
+    /// Number of events of `src` with `from <= seq <= through` (reads keys only).
+    pub fn count_events(
+        &self,
+        src: SourceId,
+        from: u64,
+        through: u64,
+    ) -> Result<u64, JournalError> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(keys::event(src, through.saturating_add(1)).to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(keys::CF_EVENTS), ro);
+        it.seek(keys::event(src, from));
+        let mut n = 0;
+        while it.valid() {
+            n += 1;
+            it.next();
+        }
+        it.status()?;
+        Ok(n)
+    }
+
+    /// The newest event of `src` whose time on the journal's axis is at or before
+    /// `at`: every event of `src` with a sequence number up to the returned one is
+    /// "at or before `at`", none after it is. `None`: no event is.
+    ///
+    /// The axis is the running maximum of event times per source (source clocks may
+    /// step back; the axis never does), so this is two index seeks, never a scan.
+    pub fn seq_at_time(&self, src: SourceId, at: Timestamp) -> Result<Option<u64>, JournalError> {
+        // First index entry with time > at: its seq bounds the answer from above.
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(keys::source_end(src).to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(keys::CF_TIME), ro);
+        match at.as_micros().checked_add(1) {
+            Some(next) => it.seek(keys::time(src, next, 0)),
+            None => it.seek(keys::source_end(src)),
+        }
+        let bound = match it.key() {
+            Some(k) => keys::be_u64(k, 12).unwrap_or(u64::MAX),
+            None => u64::MAX,
+        };
+        it.status()?;
+        self.last_seq_below(src, bound)
+    }
+
+    /// The newest sequence number of `src` strictly below `bound`.
+    pub fn last_seq_below(&self, src: SourceId, bound: u64) -> Result<Option<u64>, JournalError> {
+        if bound == 0 {
+            return Ok(None);
+        }
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(keys::event(src, 0).to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(keys::CF_EVENTS), ro);
+        it.seek_for_prev(keys::event(src, bound - 1));
+        let found = it.key().and_then(|k| {
+            (keys::be_u32(k, 0) == Some(src))
+                .then(|| keys::be_u64(k, 4))
+                .flatten()
+        });
+        it.status()?;
+        Ok(found)
+    }
+
+    /// The sequence number of the newest event of `src` whose position is at or
+    /// before `pos` in the same stream. One index seek.
+    pub fn seq_at_position(
+        &self,
+        src: SourceId,
+        pos: &Position,
+    ) -> Result<Option<u64>, JournalError> {
+        let Some((stream, ordinal)) = pos.index_key() else {
+            return Ok(None);
+        };
+        let prefix = keys::position_stream_prefix(src, &stream);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(prefix.clone());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(keys::CF_POS), ro);
+        it.seek_for_prev(keys::position(src, &stream, &ordinal));
+        let found = match (it.key(), it.value()) {
+            (Some(k), Some(v)) if k.starts_with(&prefix) => keys::be_u64(v, 0),
+            _ => None,
+        };
+        it.status()?;
+        Ok(found)
+    }
+
+    /// The checkpoints of `src`, one per stream: where capture resumes.
+    pub fn checkpoints(&self, src: SourceId) -> Result<Vec<Checkpoint>, JournalError> {
+        let prefix = keys::checkpoint_prefix(src);
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator_cf(self.cf(keys::CF_STATE), prefix) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let rec: CheckpointRecord =
+                record::open_msg(&v, &|| format!("state/checkpoint/{src}"))?;
+            if let Some(position) = rec.position {
+                out.push(Checkpoint {
+                    position,
+                    seq: rec.seq,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every event in global sequence order starting at `from`, following the
+    /// by-sequence index (each batch is one contiguous range of one source).
+    pub fn log_from(&self, from: u64) -> impl Iterator<Item = Result<LogEntry, JournalError>> + '_ {
+        let mut batches = self.db.raw_iterator_cf(self.cf(keys::CF_BATCHES));
+        batches.seek_for_prev(from.to_be_bytes());
+        if !batches.valid() {
+            batches.seek_to_first();
+        }
+        let mut current: Option<Box<dyn Iterator<Item = Result<LogEntry, JournalError>> + '_>> =
+            None;
+        std::iter::from_fn(move || loop {
+            if let Some(it) = current.as_mut() {
+                if let Some(item) = it.next() {
+                    return Some(item);
+                }
+                current = None;
+            }
+            let (k, v) = match (batches.key(), batches.value()) {
+                (Some(k), Some(v)) => (k.to_vec(), v.to_vec()),
+                _ => return batches.status().err().map(|e| Err(e.into())),
+            };
+            batches.next();
+            let first = keys::be_u64(&k, 0).unwrap_or(0);
+            match decode_batch(&k, &v) {
+                Ok((src, last)) if last >= from => {
+                    current = Some(Box::new(self.events(src, first.max(from), last)));
+                }
+                Ok(_) => {}
+                Err(e) => return Some(Err(e)),
+            }
+        })
+    }
+
+    /// Checks the whole journal: every batch's events present and intact, sequence
+    /// numbers contiguous, each source's checkpoint and counters consistent with its
+    /// newest event. Returns the number of events checked.
+    pub fn verify(&self) -> Result<u64, JournalError> {
+        let bad = |detail: String| JournalError::Corrupt {
+            record: "(journal structure)".into(),
+            detail,
+        };
+        let sources = self.sources();
+        let mut expected_next: Option<u64> = None;
+        let mut checked = 0u64;
+        for item in self
+            .db
+            .iterator_cf(self.cf(keys::CF_BATCHES), IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            let first = keys::be_u64(&k, 0).unwrap_or(0);
+            let (src, last) = decode_batch(&k, &v)?;
+            if let Some(next) = expected_next {
+                if first != next {
+                    return Err(bad(format!(
+                        "sequence gap: expected batch at {next}, found {first}"
+                    )));
+                }
+            }
+            expected_next = Some(last + 1);
+            let floor = sources
+                .iter()
+                .find(|s| s.id == src)
+                .map(|s| s.stats.floor_us.is_some());
+            let n = self.count_events(src, first, last)?;
+            // Retention may have dropped a pruned source's old batches whole.
+            if n != last - first + 1 && !(n == 0 && floor == Some(true)) {
+                return Err(bad(format!(
+                    "batch {first}..={last} of source {src} has {n} events"
+                )));
+            }
+            for e in self.events(src, first, last) {
+                e?;
+                checked += 1;
+            }
+        }
+        for s in &sources {
+            if let Some(next) = expected_next {
+                if s.stats.last_seq >= next {
+                    return Err(bad(format!("source {} counters ahead of the log", s.name)));
+                }
+            }
+            for cp in self.checkpoints(s.id)? {
+                if cp.seq > s.stats.last_seq {
+                    return Err(bad(format!("checkpoint of {} ahead of its events", s.name)));
+                }
+            }
+        }
+        Ok(checked)
+    }
+}
