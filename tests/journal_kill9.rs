@@ -124,7 +124,7 @@ fn child_appender() {
             })
             .collect();
         j.append(k, &records, &Progress::default()).unwrap();
-        if round % 25 == 0 {
+        if round.is_multiple_of(25) {
             let mut w = j
                 .begin_image(
                     r,

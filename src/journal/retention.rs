@@ -133,7 +133,7 @@ impl Journal {
         // equal times that the first kept events belong to.
         let mut previous: Option<Vec<u8>> = None;
         while let Some(k) = it.key() {
-            if !keys::be_u64(k, 12).is_some_and(|s| s <= cut) {
+            if keys::be_u64(k, 12).is_none_or(|s| s > cut) {
                 break;
             }
             if let Some(p) = previous.replace(k.to_vec()) {
