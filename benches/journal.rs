@@ -65,13 +65,14 @@ fn raw_append(dir: &std::path::Path, batches: &[Vec<Vec<u8>>], sync: bool) -> Du
     o.set_compression_type(rocksdb::DBCompressionType::Lz4);
     o.set_max_background_jobs(2);
     o.set_bytes_per_sync(1 << 20);
+    o.set_enable_pipelined_write(true); // the journal's options, for a like-for-like baseline
     let db = DB::open(&o, dir).unwrap();
     let mut wo = WriteOptions::default();
     wo.set_sync(sync);
     let mut seq = 0u64;
     let start = Instant::now();
     for b in batches {
-        let mut wb = WriteBatch::default();
+        let mut wb = WriteBatch::with_capacity_bytes(b.len() * 240);
         for v in b {
             seq += 1;
             wb.put(seq.to_be_bytes(), v);

@@ -139,6 +139,13 @@ pub struct PgChange {
     /// DDL text.
     #[prost(string, tag = "8")]
     pub ddl: String,
+    /// Indexes into `columns` of the replica identity key.
+    #[prost(uint32, repeated, tag = "9")]
+    pub key: Vec<u32>,
+    /// True when `old_tuple` is the full old row (REPLICA IDENTITY FULL), false when
+    /// it holds only the key columns.
+    #[prost(bool, tag = "10")]
+    pub old_is_full: bool,
 }
 
 /// How a PostgreSQL column value was sent.

@@ -11,8 +11,10 @@
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod digest;
 pub mod event;
 pub mod journal;
 pub mod position;
 pub mod restore;
+pub mod sandbox;
 pub mod time;

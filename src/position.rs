@@ -37,12 +37,22 @@ pub enum PositionKind {
     Kubernetes(KubePosition),
 }
 
-/// A PostgreSQL LSN.
+/// A PostgreSQL position: an LSN, and for a change the change's number within its
+/// transaction.
+///
+/// Changes carry their transaction's commit LSN (transactions arrive in commit
+/// order, so these rise through the journal) and their index inside it, which makes
+/// every change's position unique and lets capture resume inside a transaction that
+/// was only partly journaled. A checkpoint is the end LSN of the last transaction
+/// journaled whole, with index 0.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PgPosition {
     /// The log sequence number.
     #[prost(uint64, tag = "1")]
     pub lsn: u64,
+    /// Index of the change within its transaction.
+    #[prost(uint32, tag = "2")]
+    pub index: u32,
 }
 
 /// A Redis replication offset within one replication history.
@@ -93,7 +103,14 @@ impl Position {
     /// A PostgreSQL position.
     pub fn postgres(lsn: u64) -> Self {
         Position {
-            kind: Some(PositionKind::Postgres(PgPosition { lsn })),
+            kind: Some(PositionKind::Postgres(PgPosition { lsn, index: 0 })),
+        }
+    }
+
+    /// A PostgreSQL change's position: its transaction's commit LSN and its index.
+    pub fn postgres_change(lsn: u64, index: u32) -> Self {
+        Position {
+            kind: Some(PositionKind::Postgres(PgPosition { lsn, index })),
         }
     }
 
@@ -133,38 +150,68 @@ impl Position {
     /// Splits the position into `(stream, ordinal)`: positions compare only within a
     /// stream, and there byte order of `ordinal` is position order.
     ///
-    /// Returns `None` for an empty position.
+    /// Returns `None` for an empty position (or a stream name over 64 KiB).
     pub fn index_key(&self) -> Option<(Vec<u8>, Vec<u8>)> {
-        Some(match self.kind.as_ref()? {
-            PositionKind::Postgres(p) => (Vec::new(), p.lsn.to_be_bytes().to_vec()),
-            PositionKind::Redis(p) => (
-                p.replid.as_bytes().to_vec(),
-                p.offset.to_be_bytes().to_vec(),
-            ),
-            PositionKind::Kafka(p) => {
-                let mut stream = p.topic.as_bytes().to_vec();
-                stream.push(0);
-                stream.extend_from_slice(&p.partition.to_be_bytes());
-                // Offsets are never negative on disk; clamp defensively so the order holds.
-                (stream, (p.offset.max(0) as u64).to_be_bytes().to_vec())
+        let mut v = Vec::with_capacity(32);
+        let len = self.write_index_key(&mut v)?;
+        let ordinal = v.split_off(2 + len);
+        Some((v.split_off(2), ordinal))
+    }
+
+    /// Appends `stream length (u16 BE) || stream || ordinal` to `out` (the journal's
+    /// position-index layout) without intermediate allocations; returns the stream
+    /// length, or `None` (and leaves `out` unchanged) as [`Position::index_key`] does.
+    pub fn write_index_key(&self, out: &mut Vec<u8>) -> Option<usize> {
+        let start = out.len();
+        out.extend_from_slice(&[0, 0]);
+        match self.kind.as_ref() {
+            None => {}
+            Some(PositionKind::Postgres(p)) => {
+                out.extend_from_slice(&p.lsn.to_be_bytes());
+                out.extend_from_slice(&p.index.to_be_bytes());
             }
-            PositionKind::Mongo(p) => (Vec::new(), p.resume_token.as_bytes().to_vec()),
-            PositionKind::Kubernetes(p) => {
-                let ord = match p.resource_version.parse::<u64>() {
+            Some(PositionKind::Redis(p)) => {
+                out.extend_from_slice(p.replid.as_bytes());
+                out.extend_from_slice(&p.offset.to_be_bytes());
+            }
+            Some(PositionKind::Kafka(p)) => {
+                out.extend_from_slice(p.topic.as_bytes());
+                out.push(0);
+                out.extend_from_slice(&p.partition.to_be_bytes());
+                // Offsets are never negative on disk; clamp defensively so the order holds.
+                out.extend_from_slice(&(p.offset.max(0) as u64).to_be_bytes());
+            }
+            Some(PositionKind::Mongo(p)) => out.extend_from_slice(p.resume_token.as_bytes()),
+            Some(PositionKind::Kubernetes(p)) => {
+                out.extend_from_slice(p.resource.as_bytes());
+                match p.resource_version.parse::<u64>() {
                     Ok(n) => {
-                        let mut v = vec![0u8];
-                        v.extend_from_slice(&n.to_be_bytes());
-                        v
+                        out.push(0);
+                        out.extend_from_slice(&n.to_be_bytes());
                     }
                     Err(_) => {
-                        let mut v = vec![1u8];
-                        v.extend_from_slice(p.resource_version.as_bytes());
-                        v
+                        out.push(1);
+                        out.extend_from_slice(p.resource_version.as_bytes());
                     }
-                };
-                (p.resource.as_bytes().to_vec(), ord)
+                }
             }
-        })
+        }
+        let stream_len = match self.kind.as_ref() {
+            None => {
+                out.truncate(start);
+                return None;
+            }
+            Some(PositionKind::Postgres(_)) | Some(PositionKind::Mongo(_)) => 0,
+            Some(PositionKind::Redis(p)) => p.replid.len(),
+            Some(PositionKind::Kafka(p)) => p.topic.len() + 5,
+            Some(PositionKind::Kubernetes(p)) => p.resource.len(),
+        };
+        let Ok(len) = u16::try_from(stream_len) else {
+            out.truncate(start);
+            return None;
+        };
+        out[start..start + 2].copy_from_slice(&len.to_be_bytes());
+        Some(stream_len)
     }
 }
 

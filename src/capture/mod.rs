@@ -17,6 +17,8 @@
 //! - **Shutdown.** When [`Shutdown`] fires it stops reading, appends what it has,
 //!   acknowledges it, and returns `Ok(())`.
 
+pub mod postgres;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -60,6 +62,14 @@ pub enum CaptureError {
 
 /// One running capture. See the module docs for the guarantees.
 pub trait Source: Send {
+    /// Checks that capture can start (reachable, credentials, server settings)
+    /// without changing anything anywhere. `run` calls it for every source before it
+    /// opens the journal, so a misconfigured source stops start-up with nothing
+    /// written.
+    fn preflight(&self) -> BoxFuture<'_, Result<(), CaptureError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Captures until `ctx.shutdown` fires or an unrecoverable error occurs.
     fn run(self: Box<Self>, ctx: CaptureContext) -> BoxFuture<'static, Result<(), CaptureError>>;
 }
@@ -74,11 +84,14 @@ pub struct CaptureContext {
 
 /// Builds the capture for `cfg` without connecting to anything.
 pub fn build(cfg: &SourceConfig) -> Result<Box<dyn Source>, CaptureError> {
-    // Each kind's capture arrives with its own issue; until then say so plainly.
-    Err(CaptureError::NotAvailable {
-        name: cfg.name().to_string(),
-        kind: cfg.kind(),
-    })
+    match cfg {
+        SourceConfig::Postgres { .. } => Ok(Box::new(postgres::PostgresSource::from_config(cfg)?)),
+        // Each kind's capture arrives with its own issue; until then say so plainly.
+        _ => Err(CaptureError::NotAvailable {
+            name: cfg.name().to_string(),
+            kind: cfg.kind(),
+        }),
+    }
 }
 
 /// A source's handle on the journal. Appends run on the blocking pool so a synced
@@ -126,6 +139,16 @@ impl SourceJournal {
         format: &str,
     ) -> Result<ImageWriter, JournalError> {
         self.journal.begin_image(self.id, position, time, format)
+    }
+
+    /// The source's newest journaled event, if any.
+    pub fn last_event(&self) -> Result<Option<ChangeEvent>, JournalError> {
+        Ok(self.journal.last_event(self.id)?.map(|e| e.event))
+    }
+
+    /// Publishes a health report (JSON) for `status`.
+    pub fn set_health(&self, report: &serde_json::Value) -> Result<(), JournalError> {
+        self.journal.set_health(self.id, &report.to_string())
     }
 
     /// The newest base image, if any.

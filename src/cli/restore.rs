@@ -38,7 +38,37 @@ pub fn restore(
         println!("dry run: nothing was touched");
         return Ok(());
     }
-    Err(RestoreError::NotAvailable(plan.source.kind).into())
+    match plan.source.kind {
+        SourceKind::Postgres => {
+            let rt = tokio::runtime::Runtime::new()?;
+            let (summary, digest) = rt.block_on(async {
+                let summary =
+                    crate::restore::postgres::restore(&journal, &plan, target, force).await?;
+                let digest = crate::digest::postgres::digest_url(target)
+                    .await
+                    .map_err(RestoreError::Target)?;
+                Ok::<_, RestoreError>((summary, digest))
+            })?;
+            println!(
+                "restored `{}` at {} into {}: {} tables and {} rows from the base image, {} transactions ({} changes) replayed, final LSN {}, {:.1} s",
+                plan.source.name,
+                plan.at,
+                redact_url(target),
+                summary.tables,
+                summary.image_rows,
+                summary.transactions,
+                summary.changes,
+                summary.final_lsn,
+                summary.seconds
+            );
+            println!(
+                "digest of the restored database: {} (compare: tidemark digest <source-url>)",
+                digest.overall
+            );
+            Ok(())
+        }
+        kind => Err(RestoreError::NotAvailable(kind).into()),
+    }
 }
 
 /// The target must be a URL of the source's kind.

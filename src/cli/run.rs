@@ -20,9 +20,15 @@ pub fn run(cfg: &Config) -> Result<()> {
     for s in &cfg.sources {
         built.push((s.name().to_string(), s.kind(), capture::build(s)?));
     }
-    let journal = Arc::new(super::open_for_write(cfg)?);
     let retention = cfg.retention()?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(async {
+        for (_, _, source) in &built {
+            source.preflight().await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    let journal = Arc::new(super::open_for_write(cfg)?);
     rt.block_on(async move {
         let (trigger, shutdown) = capture::shutdown_pair();
         let mut tasks = JoinSet::new();

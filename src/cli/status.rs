@@ -17,6 +17,10 @@ pub fn status(cfg: &Config, as_json: bool) -> Result<()> {
             .map(|c| c.position.to_string())
             .collect();
         let configured = cfg.source(&s.name).is_some();
+        let health: serde_json::Value = journal
+            .health(s.id)?
+            .and_then(|h| serde_json::from_str(&h).ok())
+            .unwrap_or(serde_json::Value::Null);
         rows.push(json!({
             "name": s.name,
             "kind": s.kind.as_str(),
@@ -28,6 +32,7 @@ pub fn status(cfg: &Config, as_json: bool) -> Result<()> {
             "base_images": s.stats.images,
             "retained_from": s.stats.floor_us.map(|_| fmt_time(s.stats.floor_us)),
             "configured": configured,
+            "health": health,
         }));
     }
     if as_json {

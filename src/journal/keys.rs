@@ -33,6 +33,7 @@ pub const META_NEXT_IMAGE: &[u8] = b"next_image_id";
 /// State key tags.
 const STATE_CHECKPOINT: u8 = b'c';
 const STATE_STATS: u8 = b's';
+const STATE_HEALTH: u8 = b'h';
 
 /// Maps a signed time to an unsigned value with the same order.
 pub fn time_to_u64(t: i64) -> u64 {
@@ -63,7 +64,10 @@ pub fn event(src: u32, seq: u64) -> [u8; 12] {
     k
 }
 
-/// Key of a position index entry.
+/// Key of a position index entry (the layout [`Position::write_index_key`] writes
+/// after the source id).
+///
+/// [`Position::write_index_key`]: crate::position::Position::write_index_key
 pub fn position(src: u32, stream: &[u8], ordinal: &[u8]) -> Vec<u8> {
     let mut k = position_stream_prefix(src, stream);
     k.extend_from_slice(ordinal);
@@ -73,7 +77,6 @@ pub fn position(src: u32, stream: &[u8], ordinal: &[u8]) -> Vec<u8> {
 /// Prefix shared by every position of one stream of one source.
 pub fn position_stream_prefix(src: u32, stream: &[u8]) -> Vec<u8> {
     let len = u16::try_from(stream.len()).unwrap_or(u16::MAX);
-    let stream = &stream[..usize::from(len)];
     let mut k = Vec::with_capacity(6 + stream.len() + 16);
     k.extend_from_slice(&src.to_be_bytes());
     k.extend_from_slice(&len.to_be_bytes());
@@ -121,6 +124,13 @@ pub fn checkpoint_prefix(src: u32) -> [u8; 5] {
 /// Key of a source's counters, watermark and coverage.
 pub fn stats(src: u32) -> [u8; 5] {
     let mut k = [STATE_STATS; 5];
+    k[1..].copy_from_slice(&src.to_be_bytes());
+    k
+}
+
+/// Key of a source's latest health report (JSON, for `status`).
+pub fn health(src: u32) -> [u8; 5] {
+    let mut k = [STATE_HEALTH; 5];
     k[1..].copy_from_slice(&src.to_be_bytes());
     k
 }

@@ -534,6 +534,8 @@ impl Journal {
             self.cf(keys::CF_TIME),
         );
         let mut buf = Vec::with_capacity(512);
+        let mut pos_key = Vec::with_capacity(64);
+        // (stream, its newest position in this batch): the default checkpoint.
         let mut last_per_stream: Vec<(Vec<u8>, &Position)> = Vec::new();
         for (i, e) in events.iter().enumerate() {
             let seq = first_seq + i as u64;
@@ -547,25 +549,26 @@ impl Journal {
                     info.kind
                 )));
             }
-            let Some((stream, ordinal)) = pos.index_key() else {
-                return Err(invalid(format!("event {i} has an empty position")));
+            pos_key.clear();
+            pos_key.extend_from_slice(&src.to_be_bytes());
+            let Some(stream_len) = pos.write_index_key(&mut pos_key) else {
+                return Err(invalid(format!(
+                    "event {i} has an empty or unindexable position"
+                )));
             };
             encode_event(e, &mut buf);
             wb.put_cf(cf_events, keys::event(src, seq), &buf);
-            wb.put_cf(
-                cf_pos,
-                keys::position(src, &stream, &ordinal),
-                seq.to_be_bytes(),
-            );
+            wb.put_cf(cf_pos, &pos_key, seq.to_be_bytes());
             let t = e.time_us();
             if stats.watermark_us.is_none_or(|w| t > w) {
                 stats.watermark_us = Some(t);
                 wb.put_cf(cf_time, keys::time(src, t, seq), []);
             }
             stats.last_event_time_us = Some(t);
-            match last_per_stream.iter_mut().find(|(s, _)| *s == stream) {
+            let stream = &pos_key[6..6 + stream_len];
+            match last_per_stream.iter_mut().find(|(s, _)| s == stream) {
                 Some(slot) => slot.1 = pos,
-                None => last_per_stream.push((stream, pos)),
+                None => last_per_stream.push((stream.to_vec(), pos)),
             }
         }
         let count = events.len() as u64;
@@ -725,6 +728,8 @@ fn db_options(compression: Compression) -> Options {
     });
     o.set_max_background_jobs(2);
     o.set_bytes_per_sync(1 << 20);
+    // The appender and the WAL fsync overlap with memtable inserts of the next batch.
+    o.set_enable_pipelined_write(true);
     o
 }
 

@@ -212,6 +212,39 @@ impl Journal {
         Ok(out)
     }
 
+    /// The newest event of `src`, if any.
+    pub fn last_event(&self, src: SourceId) -> Result<Option<LogEntry>, JournalError> {
+        match self.last_seq_below(src, u64::MAX)? {
+            Some(seq) => self.events(src, seq, seq).next().transpose(),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a source's latest health report (a JSON document that `status`
+    /// shows: lag, retained WAL, warnings). Not part of the event log; not synced.
+    pub fn set_health(&self, src: SourceId, json: &str) -> Result<(), JournalError> {
+        let mut wb = rocksdb::WriteBatch::default();
+        wb.put_cf(
+            self.cf(keys::CF_STATE),
+            keys::health(src),
+            record::seal(json.as_bytes()),
+        );
+        let _guard = self.lock_for_write()?;
+        self.db.write(wb)?;
+        Ok(())
+    }
+
+    /// The latest health report of `src`, if any.
+    pub fn health(&self, src: SourceId) -> Result<Option<String>, JournalError> {
+        match self.db.get_cf(self.cf(keys::CF_STATE), keys::health(src))? {
+            Some(v) => Ok(Some(
+                String::from_utf8_lossy(record::open(&v, &|| format!("state/health/{src}"))?)
+                    .into_owned(),
+            )),
+            None => Ok(None),
+        }
+    }
+
     /// Every event in global sequence order starting at `from`, following the
     /// by-sequence index (each batch is one contiguous range of one source).
     pub fn log_from(&self, from: u64) -> impl Iterator<Item = Result<LogEntry, JournalError>> + '_ {

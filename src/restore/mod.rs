@@ -13,6 +13,9 @@
 //! - **Prove it.** It ends with a digest computed the same way as `tidemark digest`,
 //!   so the result can be compared with the source.
 
+pub mod postgres;
+mod postgres_sql;
+
 use std::fmt;
 
 use crate::config::SourceKind;
@@ -63,6 +66,9 @@ pub enum RestoreError {
         /// Hint naming the earliest image, if any.
         earliest: String,
     },
+    /// The target refused or failed; the message names it and what to do.
+    #[error("restore target: {0}")]
+    Target(String),
     /// No restore target for this kind in this build.
     #[error("restoring {0} sources is not available in this version of tidemark (see README, \"Status\"); --dry-run shows the plan")]
     NotAvailable(SourceKind),

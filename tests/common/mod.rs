@@ -2,93 +2,22 @@
 //! temp dirs, ready when `start` returns (readiness is polled, never slept for), and
 //! stopped and removed on `Drop`.
 //!
-//! - PostgreSQL: `$TIDEMARK_PG_BIN` (default `/usr/lib/postgresql/15/bin`), started
-//!   with `wal_level=logical`. `initdb` refuses root, so as root the server runs as
-//!   the `postgres` user.
+//! - PostgreSQL: `tidemark::sandbox::Postgres` (binaries from `$TIDEMARK_PG_BIN` or
+//!   the newest `/usr/lib/postgresql/*/bin`), started with `wal_level=logical`.
 //! - Redis: `$TIDEMARK_REDIS_SERVER` (default `redis-server` on `PATH`).
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+use tidemark::sandbox::{free_port, stop_child, wait_ready};
 
-/// A free loopback port (bound, then released for the server to take).
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    l.local_addr().expect("local addr").port()
-}
+pub mod pgcluster;
 
-/// Polls `ready` until it returns true; panics with `what` and `log` on timeout or
-/// if `child` exits.
-fn wait_ready(child: &mut Child, what: &str, log: &Path, mut ready: impl FnMut() -> bool) {
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(5);
-    loop {
-        if ready() {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "{what} exited during start-up ({status}); log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        if start.elapsed() > READY_TIMEOUT {
-            panic!(
-                "{what} not ready after {READY_TIMEOUT:?}; log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
-}
-
-/// Sends `sig` to `child`, waits up to `grace`, then kills it.
-fn stop(child: &mut Child, sig: i32, grace: Duration) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(pid, sig) };
-    }
-    let start = Instant::now();
-    while start.elapsed() < grace {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// uid and gid of a system user, from /etc/passwd.
-fn user_ids(name: &str) -> Option<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.first() == Some(&name))
-            .then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
-    })
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// A throwaway PostgreSQL server.
-pub struct Postgres {
-    child: Child,
-    dir: tempfile::TempDir,
-    /// TCP port on 127.0.0.1.
-    pub port: u16,
-    bin: PathBuf,
-}
+/// A throwaway PostgreSQL server (the one `tidemark demo` uses).
+pub struct Postgres(pub tidemark::sandbox::Postgres);
 
 impl Postgres {
     /// initdb + start with logical replication enabled; ready when it returns.
@@ -98,138 +27,22 @@ impl Postgres {
 
     /// As [`Postgres::start`], with extra `name=value` server settings.
     pub fn start_with(settings: &[&str]) -> Postgres {
-        let bin = PathBuf::from(
-            std::env::var("TIDEMARK_PG_BIN")
-                .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()),
-        );
-        assert!(
-            bin.join("initdb").exists(),
-            "PostgreSQL binaries not found in {}: install postgresql-15 or set TIDEMARK_PG_BIN",
-            bin.display()
-        );
-        let dir = tempfile::Builder::new()
-            .prefix("tidemark-pg-")
-            .tempdir()
-            .expect("temp dir");
-        let ids = if is_root() {
-            Some(user_ids("postgres").expect(
-                "running as root needs the `postgres` user (apt-get install postgresql-15)",
-            ))
-        } else {
-            None
-        };
-        if let Some((uid, gid)) = ids {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
-                .expect("chown temp dir to postgres");
-        }
-        let data = dir.path().join("data");
-        let log = dir.path().join("server.log");
-        let as_pg = |cmd: &mut Command| {
-            if let Some((uid, gid)) = ids {
-                cmd.uid(uid).gid(gid);
-            }
-        };
-        let mut initdb = Command::new(bin.join("initdb"));
-        initdb
-            .args([
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "-D",
-            ])
-            .arg(&data);
-        as_pg(&mut initdb);
-        let out = initdb.output().expect("run initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let port = free_port();
-        let logf = std::fs::File::create(&log).expect("server log");
-        if let Some((uid, gid)) = ids {
-            std::os::unix::fs::chown(&log, Some(uid), Some(gid)).expect("chown log");
-        }
-        let mut cmd = Command::new(bin.join("postgres"));
-        cmd.arg("-D").arg(&data).arg("-p").arg(port.to_string());
-        let mut all = vec![
-            "listen_addresses=127.0.0.1".to_string(),
-            format!("unix_socket_directories={}", data.display()),
-            "wal_level=logical".into(),
-            "max_wal_senders=10".into(),
-            "max_replication_slots=10".into(),
-            "fsync=off".into(),
-            "synchronous_commit=on".into(),
-        ];
-        all.extend(settings.iter().map(|s| s.to_string()));
-        for s in all {
-            cmd.arg("-c").arg(s);
-        }
-        cmd.stdout(Stdio::null())
-            .stderr(logf.try_clone().expect("log fd"));
-        as_pg(&mut cmd);
-        let mut child = cmd.spawn().expect("start postgres");
-        let ready_bin = bin.join("pg_isready");
-        wait_ready(&mut child, "postgres", &log, || {
-            Command::new(&ready_bin)
-                .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-p"])
-                .arg(port.to_string())
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-        Postgres {
-            child,
-            dir,
-            port,
-            bin,
-        }
-    }
-
-    /// A connection URL for `db` as the superuser.
-    pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
-    }
-
-    /// Runs SQL with psql; returns unaligned, tuples-only output. Panics on error.
-    pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-X",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-p",
-            ])
-            .arg(self.port.to_string())
-            .args(["-d", db, "-c", sql])
-            .output()
-            .expect("run psql");
-        assert!(
-            out.status.success(),
-            "psql failed on `{sql}`: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim_end().to_string()
-    }
-
-    /// The server's data directory.
-    pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        Postgres(
+            tidemark::sandbox::Postgres::start_with(settings).unwrap_or_else(|e| panic!("{e}")),
+        )
     }
 }
 
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        stop(&mut self.child, libc::SIGINT, Duration::from_secs(10)); // fast shutdown
+impl std::ops::Deref for Postgres {
+    type Target = tidemark::sandbox::Postgres;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Postgres {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
     }
 }
 
@@ -254,7 +67,7 @@ impl Redis {
             .prefix("tidemark-redis-")
             .tempdir()
             .expect("temp dir");
-        let port = free_port();
+        let port = free_port().expect("free port");
         let log = dir.path().join("server.log");
         let mut child = Command::new(&bin)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0", "--daemonize", "no"])
@@ -283,7 +96,8 @@ impl Redis {
                 return false;
             }
             c.cmd(&["PING"]).is_ok_and(|r| r == "PONG")
-        });
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
         Redis { child, dir, port }
     }
 
@@ -300,7 +114,7 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        stop(&mut self.child, libc::SIGTERM, Duration::from_secs(10));
+        stop_child(&mut self.child, libc::SIGTERM, Duration::from_secs(10));
     }
 }
 
