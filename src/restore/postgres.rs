@@ -108,10 +108,14 @@ pub async fn restore(
             }
         }
         match part {
-            Some(PgImagePart::Schema(sql)) => client
-                .batch_execute(&sql)
-                .await
-                .map_err(|e| failed(format!("loading the schema: {}", db_error(&e))))?,
+            Some(PgImagePart::Schema(sql)) => {
+                client
+                    .batch_execute(&sql)
+                    .await
+                    .map_err(|e| failed(format!("loading the schema: {}", db_error(&e))))?;
+                // pg_dump empties search_path for its own session; replay needs the default.
+                client.batch_execute("RESET search_path").await.map_err(q)?;
+            }
             Some(PgImagePart::Table(t)) => {
                 let cols = t
                     .columns
@@ -229,13 +233,39 @@ async fn run_batch(
     batch: &mut String,
 ) -> Result<(), RestoreError> {
     batch.push_str("COMMIT;");
-    client
-        .batch_execute(batch)
-        .await
-        .map_err(|e| failed(format!("replaying changes: {}", db_error(&e))))?;
+    if let Err(e) = client.batch_execute(batch).await {
+        return Err(failed(format!(
+            "replaying changes: {}{}",
+            db_error(&e),
+            first_failing(client, batch).await
+        )));
+    }
     batch.clear();
     batch.push_str("BEGIN;\n");
     Ok(())
+}
+
+/// Finds the statement of a failed batch that fails, by running the batch one
+/// statement at a time in a transaction that is rolled back; returns it for the error.
+async fn first_failing(client: &tokio_postgres::Client, batch: &str) -> String {
+    if client.batch_execute("ROLLBACK; BEGIN").await.is_err() {
+        return String::new();
+    }
+    let mut found = String::new();
+    for stmt in crate::capture::postgres::ddl::split_statements(batch) {
+        if matches!(stmt, "BEGIN" | "COMMIT") {
+            continue;
+        }
+        if client.batch_execute(stmt).await.is_err() {
+            found = format!(
+                " in statement: {}",
+                stmt.chars().take(300).collect::<String>()
+            );
+            break;
+        }
+    }
+    let _ = client.batch_execute("ROLLBACK").await;
+    found
 }
 
 /// pgoutput does not carry sequence advances (PostgreSQL 15): bring each sequence

@@ -43,7 +43,7 @@ impl PgCluster {
         settings.extend(
             opts.extra_conf
                 .iter()
-                .map(|l| l.replace(' ', "").replace('\'', "")),
+                .map(|l| l.replace([' ', '\''], "")),
         );
         let refs: Vec<&str> = settings.iter().map(String::as_str).collect();
         let pg = tokio::task::block_in_place(|| super::Postgres::start_with(&refs));

@@ -147,8 +147,9 @@ impl ChangeBuilder {
                 self.event(change, capture_time_us)
             }
             Message::LogicalMessage(m) if m.prefix == DDL_PREFIX && m.transactional() => {
-                let ddl = String::from_utf8(m.content.to_vec())
+                let content = String::from_utf8(m.content.to_vec())
                     .map_err(|_| "DDL message is not UTF-8")?;
+                let ddl = super::ddl::statement_from_message(&content)?;
                 let change = PgChange {
                     op: PgOp::Ddl as i32,
                     ddl,

@@ -15,6 +15,7 @@
 
 mod changes;
 pub mod conn;
+pub mod ddl;
 pub mod image;
 pub mod repl;
 pub mod setup;

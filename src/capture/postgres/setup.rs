@@ -15,8 +15,8 @@ pub const DDL_TRIGGER: &str = "tidemark_ddl";
 /// transaction, so the message lands in the WAL in order with the transaction's
 /// changes. It also gives tables created without a key `REPLICA IDENTITY FULL`: a
 /// published table without a replica identity would make the application's UPDATEs
-/// and DELETEs on it fail. A multi-statement query string is emitted once per
-/// transaction (the event trigger fires per command but sees the whole string).
+/// and DELETEs on it fail. The message carries the command's number within its query
+/// string, the session's `search_path` and the query string (see [`super::ddl`]).
 const DDL_FUNCTION: &str = r#"
 CREATE SCHEMA IF NOT EXISTS tidemark;
 CREATE OR REPLACE FUNCTION tidemark.capture_ddl() RETURNS event_trigger
@@ -24,6 +24,7 @@ LANGUAGE plpgsql AS $fn$
 DECLARE
   r record;
   marker text := md5(current_query()) || ':' || txid_current();
+  n int := 1;
 BEGIN
   IF current_setting('tidemark.in_ddl', true) = 'on' THEN
     RETURN;
@@ -36,10 +37,13 @@ BEGIN
       EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', r.objid::regclass);
     END IF;
   END LOOP;
-  IF current_setting('tidemark.last_ddl', true) IS DISTINCT FROM marker THEN
-    PERFORM pg_logical_emit_message(true, 'tidemark.ddl', current_query());
-    PERFORM set_config('tidemark.last_ddl', marker, true);
+  IF current_setting('tidemark.last_ddl', true) = marker THEN
+    n := current_setting('tidemark.ddl_n', true)::int + 1;
   END IF;
+  PERFORM set_config('tidemark.last_ddl', marker, true);
+  PERFORM set_config('tidemark.ddl_n', n::text, true);
+  PERFORM pg_logical_emit_message(true, 'tidemark.ddl',
+    n || E'\n' || current_setting('search_path') || E'\n' || current_query());
   PERFORM set_config('tidemark.in_ddl', 'off', true);
 END
 $fn$;
