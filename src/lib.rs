@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod event;
 pub mod journal;
+pub mod kafka;
 pub mod position;
 pub mod restore;
 pub mod time;
