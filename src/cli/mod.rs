@@ -1,6 +1,7 @@
 //! The command line. Subcommand names and flags are a contract: scripts and other
 //! parts of tidemark depend on them. One file per subcommand.
 
+mod digest;
 mod log;
 mod prune;
 mod restore;
@@ -74,6 +75,21 @@ pub enum Command {
         /// Restore into a target that already holds data.
         #[arg(long)]
         force: bool,
+        /// Kafka: restore source topics under other names, `a=b,c=d`.
+        #[arg(long)]
+        topic_map: Option<String>,
+    },
+    /// Digest the contents of a live source (`kafka://host:port`) to compare a
+    /// restore with its source. Needs no configuration file.
+    Digest {
+        /// What to digest; the scheme selects the kind.
+        url: String,
+        /// Kafka: only these topics (names or ^regex), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        topics: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Apply the configured retention now.
     Prune {
@@ -108,6 +124,9 @@ pub fn init_tracing() {
 
 /// Runs a parsed command line.
 pub fn execute(cli: Cli) -> Result<()> {
+    if let Command::Digest { url, topics, json } = &cli.command {
+        return digest::digest(url, topics, *json);
+    }
     let path = cli
         .config
         .clone()
@@ -147,8 +166,20 @@ pub fn execute(cli: Cli) -> Result<()> {
             target,
             dry_run,
             force,
-        } => restore::restore(&cfg, &source, &at, &target, dry_run, force),
+            topic_map,
+        } => restore::restore(
+            &cfg,
+            &source,
+            &at,
+            &target,
+            restore::Flags {
+                dry_run,
+                force,
+                topic_map,
+            },
+        ),
         Command::Prune { dry_run } => prune::prune(&cfg, dry_run),
+        Command::Digest { .. } => Ok(()), // handled above, without a configuration
     }
 }
 

@@ -23,6 +23,12 @@ pub struct PartitionDigest {
     hasher: Sha256,
 }
 
+impl std::fmt::Debug for PartitionDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} records, sha256 {}", self.records, self.hex())
+    }
+}
+
 impl Default for PartitionDigest {
     fn default() -> Self {
         PartitionDigest {

@@ -7,6 +7,7 @@
 //! run it on the blocking pool.
 
 pub mod digest;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -13,6 +13,8 @@
 //! - **Prove it.** It ends with a digest computed the same way as `tidemark digest`,
 //!   so the result can be compared with the source.
 
+pub mod kafka;
+
 use std::fmt;
 
 use crate::config::SourceKind;

@@ -1,0 +1,81 @@
+//! Source safety for `tidemark status`: per-partition lag and how long until the
+//! broker's retention deletes records the journal does not have yet, from the
+//! newest journaled `KafkaState` and the checkpoints (no broker is contacted).
+
+use serde_json::{json, Value};
+
+use crate::event::{KafkaState, Payload};
+use crate::journal::{Journal, JournalError, SourceId};
+use crate::position::{Position, PositionKind};
+use crate::time::Timestamp;
+
+/// The newest journaled state of a Kafka source.
+pub fn latest_state(journal: &Journal, src: SourceId) -> Result<Option<KafkaState>, JournalError> {
+    let Some(seq) = journal.seq_at_position(src, &Position::kafka_state(i64::MAX))? else {
+        return Ok(None);
+    };
+    for item in journal.events(src, seq, seq) {
+        if let Some(Payload::KafkaState(s)) = item?.event.payload {
+            return Ok(Some(s));
+        }
+    }
+    Ok(None)
+}
+
+/// One JSON object per partition: `topic`, `partition`, `high_watermark` (as last
+/// observed), `journaled_next`, `lag` (records the broker had that the journal did
+/// not, at `observed_at`), `caught_up` (the journal held everything up to then),
+/// `retention_ms`, and `retention_deadline` / `seconds_until_loss`: when retention
+/// may delete the oldest record not yet journaled (null when nothing is at risk or
+/// retention is unknown or infinite). The deadline is conservative: the oldest
+/// uncaptured record was appended after `caught_up`.
+pub fn partition_rows(
+    journal: &Journal,
+    src: SourceId,
+    now: Timestamp,
+) -> Result<Vec<Value>, JournalError> {
+    let Some(state) = latest_state(journal, src)? else {
+        return Ok(Vec::new());
+    };
+    let checkpoints = journal.checkpoints(src)?;
+    let mut rows = Vec::new();
+    for p in &state.partitions {
+        let journaled_next = checkpoints
+            .iter()
+            .filter_map(|c| match &c.position.kind {
+                Some(PositionKind::Kafka(k)) if k.topic == p.topic && k.partition == p.partition => {
+                    Some(k.offset + 1)
+                }
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+            .max(p.journaled_next);
+        let lag = (p.high_watermark - journaled_next).max(0);
+        let retention_ms = state
+            .topics
+            .iter()
+            .find(|t| t.name == p.topic)
+            .and_then(|t| t.configs.iter().find(|c| c.name == "retention.ms"))
+            .and_then(|c| c.value.parse::<i64>().ok())
+            .filter(|&ms| ms >= 0);
+        let since = p.caught_up_us.unwrap_or(state.observed_before_us);
+        let deadline = match (lag > 0, retention_ms) {
+            (true, Some(ms)) => Some(since.saturating_add(ms.saturating_mul(1000))),
+            _ => None,
+        };
+        rows.push(json!({
+            "topic": p.topic,
+            "partition": p.partition,
+            "high_watermark": p.high_watermark,
+            "journaled_next": journaled_next,
+            "lag": lag,
+            "observed_at": Timestamp::from_micros(state.observed_after_us).to_rfc3339(),
+            "caught_up": p.caught_up_us.map(|t| Timestamp::from_micros(t).to_rfc3339()),
+            "retention_ms": retention_ms,
+            "retention_deadline": deadline.map(|t| Timestamp::from_micros(t).to_rfc3339()),
+            "seconds_until_loss": deadline.map(|t| (t - now.as_micros()) / 1_000_000),
+        }));
+    }
+    Ok(rows)
+}

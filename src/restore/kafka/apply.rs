@@ -1,0 +1,372 @@
+//! Writing a [`Cut`] into a target cluster: topics, records, group offsets.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{cut, for_each_record, Cut, KafkaRestoreError};
+use crate::event::{KafkaRecord, KafkaTimestampType};
+use crate::journal::Journal;
+use crate::kafka::digest::{Digests, PartitionDigest};
+use crate::kafka::{futures_block_on, Connection, KafkaError, CONNECT_TIMEOUT, REQUEST_TIMEOUT};
+use crate::restore::RestorePlan;
+
+/// How to restore.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaRestoreOptions {
+    /// `kafka://host:port[,...]`.
+    pub target: String,
+    /// Source topic → target topic (unlisted topics keep their names).
+    pub topic_map: BTreeMap<String, String>,
+    /// Write into topics that already hold records (after them).
+    pub force: bool,
+    /// Show progress on stderr (when it is a terminal).
+    pub progress: bool,
+}
+
+/// What a restore did.
+#[derive(Debug, Default)]
+pub struct KafkaRestoreSummary {
+    /// Target topics created.
+    pub created: Vec<String>,
+    /// Target topics that existed already.
+    pub reused: Vec<String>,
+    /// Digests of what was written, by target `(topic, partition)`.
+    pub digests: Digests,
+    /// Group offsets set: `(group, target topic, partition, source offset, target offset)`.
+    pub groups: Vec<(String, String, i32, i64, i64)>,
+    /// Records written.
+    pub records: u64,
+    /// Wall time spent writing.
+    pub elapsed: Duration,
+}
+
+/// Collects delivery failures reported by librdkafka's background thread.
+#[derive(Default)]
+struct DeliveryLog {
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryLog {}
+
+impl ProducerContext for DeliveryLog {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+            first.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+impl DeliveryLog {
+    fn check(&self) -> Result<(), KafkaRestoreError> {
+        let first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        match first.as_ref() {
+            Some(e) => Err(KafkaRestoreError::Produce(e.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Restores `plan` into `opts.target` (see the module docs of `restore::kafka`).
+pub fn restore(
+    journal: &Journal,
+    plan: &RestorePlan,
+    opts: &KafkaRestoreOptions,
+) -> Result<KafkaRestoreSummary, KafkaRestoreError> {
+    let c = cut(journal, plan)?;
+    for src in opts.topic_map.keys() {
+        if !c.topics.contains_key(src) {
+            return Err(KafkaRestoreError::UnknownTopic {
+                topic: src.clone(),
+                known: c.topics.keys().cloned().collect::<Vec<_>>().join(", "),
+            });
+        }
+    }
+    let target = |t: &str| opts.topic_map.get(t).cloned().unwrap_or_else(|| t.to_string());
+    let conn = Connection::from_url(&opts.target)?;
+    let mut summary = KafkaRestoreSummary::default();
+    let base = prepare_topics(&conn, &c, &target, opts.force, &mut summary)?;
+
+    let ctx = DeliveryLog::default();
+    let mut cfg = conn.client_config();
+    cfg.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("message.max.bytes", "104857600");
+    let producer: BaseProducer<DeliveryLog> = cfg
+        .create_with_context(ctx)
+        .map_err(|e| conn.request_error("producer set-up", e))?;
+
+    // Group offsets to translate, per source partition, ascending.
+    let mut pending: BTreeMap<(String, i32), Vec<(i64, usize)>> = BTreeMap::new();
+    for (i, g) in c.groups.iter().enumerate() {
+        if c.end.contains_key(&(g.topic.clone(), g.partition)) {
+            pending
+                .entry((g.topic.clone(), g.partition))
+                .or_default()
+                .push((g.offset, i));
+        }
+    }
+    pending.values_mut().for_each(|v| v.sort());
+    let mut translated: Vec<Option<i64>> = vec![None; c.groups.len()];
+    let mut written: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let total = c.total_records();
+    let show = opts.progress && std::io::stderr().is_terminal();
+    let start = Instant::now();
+    let mut last_shown = Instant::now();
+    let mut n = 0u64;
+    for_each_record(journal, plan, &c.end, |key, offset, r| {
+        let tt = target(&key.0);
+        let done = written.entry(key.clone()).or_insert(0);
+        let b = base.get(key).copied().unwrap_or(0);
+        if let Some(list) = pending.get_mut(key) {
+            while let Some(&(o, i)) = list.first() {
+                if o > offset {
+                    break;
+                }
+                translated[i] = Some(b + *done);
+                list.remove(0);
+            }
+        }
+        send(&producer, &tt, key.1, r)?;
+        *done += 1;
+        summary
+            .digests
+            .entry((tt, key.1))
+            .or_insert_with(PartitionDigest::default)
+            .add(r);
+        n += 1;
+        if n % 4096 == 0 {
+            producer.poll(Duration::ZERO);
+            producer.context().check()?;
+            if show && last_shown.elapsed() > Duration::from_millis(500) {
+                eprint!("\rrestoring: {n}/{total} records");
+                let _ = std::io::stderr().flush();
+                last_shown = Instant::now();
+            }
+        }
+        Ok(())
+    })?;
+    producer
+        .flush(Duration::from_secs(120))
+        .map_err(|e| KafkaRestoreError::Produce(e.to_string()))?;
+    producer.context().check()?;
+    if show {
+        eprintln!("\rrestoring: {n}/{total} records");
+    }
+    summary.records = n;
+    summary.elapsed = start.elapsed();
+    for (key, list) in pending {
+        let b = base.get(&key).copied().unwrap_or(0);
+        let done = written.get(&key).copied().unwrap_or(0);
+        for (_, i) in list {
+            translated[i] = Some(b + done);
+        }
+    }
+    // Every restored partition gets a digest line, even an empty one.
+    for (t, p) in c.end.keys() {
+        summary
+            .digests
+            .entry((target(t), *p))
+            .or_insert_with(PartitionDigest::default);
+    }
+    commit_groups(&conn, &c, &translated, &target, &mut summary)?;
+    Ok(summary)
+}
+
+/// Produces one record, waiting while librdkafka's queue is full.
+fn send(
+    producer: &BaseProducer<DeliveryLog>,
+    topic: &str,
+    partition: i32,
+    r: &KafkaRecord,
+) -> Result<(), KafkaRestoreError> {
+    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+    for h in &r.headers {
+        headers = headers.insert(Header {
+            key: &h.key,
+            value: h.value.as_deref(),
+        });
+    }
+    let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(partition);
+    if let Some(k) = r.key.as_deref() {
+        rec = rec.key(k);
+    }
+    if let Some(v) = r.value.as_deref() {
+        rec = rec.payload(v);
+    }
+    if !r.headers.is_empty() {
+        rec = rec.headers(headers);
+    }
+    if r.timestamp_type != KafkaTimestampType::NotAvailable as i32 && r.timestamp_ms >= 0 {
+        rec = rec.timestamp(r.timestamp_ms);
+    }
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((RdError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                rec = back;
+                producer.poll(Duration::from_millis(20));
+                producer.context().check()?;
+            }
+            Err((e, _)) => return Err(KafkaRestoreError::Produce(e.to_string())),
+        }
+    }
+}
+
+/// Creates missing target topics and checks existing ones; returns each target
+/// partition's starting offset (its high-water mark before the restore).
+fn prepare_topics(
+    conn: &Connection,
+    c: &Cut,
+    target: &dyn Fn(&str) -> String,
+    force: bool,
+    summary: &mut KafkaRestoreSummary,
+) -> Result<BTreeMap<(String, i32), i64>, KafkaRestoreError> {
+    let meta = conn.query_client(None)?;
+    let existing = conn.topics(&meta)?;
+    let admin = conn.admin()?;
+    let mut base = BTreeMap::new();
+    for (src, m) in &c.topics {
+        let tt = target(src);
+        let need = m.partitions;
+        match existing.get(&tt) {
+            Some(&have) => {
+                if have < need {
+                    return Err(KafkaRestoreError::TooFewPartitions {
+                        topic: tt,
+                        have,
+                        need,
+                    });
+                }
+                for p in 0..need {
+                    let (low, high) = conn.watermarks(&meta, &tt, p)?;
+                    if high > low && !force {
+                        return Err(KafkaRestoreError::NotEmpty {
+                            topic: tt,
+                            partition: p,
+                            end: high,
+                        });
+                    }
+                    base.insert((src.clone(), p), high);
+                }
+                summary.reused.push(tt);
+            }
+            None => {
+                create_topic(conn, &admin, &tt, m)?;
+                wait_for_topic(conn, &meta, &tt, need)?;
+                for p in 0..need {
+                    base.insert((src.clone(), p), 0);
+                }
+                summary.created.push(tt);
+            }
+        }
+    }
+    Ok(base)
+}
+
+fn create_topic(
+    conn: &Connection,
+    admin: &rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+    name: &str,
+    m: &crate::event::KafkaTopicMeta,
+) -> Result<(), KafkaRestoreError> {
+    let opts = AdminOptions::new()
+        .request_timeout(Some(REQUEST_TIMEOUT))
+        .operation_timeout(Some(REQUEST_TIMEOUT));
+    let configs: Vec<(&str, &str)> = m
+        .configs
+        .iter()
+        .filter(|e| e.explicit)
+        .map(|e| (e.name.as_str(), e.value.as_str()))
+        .collect();
+    // Replication -1: the target cluster's default.
+    let mut topic = NewTopic::new(name, m.partitions.max(1), TopicReplication::Fixed(-1));
+    for (k, v) in &configs {
+        topic = topic.set(k, v);
+    }
+    let results = futures_block_on(admin.create_topics([&topic], &opts))
+        .map_err(|e| conn.request_error(&format!("CreateTopics {name}"), e))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => {
+                return Err(conn
+                    .request_error(&format!("CreateTopics {t}"), code)
+                    .into())
+            }
+        }
+    }
+    Ok(())
+}
+
+fn wait_for_topic(
+    conn: &Connection,
+    meta: &rdkafka::consumer::BaseConsumer,
+    name: &str,
+    partitions: i32,
+) -> Result<(), KafkaRestoreError> {
+    let start = Instant::now();
+    loop {
+        if conn
+            .topics(meta)?
+            .get(name)
+            .is_some_and(|&n| n >= partitions)
+        {
+            return Ok(());
+        }
+        if start.elapsed() > CONNECT_TIMEOUT {
+            return Err(KafkaError::Request {
+                what: format!("creating topic {name}"),
+                brokers: conn.brokers.clone(),
+                detail: format!("it did not appear with {partitions} partitions"),
+                hint: "check the broker's logs".into(),
+            }
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn commit_groups(
+    conn: &Connection,
+    c: &Cut,
+    translated: &[Option<i64>],
+    target: &dyn Fn(&str) -> String,
+    summary: &mut KafkaRestoreSummary,
+) -> Result<(), KafkaRestoreError> {
+    let mut by_group: BTreeMap<&str, TopicPartitionList> = BTreeMap::new();
+    for (g, t) in c.groups.iter().zip(translated) {
+        let Some(to) = *t else { continue };
+        let tt = target(&g.topic);
+        let tpl = by_group.entry(g.group.as_str()).or_default();
+        tpl.add_partition_offset(&tt, g.partition, Offset::Offset(to))
+            .map_err(|e| conn.request_error("offset list", e))?;
+        if let Some(mut el) = tpl.find_partition(&tt, g.partition) {
+            let _ = el.set_metadata(&g.metadata);
+        }
+        summary
+            .groups
+            .push((g.group.clone(), tt, g.partition, g.offset, to));
+    }
+    for (group, tpl) in by_group {
+        let client = conn.query_client(Some(group))?;
+        client
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(|e| conn.request_error(&format!("OffsetCommit for group {group}"), e))?;
+    }
+    Ok(())
+}
