@@ -10,7 +10,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use sha2::{Digest, Sha256};
 
-use super::{record_of, Connection, KafkaError, TopicFilter};
+use super::{fetched_high_watermark, record_of, Connection, KafkaError, TopicFilter};
 use crate::event::KafkaRecord;
 
 /// How long reading may make no progress before `digest` gives up.
@@ -80,8 +80,9 @@ impl PartitionDigest {
 /// Digests of every partition of some topics, keyed by `(topic, partition)`.
 pub type Digests = BTreeMap<(String, i32), PartitionDigest>;
 
-/// Reads every partition of the selected topics from its start to the high-water
-/// mark seen when reading began (committed records only) and digests them.
+/// Reads every partition of the selected topics from its start to its high-water
+/// mark (committed records only) and digests them. Meant for topics nobody writes
+/// to meanwhile: records appended while it reads may be included.
 /// `topics` empty selects every non-internal topic; a named topic that does not
 /// exist is an error.
 pub fn digest_cluster(conn: &Connection, topics: &[String]) -> Result<Digests, KafkaError> {
@@ -130,46 +131,44 @@ pub fn digest_cluster(conn: &Connection, topics: &[String]) -> Result<Digests, K
         .map_err(|e| conn.request_error("assign", e))?;
     let mut last_progress = Instant::now();
     while !ends.is_empty() {
-        match consumer.poll(Duration::from_millis(200)) {
+        match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 last_progress = Instant::now();
                 let key = (m.topic().to_string(), m.partition());
-                let Some(&end) = ends.get(&key) else { continue };
-                if m.offset() < end {
+                if ends.contains_key(&key) {
                     if let Some(d) = out.get_mut(&key) {
                         d.add(&record_of(&m));
                     }
                 }
-                if m.offset() + 1 >= end {
-                    ends.remove(&key);
-                }
             }
             Some(Err(e)) => return Err(conn.request_error("fetch", e)),
-            None => {
-                // Positions move past transaction markers without a record.
-                if let Ok(pos) = consumer.position() {
-                    for el in pos.elements() {
-                        let key = (el.topic().to_string(), el.partition());
-                        if let (Offset::Offset(o), Some(&end)) = (el.offset(), ends.get(&key)) {
-                            if o >= end {
-                                ends.remove(&key);
-                            }
-                        }
+            None => {}
+        }
+        // A partition is done once the position reached both the mark seen at the
+        // start and the one in the latest fetch response (positions also move past
+        // transaction markers, which yield no record).
+        if let Ok(pos) = consumer.position() {
+            for el in pos.elements() {
+                let key = (el.topic().to_string(), el.partition());
+                let Some(&start_end) = ends.get(&key) else { continue };
+                let fetched = fetched_high_watermark(&consumer, &key.0, key.1);
+                if let (Offset::Offset(o), Some(f)) = (el.offset(), fetched) {
+                    if o >= start_end.max(f) {
+                        ends.remove(&key);
                     }
                 }
-                if last_progress.elapsed() > STALL_TIMEOUT {
-                    let left: Vec<String> =
-                        ends.keys().map(|(t, p)| format!("{t}/{p}")).collect();
-                    return Err(conn.request_error(
-                        "fetch",
-                        format!(
-                            "no records for {}s while partitions {} were unfinished",
-                            STALL_TIMEOUT.as_secs(),
-                            left.join(", ")
-                        ),
-                    ));
-                }
             }
+        }
+        if last_progress.elapsed() > STALL_TIMEOUT {
+            let left: Vec<String> = ends.keys().map(|(t, p)| format!("{t}/{p}")).collect();
+            return Err(conn.request_error(
+                "fetch",
+                format!(
+                    "no records for {}s while partitions {} were unfinished",
+                    STALL_TIMEOUT.as_secs(),
+                    left.join(", ")
+                ),
+            ));
         }
     }
     Ok(out)

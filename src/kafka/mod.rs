@@ -286,6 +286,33 @@ pub fn futures_block_on<F: std::future::Future>(fut: F) -> F::Output {
     }
 }
 
+/// The high-water mark of `topic`/`partition` carried by the last fetch response
+/// `consumer` received (librdkafka caches it; no request is made). `None` before
+/// the first fetch of that partition.
+///
+/// Used beside the ListOffsets answer ([`Connection::watermarks`]): some
+/// Kafka-protocol brokers (tansu 0.6) answer ListOffsets(latest) with the last
+/// batch's base offset + 1 while their fetch responses are right; the larger of
+/// the two is a sound mark either way.
+pub fn fetched_high_watermark(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid for the consumer's lifetime, `topic` is a
+    // NUL-terminated string that outlives the call, and librdkafka only writes the
+    // two i64 out-parameters. The call reads a cache and does not block.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
+}
+
 /// Which topics a source captures: literal names, and regular expressions (entries
 /// starting with `^`). Internal topics (`__consumer_offsets`, ...) match only by name.
 #[derive(Debug, Clone)]

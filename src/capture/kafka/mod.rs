@@ -31,7 +31,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::{BoxFuture, CaptureContext, CaptureError, Shutdown, Source, SourceJournal};
 use crate::event::{ChangeEvent, Payload};
 use crate::journal::Progress;
-use crate::kafka::{record_of, Connection, KafkaError, TopicFilter, REQUEST_TIMEOUT};
+use crate::kafka::{fetched_high_watermark, record_of, Connection, KafkaError, TopicFilter, REQUEST_TIMEOUT};
 use crate::position::{Position, PositionKind};
 use crate::time::Timestamp;
 
@@ -411,7 +411,10 @@ impl Capture {
         let mut marks = Vec::with_capacity(keys.len());
         for (t, p) in &keys {
             match self.src.conn.watermarks(&self.meta, t, *p) {
-                Ok(m) => marks.push(((t.clone(), *p), m)),
+                Ok((low, high)) => {
+                    let fetched = fetched_high_watermark(&self.consumer, t, *p).unwrap_or(-1);
+                    marks.push(((t.clone(), *p), (low, high.max(fetched))));
+                }
                 Err(e) => {
                     tracing::warn!(source = %self.src.name, error = %e, "watermark observation failed; retrying");
                     return Ok(None);
