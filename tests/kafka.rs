@@ -3,8 +3,9 @@
 //!
 //! What tansu 0.6 cannot exercise (said again in README): transactions (so
 //! read_committed's handling of aborted records and markers is librdkafka's and
-//! untested here), and topic configs (it has no DescribeConfigs worth journaling
-//! here; see `topic_configs_as_far_as_the_broker_allows`).
+//! untested here), and adding partitions to an existing topic (no CreatePartitions);
+//! new topics are tested instead. Its ListOffsets(latest) answers the last batch's
+//! base offset + 1; capture also reads the high-water mark of fetch responses.
 
 mod common;
 mod kafka_support;
@@ -40,7 +41,7 @@ fn capture_and_restore_at_several_times() {
         return;
     };
     src.create_topic("orders", 3);
-    src.create_topic("audit.a", 2);
+    src.create_topic_with("audit.a", 2, &[("retention.ms", "3600000")]);
     src.create_topic("other", 1);
     let dir = tempfile::tempdir().unwrap();
     let cfg = kafka_config(dir.path(), &src.addr(), &["orders", "^audit\\..*"], &["billing"]);
@@ -85,6 +86,9 @@ fn capture_and_restore_at_several_times() {
     for p in parts {
         assert_eq!(p["lag"], 0, "{p}");
         assert!(p.get("seconds_until_loss").is_some());
+        if p["topic"] == "audit.a" {
+            assert_eq!(p["retention_ms"], 3600000, "{p}");
+        }
     }
     assert!(st["position"].as_str().unwrap().contains("orders/0@"), "{st}");
     runner.stop();
@@ -98,6 +102,11 @@ fn capture_and_restore_at_several_times() {
     assert!(stdout(&out).contains(&format!("orders/0 records=12 sha256={}", d1[&("orders".to_string(), 0)].1)));
     assert_eq!(committed(&dst.addr(), "billing", "orders", 3), vec![4, 2, -1]);
     assert_eq!(committed(&dst.addr(), "billing", "audit.a", 2), vec![-1, 5]);
+    assert_eq!(
+        topic_configs(&dst.addr(), "audit.a").get("retention.ms").map(String::as_str),
+        Some("3600000"),
+        "topic configs restored"
+    );
 
     // The same again is refused: the target holds records now.
     let out = tidemark(&["-c", c, "restore", "--source", "events", "--at", &at1, "--target", &dst.url()]);

@@ -60,11 +60,17 @@ fn kafka(
     if flags.dry_run {
         let c = kafka_restore::cut(journal, plan)?;
         for (t, m) in &c.topics {
+            let configs: Vec<String> = m
+                .configs
+                .iter()
+                .filter(|e| kafka_restore::copies_config(e))
+                .map(|e| format!("{}={}", e.name, e.value))
+                .collect();
             println!(
-                "  topic {t} -> {} ({} partitions, {} explicit configs)",
+                "  topic {t} -> {} ({} partitions; configs: {})",
                 name(t),
                 m.partitions,
-                m.configs.iter().filter(|e| e.explicit).count()
+                if configs.is_empty() { "-".to_string() } else { configs.join(", ") }
             );
         }
         for ((t, p), end) in &c.end {

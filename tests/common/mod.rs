@@ -443,10 +443,19 @@ impl Tansu {
 
     /// Creates a topic with `partitions` partitions using tansu's own CLI.
     pub fn create_topic(&self, name: &str, partitions: u32) {
-        let out = Command::new(&self.bin)
-            .args(["topic", "create", "--broker"])
+        self.create_topic_with(name, partitions, &[]);
+    }
+
+    /// As [`Tansu::create_topic`], with topic configs (`("retention.ms", "60000")`).
+    pub fn create_topic_with(&self, name: &str, partitions: u32, configs: &[(&str, &str)]) {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["topic", "create", "--broker"])
             .arg(format!("tcp://{}", self.addr()))
-            .args(["--partitions", &partitions.to_string(), name])
+            .args(["--partitions", &partitions.to_string(), name]);
+        for (k, v) in configs {
+            cmd.arg("--config").arg(format!("{k}={v}"));
+        }
+        let out = cmd
             .output()
             .expect("run tansu topic create");
         assert!(

@@ -265,3 +265,16 @@ pub fn renamed(
         .map(|((t, p), v)| ((f(t), *p), v.clone()))
         .collect()
 }
+
+/// The configs the broker reports for `topic`, by name.
+pub fn topic_configs(addr: &str, topic: &str) -> BTreeMap<String, String> {
+    let conn = tidemark::kafka::Connection::from_url(&format!("kafka://{addr}")).unwrap();
+    let admin = conn.admin().unwrap();
+    conn.topic_configs(&admin, &[topic.to_string()])
+        .unwrap()
+        .remove(topic)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.name, e.value))
+        .collect()
+}

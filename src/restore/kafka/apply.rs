@@ -290,7 +290,7 @@ fn create_topic(
     let configs: Vec<(&str, &str)> = m
         .configs
         .iter()
-        .filter(|e| e.explicit)
+        .filter(|e| super::copies_config(e))
         .map(|e| (e.name.as_str(), e.value.as_str()))
         .collect();
     // Replication -1: the target cluster's default.

@@ -166,6 +166,26 @@ where
     Ok(())
 }
 
+/// Topic configs that shape what a topic holds; restored whenever the source
+/// reported them, even as defaults (some brokers, tansu among them, mark every
+/// entry as a default).
+pub const DATA_CONFIGS: &[&str] = &[
+    "cleanup.policy",
+    "retention.ms",
+    "retention.bytes",
+    "delete.retention.ms",
+    "min.compaction.lag.ms",
+    "max.compaction.lag.ms",
+    "max.message.bytes",
+    "message.timestamp.type",
+];
+
+/// Whether a journaled topic config is set on the restored topic: every config the
+/// source had set on the topic, and the [`DATA_CONFIGS`].
+pub fn copies_config(e: &crate::event::KafkaConfigEntry) -> bool {
+    e.explicit || DATA_CONFIGS.contains(&e.name.as_str())
+}
+
 /// Parses `--topic-map a=b,c=d`.
 pub fn parse_topic_map(s: &str) -> Result<BTreeMap<String, String>, KafkaRestoreError> {
     let mut m = BTreeMap::new();
