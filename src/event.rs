@@ -228,9 +228,9 @@ pub struct KafkaRecord {
 /// partition's offsets, and the committed offsets of the configured groups.
 ///
 /// Journaled on change and at least every few seconds on the source's reserved state
-/// stream. The event's capture time is `observed_after_us`: at that moment every
-/// partition held at least the offsets below its `high_watermark`, which is what a
-/// restore cut uses.
+/// stream. The event's capture time is `observed_before_us`: the marks were read
+/// within `[observed_before_us, observed_after_us]` (milliseconds), and a restore
+/// cut counts them at the start of that window.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct KafkaState {
     /// Taken just before the brokers were asked (µs): no partition held more than its
@@ -238,7 +238,7 @@ pub struct KafkaState {
     #[prost(int64, tag = "1")]
     pub observed_before_us: i64,
     /// Taken after every answer arrived (µs): each partition held at least the offsets
-    /// below its `high_watermark` then. Restore cuts use this bound.
+    /// below its `high_watermark` then.
     #[prost(int64, tag = "2")]
     pub observed_after_us: i64,
     /// Captured topics.

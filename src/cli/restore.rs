@@ -58,7 +58,7 @@ fn kafka(
     let topic_map = kafka_restore::parse_topic_map(flags.topic_map.as_deref().unwrap_or(""))?;
     let name = |t: &str| topic_map.get(t).cloned().unwrap_or_else(|| t.to_string());
     if flags.dry_run {
-        let c = kafka_restore::cut(journal, plan)?;
+        let c = kafka_restore::cut(journal, plan, true)?;
         for (t, m) in &c.topics {
             let configs: Vec<String> = m
                 .configs

@@ -93,7 +93,21 @@ impl Source for KafkaSource {
     }
 }
 
-/// The running capture (one blocking thread).
+/// Why the capture loop ended early.
+enum LoopEnd {
+    /// The appender thread stopped (its error is the one to report).
+    AppenderGone,
+    /// The loop itself failed.
+    Failed(CaptureError),
+}
+
+impl From<CaptureError> for LoopEnd {
+    fn from(e: CaptureError) -> Self {
+        LoopEnd::Failed(e)
+    }
+}
+
+/// The running capture (a fetching thread and an appending thread).
 struct Capture {
     src: KafkaSource,
     journal: SourceJournal,
@@ -175,7 +189,42 @@ impl Capture {
         })
     }
 
+    /// Runs the loop with a second thread doing the durable appends, so fetching the
+    /// next batch overlaps the fsync of the previous one. Batches reach the appender
+    /// in order, each with the progress (coverage) that holds once it is durable;
+    /// the channel is bounded so capture never runs far ahead of the journal.
     fn run(mut self) -> Result<(), CaptureError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<ChangeEvent>, Progress)>(2);
+        let journal = self.journal.clone();
+        let appender = std::thread::Builder::new()
+            .name(format!("tidemark-append-{}", self.src.name))
+            .spawn(move || -> Result<(), CaptureError> {
+                for (events, progress) in rx {
+                    journal.append_blocking(&events, &progress)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| self.err(format!("cannot start the journal thread: {e}")))?;
+        let looped = self.capture_loop(&tx);
+        drop(tx); // the appender drains what is queued, then ends
+        let appended = appender
+            .join()
+            .unwrap_or_else(|_| Err(self.err("journal thread panicked")));
+        // A journal failure is the root cause when both failed.
+        appended?;
+        match looped {
+            Ok(()) | Err(LoopEnd::AppenderGone) => {
+                tracing::info!(source = %self.src.name, "kafka capture stopped");
+                Ok(())
+            }
+            Err(LoopEnd::Failed(e)) => Err(e),
+        }
+    }
+
+    fn capture_loop(
+        &mut self,
+        tx: &std::sync::mpsc::SyncSender<(Vec<ChangeEvent>, Progress)>,
+    ) -> Result<(), LoopEnd> {
         // Partitions known from the journal are assigned on the first refresh, with
         // any new ones; until then nothing is fetched.
         let mut assigned: BTreeMap<(String, i32), ()> = BTreeMap::new();
@@ -196,7 +245,7 @@ impl Capture {
             let mut events = if stopping {
                 Vec::new()
             } else {
-                self.poll_batch(next_observe.min(next_meta))?
+                self.poll_batch(next_observe.min(next_meta))
             };
             self.skip_gaps();
             if let Some(e) = pending_state.take() {
@@ -209,11 +258,12 @@ impl Capture {
                 coverage: observe::coverage(&self.parts),
             };
             if !events.is_empty() || progress.coverage > last_coverage {
-                self.journal.append_blocking(&events, &progress)?;
                 last_coverage = last_coverage.max(progress.coverage);
+                if tx.send((events, progress)).is_err() {
+                    return Err(LoopEnd::AppenderGone);
+                }
             }
             if stopping {
-                tracing::info!(source = %self.src.name, "kafka capture stopped");
                 return Ok(());
             }
         }
@@ -221,17 +271,21 @@ impl Capture {
 
     /// Polls records until the batch is full, `BATCH_WAIT` after its first record,
     /// or `deadline` (housekeeping) is reached.
-    fn poll_batch(&mut self, deadline: Instant) -> Result<Vec<ChangeEvent>, CaptureError> {
+    fn poll_batch(&mut self, deadline: Instant) -> Vec<ChangeEvent> {
         let mut events = Vec::new();
         let mut bytes = 0usize;
         let mut close_at = deadline;
+        // Per partition in this batch: next offset (no allocation per record).
+        let mut batch_next: Vec<(String, i32, i64)> = Vec::new();
         loop {
             let now = Instant::now();
-            if events.len() >= BATCH_RECORDS || bytes >= BATCH_BYTES || now >= close_at {
-                return Ok(events);
-            }
-            if self.shutdown.is_fired() {
-                return Ok(events);
+            if events.len() >= BATCH_RECORDS
+                || bytes >= BATCH_BYTES
+                || now >= close_at
+                || self.shutdown.is_fired()
+            {
+                self.flush_batch_offsets(&mut batch_next);
+                return events;
             }
             let wait = (close_at - now).min(Duration::from_millis(100));
             match self.consumer.poll(wait) {
@@ -244,26 +298,46 @@ impl Capture {
                     if events.is_empty() {
                         close_at = close_at.min(Instant::now() + BATCH_WAIT);
                     }
-                    let key = (m.topic().to_string(), m.partition());
-                    let offset = m.offset();
-                    if let Some(s) = self.parts.get(&key) {
-                        if s.next.is_some_and(|n| offset < n) {
-                            continue; // already journaled (cannot happen after an exact assign)
+                    let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
+                    let slot = match batch_next
+                        .iter()
+                        .position(|(t, p, _)| *p == partition && t == topic)
+                    {
+                        Some(i) => i,
+                        None => {
+                            let start = self
+                                .parts
+                                .get(&(topic.to_string(), partition))
+                                .and_then(|s| s.next);
+                            batch_next.push((topic.to_string(), partition, start.unwrap_or(-1)));
+                            batch_next.len() - 1
                         }
+                    };
+                    if offset < batch_next[slot].2 {
+                        continue; // already journaled (cannot happen after an exact assign)
                     }
+                    batch_next[slot].2 = offset + 1;
                     let record = record_of(&m);
                     bytes += record.key.as_ref().map_or(0, Vec::len)
                         + record.value.as_ref().map_or(0, Vec::len);
                     events.push(ChangeEvent {
                         source: String::new(),
-                        position: Some(Position::kafka(&key.0, key.1, offset)),
+                        position: Some(Position::kafka(topic, partition, offset)),
                         commit_time_us: None,
                         capture_time_us: Timestamp::now().as_micros(),
                         txn: None,
                         payload: Some(Payload::Kafka(record)),
                     });
-                    self.parts.entry(key).or_default().advance(offset + 1);
                 }
+            }
+        }
+    }
+
+    /// Applies the batch's next offsets to the partition states.
+    fn flush_batch_offsets(&mut self, batch_next: &mut Vec<(String, i32, i64)>) {
+        for (t, p, next) in batch_next.drain(..) {
+            if next >= 0 {
+                self.parts.entry((t, p)).or_default().advance(next);
             }
         }
     }
@@ -444,7 +518,9 @@ impl Capture {
             source: String::new(),
             position: Some(pos),
             commit_time_us: None,
-            capture_time_us: after,
+            // On the journal's axis an observation counts at its start (see
+            // `restore::kafka`, "The cut rule").
+            capture_time_us: before,
             txn: None,
             payload: Some(Payload::KafkaState(state)),
         }))

@@ -84,7 +84,7 @@ pub fn restore(
     plan: &RestorePlan,
     opts: &KafkaRestoreOptions,
 ) -> Result<KafkaRestoreSummary, KafkaRestoreError> {
-    let c = cut(journal, plan)?;
+    let c = cut(journal, plan, false)?;
     for src in opts.topic_map.keys() {
         if !c.topics.contains_key(src) {
             return Err(KafkaRestoreError::UnknownTopic {
@@ -123,7 +123,7 @@ pub fn restore(
     pending.values_mut().for_each(|v| v.sort());
     let mut translated: Vec<Option<i64>> = vec![None; c.groups.len()];
     let mut written: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    let total = c.total_records();
+    let total = plan.events; // an upper bound: it includes state events
     let show = opts.progress && std::io::stderr().is_terminal();
     let start = Instant::now();
     let mut last_shown = Instant::now();
@@ -153,7 +153,7 @@ pub fn restore(
             producer.poll(Duration::ZERO);
             producer.context().check()?;
             if show && last_shown.elapsed() > Duration::from_millis(500) {
-                eprint!("\rrestoring: {n}/{total} records");
+                eprint!("\rrestoring: {n} records (of at most {total})");
                 let _ = std::io::stderr().flush();
                 last_shown = Instant::now();
             }
@@ -165,7 +165,7 @@ pub fn restore(
         .map_err(|e| KafkaRestoreError::Produce(e.to_string()))?;
     producer.context().check()?;
     if show {
-        eprintln!("\rrestoring: {n}/{total} records");
+        eprintln!("\rrestoring: {n} records, done");
     }
     summary.records = n;
     summary.elapsed = start.elapsed();

@@ -2,14 +2,22 @@
 //!
 //! # The cut rule
 //! "Partition P contained record R at T" means R was appended to P at or before T
-//! (record timestamps are set by producers and say nothing about this). The journal
-//! knows two lower bounds, and takes the larger: the high-water marks journaled in
-//! `KafkaState` events observed by T (every offset below a mark observed at T was
-//! in P at T), and the records captured by T (they were fetched, so appended,
-//! before). Records below the cut that capture fetched only after T were in P at T
-//! too, so the restore reads the whole journal for them. Marks are observed every
-//! second: a record appended in the last second before T may be left out, never
-//! one appended after T.
+//! (record timestamps are set by producers and say nothing about this). Capture
+//! observes every partition's high-water mark once a second: it reads the clock
+//! (`before`), asks the brokers, reads the clock again (`after`, milliseconds
+//! later). The restore cut of P at T is the larger of
+//! - the newest mark observed with `before <= T` (every offset below it was in P by
+//!   `after`), and
+//! - the offset after the newest record captured by T (it was fetched, so appended,
+//!   before).
+//!
+//! Records below the cut that capture fetched only after T were in P at T too, so
+//! the restore reads the whole journal for them. Precision: a record appended
+//! within an observation's round trip (`before`..`after`) may be included in a
+//! restore to `before`; one appended in the second before an observation that
+//! capture had not fetched yet may be left out. Coverage (`before` of the newest
+//! observation every partition had caught up with) is where both bounds meet, so a
+//! restore to `latest` holds every record captured up to it.
 //!
 //! Then: create each topic on the target (same partition count, explicit configs),
 //! refuse a non-empty target topic unless `--force`, produce every record below the
@@ -67,6 +75,14 @@ pub enum KafkaRestoreError {
         /// Topics it had.
         known: String,
     },
+    /// Nothing was observed at or before the moment.
+    #[error("source `{source_name}`: capture had observed nothing at {at} (it began later); the journal cannot say what the topics held then: choose a later --at")]
+    BeforeCapture {
+        /// Source name.
+        source_name: String,
+        /// The moment.
+        at: crate::time::Timestamp,
+    },
     /// `--topic-map` is malformed.
     #[error("--topic-map `{0}` is not a list of source=target pairs, e.g. orders=orders_restored,audit=audit_restored")]
     BadTopicMap(String),
@@ -84,7 +100,7 @@ pub struct Cut {
     pub end: BTreeMap<(String, i32), i64>,
     /// Committed offsets of the configured groups at the moment.
     pub groups: Vec<KafkaGroupOffset>,
-    /// Records to restore per partition (counted in a second pass).
+    /// Records to restore per partition (when counted).
     pub records: BTreeMap<(String, i32), u64>,
 }
 
@@ -96,10 +112,16 @@ impl Cut {
 }
 
 /// Computes the cut for `plan` (see the module docs): one pass over the events up
-/// to the moment for the cut, one over the rest for the records below it.
-pub fn cut(journal: &Journal, plan: &RestorePlan) -> Result<Cut, KafkaRestoreError> {
+/// to the moment; with `count`, a second pass over all events fills `records`.
+pub fn cut(journal: &Journal, plan: &RestorePlan, count: bool) -> Result<Cut, KafkaRestoreError> {
     let mut c = Cut::default();
-    if plan.last_seq >= plan.first_seq {
+    if plan.last_seq < plan.first_seq {
+        return Err(KafkaRestoreError::BeforeCapture {
+            source_name: plan.source.name.clone(),
+            at: plan.at,
+        });
+    }
+    {
         for item in journal.events(plan.source.id, plan.first_seq, plan.last_seq) {
             let e = item?.event;
             match (&e.payload, e.position.as_ref().and_then(|p| p.kind.as_ref())) {
@@ -130,10 +152,12 @@ pub fn cut(journal: &Journal, plan: &RestorePlan) -> Result<Cut, KafkaRestoreErr
         });
         meta.partitions = meta.partitions.max(p + 1);
     }
-    for_each_record(journal, plan, &c.end.clone(), |key, _, _| {
-        *c.records.entry(key.clone()).or_insert(0) += 1;
-        Ok(())
-    })?;
+    if count {
+        for_each_record(journal, plan, &c.end.clone(), |key, _, _| {
+            *c.records.entry(key.clone()).or_insert(0) += 1;
+            Ok(())
+        })?;
+    }
     Ok(c)
 }
 
