@@ -84,7 +84,8 @@ fn plain_consume(addr: &str, topic: &str, n: u64) -> f64 {
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
     }
     let start = Instant::now();
     c.assign(&tpl).unwrap();
@@ -147,7 +148,12 @@ fn tidemark_capture(
     }
     let secs = start.elapsed().as_secs_f64();
     // Untimed: let coverage pass the moment loading finished, for the restore.
-    while journal.source("bench").ok().and_then(|s| s.stats.coverage_us) < Some(loaded.as_micros()) {
+    while journal
+        .source("bench")
+        .ok()
+        .and_then(|s| s.stats.coverage_us)
+        < Some(loaded.as_micros())
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
     trigger.fire();

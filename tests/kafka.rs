@@ -44,7 +44,12 @@ fn capture_and_restore_at_several_times() {
     src.create_topic_with("audit.a", 2, &[("retention.ms", "3600000")]);
     src.create_topic("other", 1);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = kafka_config(dir.path(), &src.addr(), &["orders", "^audit\\..*"], &["billing"]);
+    let cfg = kafka_config(
+        dir.path(),
+        &src.addr(),
+        &["orders", "^audit\\..*"],
+        &["billing"],
+    );
     let c = cfg.to_str().unwrap();
     let runner = Runner::start(&cfg, dir.path().join("run.log"));
 
@@ -54,15 +59,37 @@ fn capture_and_restore_at_several_times() {
         &p,
         "orders",
         &[
-            Rec { partition: 0, key: None, value: Some(b"no key"), headers: &[], timestamp: 1_600_000_000_000 },
-            Rec { partition: 0, key: Some(b"tomb"), value: None, headers: &[], timestamp: 1_600_000_000_001 },
-            Rec { partition: 1, key: Some(b""), value: Some(b""), headers: &[("h1", Some(b"v1")), ("h2", None), ("h1", Some(b"again"))], timestamp: 1_600_000_000_002 },
+            Rec {
+                partition: 0,
+                key: None,
+                value: Some(b"no key"),
+                headers: &[],
+                timestamp: 1_600_000_000_000,
+            },
+            Rec {
+                partition: 0,
+                key: Some(b"tomb"),
+                value: None,
+                headers: &[],
+                timestamp: 1_600_000_000_001,
+            },
+            Rec {
+                partition: 1,
+                key: Some(b""),
+                value: Some(b""),
+                headers: &[("h1", Some(b"v1")), ("h2", None), ("h1", Some(b"again"))],
+                timestamp: 1_600_000_000_002,
+            },
         ],
     );
     simple(&p, "orders", 3, "one", 30);
     simple(&p, "audit.a", 2, "one", 10);
     simple(&p, "other", 1, "one", 5);
-    commit_group(&src.addr(), "billing", &[("orders", 0, 4), ("orders", 1, 2), ("audit.a", 1, 5)]);
+    commit_group(
+        &src.addr(),
+        "billing",
+        &[("orders", 0, 4), ("orders", 1, 2), ("audit.a", 1, 5)],
+    );
     let t1 = wait_coverage(&cfg, in_secs(4), &runner.log);
     let d1 = digest(&src.url(), &["orders", "^audit\\..*"]);
     assert_eq!(d1.len(), 5, "{d1:?}");
@@ -72,7 +99,11 @@ fn capture_and_restore_at_several_times() {
     src.create_topic("audit.b", 2);
     simple(&p, "orders", 3, "two", 9);
     simple(&p, "audit.b", 2, "two", 6);
-    commit_group(&src.addr(), "billing", &[("orders", 0, 10), ("audit.b", 1, 2)]);
+    commit_group(
+        &src.addr(),
+        "billing",
+        &[("orders", 0, 10), ("audit.b", 1, 2)],
+    );
     let t2 = wait_coverage(&cfg, in_secs(6), &runner.log);
     let d2 = digest(&src.url(), &["orders", "^audit\\..*"]);
     assert_eq!(d2.len(), 7, "{d2:?}");
@@ -90,49 +121,128 @@ fn capture_and_restore_at_several_times() {
             assert_eq!(p["retention_ms"], 3600000, "{p}");
         }
     }
-    assert!(st["position"].as_str().unwrap().contains("orders/0@"), "{st}");
+    assert!(
+        st["position"].as_str().unwrap().contains("orders/0@"),
+        "{st}"
+    );
     runner.stop();
 
     // Restore moment 1 into the empty target under the same names.
     let at1 = t1.to_rfc3339();
-    let out = tidemark(&["-c", c, "restore", "--source", "events", "--at", &at1, "--target", &dst.url()]);
+    let out = tidemark(&[
+        "-c",
+        c,
+        "restore",
+        "--source",
+        "events",
+        "--at",
+        &at1,
+        "--target",
+        &dst.url(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("created topic orders"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("created topic orders"),
+        "{}",
+        stdout(&out)
+    );
     assert_eq!(digest(&dst.url(), &["orders", "^audit\\..*"]), d1);
-    assert!(stdout(&out).contains(&format!("orders/0 records=12 sha256={}", d1[&("orders".to_string(), 0)].1)));
-    assert_eq!(committed(&dst.addr(), "billing", "orders", 3), vec![4, 2, -1]);
+    assert!(stdout(&out).contains(&format!(
+        "orders/0 records=12 sha256={}",
+        d1[&("orders".to_string(), 0)].1
+    )));
+    assert_eq!(
+        committed(&dst.addr(), "billing", "orders", 3),
+        vec![4, 2, -1]
+    );
     assert_eq!(committed(&dst.addr(), "billing", "audit.a", 2), vec![-1, 5]);
     assert_eq!(
-        topic_configs(&dst.addr(), "audit.a").get("retention.ms").map(String::as_str),
+        topic_configs(&dst.addr(), "audit.a")
+            .get("retention.ms")
+            .map(String::as_str),
         Some("3600000"),
         "topic configs restored"
     );
 
     // The same again is refused: the target holds records now.
-    let out = tidemark(&["-c", c, "restore", "--source", "events", "--at", &at1, "--target", &dst.url()]);
+    let out = tidemark(&[
+        "-c",
+        c,
+        "restore",
+        "--source",
+        "events",
+        "--at",
+        &at1,
+        "--target",
+        &dst.url(),
+    ]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("already holds records") && stderr(&out).contains("--force"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already holds records") && stderr(&out).contains("--force"),
+        "{}",
+        stderr(&out)
+    );
 
     // Moment 2 under other names, after a dry run that touches nothing.
     let at2 = t2.to_rfc3339();
     let map = "orders=orders2,audit.a=audit.a2,audit.b=audit.b2";
-    let args = ["-c", c, "restore", "--source", "events", "--at", &at2, "--target", &dst.url(), "--topic-map", map];
+    let args = [
+        "-c",
+        c,
+        "restore",
+        "--source",
+        "events",
+        "--at",
+        &at2,
+        "--target",
+        &dst.url(),
+        "--topic-map",
+        map,
+    ];
     let mut dry = args.to_vec();
     dry.push("--dry-run");
     let out = tidemark(&dry);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("orders -> orders2"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("orders -> orders2"),
+        "{}",
+        stdout(&out)
+    );
     let out = tidemark(&["digest", &dst.url(), "--topics", "orders2"]);
-    assert!(stderr(&out).contains("does not exist"), "dry run created a topic");
+    assert!(
+        stderr(&out).contains("does not exist"),
+        "dry run created a topic"
+    );
     let out = tidemark(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     let want = renamed(&d2, |t| format!("{t}2"));
-    assert_eq!(digest(&dst.url(), &["orders2", "audit.a2", "audit.b2"]), want);
-    assert_eq!(committed(&dst.addr(), "billing", "orders2", 3), vec![10, 2, -1]);
-    assert_eq!(committed(&dst.addr(), "billing", "audit.b2", 2), vec![-1, 2]);
+    assert_eq!(
+        digest(&dst.url(), &["orders2", "audit.a2", "audit.b2"]),
+        want
+    );
+    assert_eq!(
+        committed(&dst.addr(), "billing", "orders2", 3),
+        vec![10, 2, -1]
+    );
+    assert_eq!(
+        committed(&dst.addr(), "billing", "audit.b2", 2),
+        vec![-1, 2]
+    );
 
     // A map naming a topic the source never had is refused.
-    let out = tidemark(&["-c", c, "restore", "--source", "events", "--at", &at2, "--target", &dst.url(), "--topic-map", "nosuch=x"]);
+    let out = tidemark(&[
+        "-c",
+        c,
+        "restore",
+        "--source",
+        "events",
+        "--at",
+        &at2,
+        "--target",
+        &dst.url(),
+        "--topic-map",
+        "nosuch=x",
+    ]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("nosuch"), "{}", stderr(&out));
 }
@@ -144,10 +254,13 @@ fn journal_offsets(path: &std::path::Path) -> std::collections::BTreeMap<(String
     let mut out: std::collections::BTreeMap<(String, i32), Vec<i64>> = Default::default();
     for e in j.events(id, 1, u64::MAX) {
         let e = e.unwrap().event;
-        if let (Some(Payload::Kafka(_)), Some(PositionKind::Kafka(p))) =
-            (&e.payload, e.position.as_ref().and_then(|p| p.kind.as_ref()))
-        {
-            out.entry((p.topic.clone(), p.partition)).or_default().push(p.offset);
+        if let (Some(Payload::Kafka(_)), Some(PositionKind::Kafka(p))) = (
+            &e.payload,
+            e.position.as_ref().and_then(|p| p.kind.as_ref()),
+        ) {
+            out.entry((p.topic.clone(), p.partition))
+                .or_default()
+                .push(p.offset);
         }
     }
     out
@@ -185,7 +298,10 @@ fn kill9_and_restart_leave_no_gap_and_no_duplicate() {
             if events > 200 * (round + 1) {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "no progress in round {round}");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no progress in round {round}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         r.kill9();
@@ -203,7 +319,11 @@ fn kill9_and_restart_leave_no_gap_and_no_duplicate() {
     for ((t, p), v) in &offsets {
         let want: Vec<i64> = (0..v.len() as i64).collect();
         assert_eq!(v, &want, "{t}/{p}: offsets contiguous from 0, no duplicate");
-        assert_eq!(d[&(t.clone(), *p)].0, v.len() as u64, "{t}/{p}: as many as the broker has");
+        assert_eq!(
+            d[&(t.clone(), *p)].0,
+            v.len() as u64,
+            "{t}/{p}: as many as the broker has"
+        );
     }
 }
 
@@ -217,16 +337,32 @@ fn bad_inputs_fail_clearly_and_quickly() {
     let start = Instant::now();
     let out = tidemark(&["-c", cfg.to_str().unwrap(), "run"]);
     assert!(!out.status.success());
-    assert!(start.elapsed() < Duration::from_secs(30), "took {:?}", start.elapsed());
-    assert!(stderr(&out).contains(&format!("cannot reach the Kafka brokers {dead}")), "{}", stderr(&out));
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        stderr(&out).contains(&format!("cannot reach the Kafka brokers {dead}")),
+        "{}",
+        stderr(&out)
+    );
 
     let out = tidemark(&["digest", &format!("kafka://{dead}")]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("cannot reach"), "{}", stderr(&out));
     let out = tidemark(&["digest", "kafka://nohostport"]);
-    assert!(stderr(&out).contains("kafka://host:port"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kafka://host:port"),
+        "{}",
+        stderr(&out)
+    );
     let out = tidemark(&["digest", "redis://127.0.0.1:1"]);
-    assert!(stderr(&out).contains("unsupported URL scheme"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unsupported URL scheme"),
+        "{}",
+        stderr(&out)
+    );
 
     let Some(src) = Tansu::start("bad_inputs_fail_clearly_and_quickly") else {
         return;
@@ -234,5 +370,9 @@ fn bad_inputs_fail_clearly_and_quickly() {
     src.create_topic("orders", 1);
     let out = tidemark(&["digest", &src.url(), "--topics", "nosuch"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("topic `nosuch` does not exist") && stderr(&out).contains("orders"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("topic `nosuch` does not exist") && stderr(&out).contains("orders"),
+        "{}",
+        stderr(&out)
+    );
 }

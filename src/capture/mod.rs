@@ -86,7 +86,9 @@ pub fn build(cfg: &SourceConfig) -> Result<Box<dyn Source>, CaptureError> {
             tls,
         } => {
             let conn = crate::kafka::Connection::new(brokers, sasl.clone(), *tls);
-            Ok(Box::new(kafka::KafkaSource::new(name, conn, topics, groups)?))
+            Ok(Box::new(kafka::KafkaSource::new(
+                name, conn, topics, groups,
+            )?))
         }
         // Each kind's capture arrives with its own issue; until then say so plainly.
         _ => Err(CaptureError::NotAvailable {

@@ -70,7 +70,11 @@ fn kafka(
                 "  topic {t} -> {} ({} partitions; configs: {})",
                 name(t),
                 m.partitions,
-                if configs.is_empty() { "-".to_string() } else { configs.join(", ") }
+                if configs.is_empty() {
+                    "-".to_string()
+                } else {
+                    configs.join(", ")
+                }
             );
         }
         for ((t, p), end) in &c.end {
@@ -110,7 +114,10 @@ fn kafka(
     for (g, t, p, from, to) in &s.groups {
         println!("  group {g}: {t}/{p} committed offset {to} (source offset {from})");
     }
-    println!("digest (compare with `tidemark digest {}`):", redact_url(target));
+    println!(
+        "digest (compare with `tidemark digest {}`):",
+        redact_url(target)
+    );
     for ((t, p), d) in &s.digests {
         println!("{t}/{p} records={} sha256={}", d.records(), d.hex());
     }

@@ -124,8 +124,9 @@ pub fn digest_cluster(conn: &Connection, topics: &[String]) -> Result<Digests, K
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "false");
-    let consumer: rdkafka::consumer::BaseConsumer =
-        cfg.create().map_err(|e| conn.request_error("consumer set-up", e))?;
+    let consumer: rdkafka::consumer::BaseConsumer = cfg
+        .create()
+        .map_err(|e| conn.request_error("consumer set-up", e))?;
     consumer
         .assign(&tpl)
         .map_err(|e| conn.request_error("assign", e))?;
@@ -150,7 +151,9 @@ pub fn digest_cluster(conn: &Connection, topics: &[String]) -> Result<Digests, K
         if let Ok(pos) = consumer.position() {
             for el in pos.elements() {
                 let key = (el.topic().to_string(), el.partition());
-                let Some(&start_end) = ends.get(&key) else { continue };
+                let Some(&start_end) = ends.get(&key) else {
+                    continue;
+                };
                 let fetched = fetched_high_watermark(&consumer, &key.0, key.1);
                 if let (Offset::Offset(o), Some(f)) = (el.offset(), fetched) {
                     if o >= start_end.max(f) {

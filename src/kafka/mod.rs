@@ -160,7 +160,8 @@ impl Connection {
         if let Some(g) = group {
             c.set("group.id", g);
         }
-        c.create().map_err(|e| self.request_error("client set-up", e))
+        c.create()
+            .map_err(|e| self.request_error("client set-up", e))
     }
 
     /// An admin client.
@@ -183,13 +184,14 @@ impl Connection {
     /// Every topic of the cluster with its partition count, in name order. The
     /// first call against a cluster is also the reachability check.
     pub fn topics(&self, client: &BaseConsumer) -> Result<BTreeMap<String, i32>, KafkaError> {
-        let md = client
-            .fetch_metadata(None, CONNECT_TIMEOUT)
-            .map_err(|e| KafkaError::Unreachable {
-                brokers: self.brokers.clone(),
-                timeout: CONNECT_TIMEOUT,
-                detail: e.to_string(),
-            })?;
+        let md =
+            client
+                .fetch_metadata(None, CONNECT_TIMEOUT)
+                .map_err(|e| KafkaError::Unreachable {
+                    brokers: self.brokers.clone(),
+                    timeout: CONNECT_TIMEOUT,
+                    detail: e.to_string(),
+                })?;
         Ok(md
             .topics()
             .iter()
@@ -226,7 +228,8 @@ impl Connection {
             .collect();
         let opts = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
         let fut = admin.describe_configs(specs.iter(), &opts);
-        let results = futures_block_on(fut).map_err(|e| self.request_error("DescribeConfigs", e))?;
+        let results =
+            futures_block_on(fut).map_err(|e| self.request_error("DescribeConfigs", e))?;
         let mut out = BTreeMap::new();
         for (topic, r) in topics.iter().zip(results) {
             let res = r.map_err(|e| self.request_error(&format!("DescribeConfigs {topic}"), e))?;
@@ -389,7 +392,13 @@ mod tests {
     fn urls_parse_and_refuse_garbage() {
         let c = Connection::from_url("kafka://a:9092,b:9093").unwrap();
         assert_eq!(c.brokers, "a:9092,b:9093");
-        for bad in ["http://a:1", "kafka://", "kafka://a", "kafka://u:p@a:1", "kafka://a:x"] {
+        for bad in [
+            "http://a:1",
+            "kafka://",
+            "kafka://a",
+            "kafka://u:p@a:1",
+            "kafka://a:x",
+        ] {
             assert!(Connection::from_url(bad).is_err(), "{bad}");
         }
     }

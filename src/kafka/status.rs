@@ -43,7 +43,9 @@ pub fn partition_rows(
         let journaled_next = checkpoints
             .iter()
             .filter_map(|c| match &c.position.kind {
-                Some(PositionKind::Kafka(k)) if k.topic == p.topic && k.partition == p.partition => {
+                Some(PositionKind::Kafka(k))
+                    if k.topic == p.topic && k.partition == p.partition =>
+                {
                     Some(k.offset + 1)
                 }
                 _ => None,

@@ -415,7 +415,13 @@ impl Tansu {
         let log = dir.path().join("server.log");
         let logf = std::fs::File::create(&log).expect("server log");
         let mut child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "memory://tansu/"])
             .env("RUST_LOG", "warn")
             .stdout(logf.try_clone().expect("log fd"))
@@ -455,9 +461,7 @@ impl Tansu {
         for (k, v) in configs {
             cmd.arg("--config").arg(format!("{k}={v}"));
         }
-        let out = cmd
-            .output()
-            .expect("run tansu topic create");
+        let out = cmd.output().expect("run tansu topic create");
         assert!(
             out.status.success(),
             "tansu topic create {name} failed: {}{}",

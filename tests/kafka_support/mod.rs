@@ -249,8 +249,14 @@ pub fn digest(url: &str, topics: &[&str]) -> BTreeMap<(String, i32), (u64, Strin
         .iter()
         .map(|p| {
             (
-                (p["topic"].as_str().unwrap().to_string(), p["partition"].as_i64().unwrap() as i32),
-                (p["records"].as_u64().unwrap(), p["sha256"].as_str().unwrap().to_string()),
+                (
+                    p["topic"].as_str().unwrap().to_string(),
+                    p["partition"].as_i64().unwrap() as i32,
+                ),
+                (
+                    p["records"].as_u64().unwrap(),
+                    p["sha256"].as_str().unwrap().to_string(),
+                ),
             )
         })
         .collect()

@@ -31,7 +31,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::{BoxFuture, CaptureContext, CaptureError, Shutdown, Source, SourceJournal};
 use crate::event::{ChangeEvent, Payload};
 use crate::journal::Progress;
-use crate::kafka::{fetched_high_watermark, record_of, Connection, KafkaError, TopicFilter, REQUEST_TIMEOUT};
+use crate::kafka::{
+    fetched_high_watermark, record_of, Connection, KafkaError, TopicFilter, REQUEST_TIMEOUT,
+};
 use crate::position::{Position, PositionKind};
 use crate::time::Timestamp;
 
@@ -350,7 +352,10 @@ impl Capture {
         };
         for el in pos.elements() {
             if let Offset::Offset(o) = el.offset() {
-                if let Some(s) = self.parts.get_mut(&(el.topic().to_string(), el.partition())) {
+                if let Some(s) = self
+                    .parts
+                    .get_mut(&(el.topic().to_string(), el.partition()))
+                {
                     if s.next.is_some() {
                         s.advance(o);
                     }
@@ -501,10 +506,9 @@ impl Capture {
                 s.observe(before, low, high);
             }
         }
-        let due = self
-            .observed
-            .last_journaled_at
-            .is_none_or(|t| Timestamp::now().as_micros() - t.as_micros() >= STATE_EVERY.as_micros() as i64);
+        let due = self.observed.last_journaled_at.is_none_or(|t| {
+            Timestamp::now().as_micros() - t.as_micros() >= STATE_EVERY.as_micros() as i64
+        });
         let Some(state) = self
             .observed
             .state_to_journal(&self.parts, before, after, due)

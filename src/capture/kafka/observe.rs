@@ -121,8 +121,7 @@ impl Observed {
                     || old.group_offsets != state.group_offsets
                     || old.partitions.len() != state.partitions.len()
                     || old.partitions.iter().zip(&state.partitions).any(|(a, b)| {
-                        (a.low_watermark, a.high_watermark)
-                            != (b.low_watermark, b.high_watermark)
+                        (a.low_watermark, a.high_watermark) != (b.low_watermark, b.high_watermark)
                     })
             }
         };

@@ -93,7 +93,12 @@ pub fn restore(
             });
         }
     }
-    let target = |t: &str| opts.topic_map.get(t).cloned().unwrap_or_else(|| t.to_string());
+    let target = |t: &str| {
+        opts.topic_map
+            .get(t)
+            .cloned()
+            .unwrap_or_else(|| t.to_string())
+    };
     let conn = Connection::from_url(&opts.target)?;
     let mut summary = KafkaRestoreSummary::default();
     let base = prepare_topics(&conn, &c, &target, opts.force, &mut summary)?;
@@ -149,7 +154,7 @@ pub fn restore(
             .or_insert_with(PartitionDigest::default)
             .add(r);
         n += 1;
-        if n % 4096 == 0 {
+        if n.is_multiple_of(4096) {
             producer.poll(Duration::ZERO);
             producer.context().check()?;
             if show && last_shown.elapsed() > Duration::from_millis(500) {
@@ -356,7 +361,7 @@ fn commit_groups(
         tpl.add_partition_offset(&tt, g.partition, Offset::Offset(to))
             .map_err(|e| conn.request_error("offset list", e))?;
         if let Some(mut el) = tpl.find_partition(&tt, g.partition) {
-            let _ = el.set_metadata(&g.metadata);
+            el.set_metadata(&g.metadata);
         }
         summary
             .groups

@@ -124,7 +124,10 @@ pub fn cut(journal: &Journal, plan: &RestorePlan, count: bool) -> Result<Cut, Ka
     {
         for item in journal.events(plan.source.id, plan.first_seq, plan.last_seq) {
             let e = item?.event;
-            match (&e.payload, e.position.as_ref().and_then(|p| p.kind.as_ref())) {
+            match (
+                &e.payload,
+                e.position.as_ref().and_then(|p| p.kind.as_ref()),
+            ) {
                 (Some(Payload::KafkaState(s)), _) => {
                     for t in &s.topics {
                         c.topics.insert(t.name.clone(), t.clone());
@@ -175,9 +178,10 @@ where
     let mut key = (String::new(), 0);
     for item in journal.events(plan.source.id, 1, u64::MAX) {
         let e = item?.event;
-        let (Some(Payload::Kafka(r)), Some(PositionKind::Kafka(p))) =
-            (&e.payload, e.position.as_ref().and_then(|p| p.kind.as_ref()))
-        else {
+        let (Some(Payload::Kafka(r)), Some(PositionKind::Kafka(p))) = (
+            &e.payload,
+            e.position.as_ref().and_then(|p| p.kind.as_ref()),
+        ) else {
             continue;
         };
         if key.0 != p.topic || key.1 != p.partition {
