@@ -11,15 +11,55 @@ use crate::time::Timestamp;
 
 /// The newest journaled state of a Kafka source.
 pub fn latest_state(journal: &Journal, src: SourceId) -> Result<Option<KafkaState>, JournalError> {
-    let Some(seq) = journal.seq_at_position(src, &Position::kafka_state(i64::MAX))? else {
+    Ok(state_at_or_before(journal, src, u64::MAX)?.map(|(_, s)| s))
+}
+
+/// The newest journaled state of a Kafka source with a sequence number at or below
+/// `last_seq`, with that sequence number. State events are numbered 0, 1, 2, ... on
+/// their reserved stream, so this is a binary search over the position index (a
+/// few dozen seeks for years of states), never a scan.
+pub fn state_at_or_before(
+    journal: &Journal,
+    src: SourceId,
+    last_seq: u64,
+) -> Result<Option<(u64, KafkaState)>, JournalError> {
+    let seq_of = |n: i64| journal.seq_at_position(src, &Position::kafka_state(n));
+    let read = |seq: u64| -> Result<Option<(i64, KafkaState)>, JournalError> {
+        for item in journal.events(src, seq, seq) {
+            let e = item?.event;
+            if let (Some(Payload::KafkaState(s)), Some(PositionKind::Kafka(p))) =
+                (e.payload, e.position.and_then(|p| p.kind))
+            {
+                return Ok(Some((p.offset, s)));
+            }
+        }
+        Ok(None)
+    };
+    let Some(newest) = seq_of(i64::MAX)? else {
         return Ok(None);
     };
-    for item in journal.events(src, seq, seq) {
-        if let Some(Payload::KafkaState(s)) = item?.event.payload {
-            return Ok(Some(s));
+    let Some((n_max, state)) = read(newest)? else {
+        return Ok(None);
+    };
+    if newest <= last_seq {
+        return Ok(Some((newest, state)));
+    }
+    // Largest ordinal n < n_max whose event is at or below last_seq.
+    let (mut a, mut b, mut found) = (0i64, n_max, None);
+    while a < b {
+        let mid = a + (b - a) / 2;
+        match seq_of(mid)? {
+            Some(s) if s <= last_seq => {
+                found = Some(s);
+                a = mid + 1;
+            }
+            _ => b = mid,
         }
     }
-    Ok(None)
+    match found {
+        Some(seq) => Ok(read(seq)?.map(|(_, s)| (seq, s))),
+        None => Ok(None),
+    }
 }
 
 /// One JSON object per partition: `topic`, `partition`, `high_watermark` (as last

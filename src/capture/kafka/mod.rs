@@ -13,8 +13,9 @@
 //!   configured groups' committed offsets) is journaled as `KafkaState` events on
 //!   a reserved stream, on change and at least every [`STATE_EVERY`]; watermarks
 //!   are observed every [`OBSERVE_EVERY`] and drive coverage (see [`observe`]).
-//! - A record's time on the journal's axis is its capture time (when tidemark
-//!   fetched it), not its producer timestamp, which producers may set at will.
+//! - A record's time on the journal's axis is its capture time (when the batch that
+//!   fetched it closed, milliseconds after the fetch), not its producer timestamp,
+//!   which producers may set at will.
 //!
 //! The loop runs on one blocking thread: poll a batch, append it durably, and
 //! between batches observe the cluster. Nothing is committed to the brokers.
@@ -201,8 +202,18 @@ impl Capture {
         let appender = std::thread::Builder::new()
             .name(format!("tidemark-append-{}", self.src.name))
             .spawn(move || -> Result<(), CaptureError> {
+                let (mut busy, mut n, started) = (Duration::ZERO, 0usize, Instant::now());
                 for (events, progress) in rx {
+                    let t = Instant::now();
                     journal.append_blocking(&events, &progress)?;
+                    busy += t.elapsed();
+                    n += events.len();
+                }
+                if std::env::var_os("TIDEMARK_DEBUG_APPEND").is_some() {
+                    eprintln!(
+                        "appender: {n} events, busy {busy:?} of {:?}",
+                        started.elapsed()
+                    );
                 }
                 Ok(())
             })
@@ -274,7 +285,7 @@ impl Capture {
     /// Polls records until the batch is full, `BATCH_WAIT` after its first record,
     /// or `deadline` (housekeeping) is reached.
     fn poll_batch(&mut self, deadline: Instant) -> Vec<ChangeEvent> {
-        let mut events = Vec::new();
+        let mut events: Vec<ChangeEvent> = Vec::new();
         let mut bytes = 0usize;
         let mut close_at = deadline;
         // Per partition in this batch: next offset (no allocation per record).
@@ -287,6 +298,10 @@ impl Capture {
                 || self.shutdown.is_fired()
             {
                 self.flush_batch_offsets(&mut batch_next);
+                // One capture time per batch, taken after its last record was fetched:
+                // still "fetched by then", and one time-index entry per batch.
+                let now = Timestamp::now().as_micros();
+                events.iter_mut().for_each(|e| e.capture_time_us = now);
                 return events;
             }
             let wait = (close_at - now).min(Duration::from_millis(100));
@@ -326,7 +341,7 @@ impl Capture {
                         source: String::new(),
                         position: Some(Position::kafka(topic, partition, offset)),
                         commit_time_us: None,
-                        capture_time_us: Timestamp::now().as_micros(),
+                        capture_time_us: 0, // stamped when the batch closes
                         txn: None,
                         payload: Some(Payload::Kafka(record)),
                     });

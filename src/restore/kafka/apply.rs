@@ -78,6 +78,20 @@ impl DeliveryLog {
     }
 }
 
+/// Where one source partition's records go, and what was written there.
+struct PartOut {
+    target: String,
+    partition: i32,
+    /// The target partition's high-water mark before the restore.
+    base: i64,
+    written: i64,
+    digest: PartitionDigest,
+    /// Group offsets on this partition `(source offset, index)`, ascending.
+    pending: Vec<(i64, usize)>,
+    /// First entry of `pending` not yet translated.
+    next_pending: usize,
+}
+
 /// Restores `plan` into `opts.target` (see the module docs of `restore::kafka`).
 pub fn restore(
     journal: &Journal,
@@ -115,44 +129,58 @@ pub fn restore(
         .create_with_context(ctx)
         .map_err(|e| conn.request_error("producer set-up", e))?;
 
+    // One output per source partition, found once per run of records of the same
+    // partition (the journal holds records in fetch order: runs per partition).
+    let mut outs: Vec<PartOut> = Vec::with_capacity(c.end.len());
+    let mut index: BTreeMap<(String, i32), usize> = BTreeMap::new();
+    for key in c.end.keys() {
+        index.insert(key.clone(), outs.len());
+        outs.push(PartOut {
+            target: target(&key.0),
+            partition: key.1,
+            base: base.get(key).copied().unwrap_or(0),
+            written: 0,
+            digest: PartitionDigest::default(),
+            pending: Vec::new(),
+            next_pending: 0,
+        });
+    }
     // Group offsets to translate, per source partition, ascending.
-    let mut pending: BTreeMap<(String, i32), Vec<(i64, usize)>> = BTreeMap::new();
     for (i, g) in c.groups.iter().enumerate() {
-        if c.end.contains_key(&(g.topic.clone(), g.partition)) {
-            pending
-                .entry((g.topic.clone(), g.partition))
-                .or_default()
-                .push((g.offset, i));
+        if let Some(&o) = index.get(&(g.topic.clone(), g.partition)) {
+            outs[o].pending.push((g.offset, i));
         }
     }
-    pending.values_mut().for_each(|v| v.sort());
+    outs.iter_mut().for_each(|o| o.pending.sort());
     let mut translated: Vec<Option<i64>> = vec![None; c.groups.len()];
-    let mut written: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let total = plan.events; // an upper bound: it includes state events
     let show = opts.progress && std::io::stderr().is_terminal();
     let start = Instant::now();
     let mut last_shown = Instant::now();
     let mut n = 0u64;
+    let mut cur: Option<((String, i32), usize)> = None;
     for_each_record(journal, plan, &c.end, |key, offset, r| {
-        let tt = target(&key.0);
-        let done = written.entry(key.clone()).or_insert(0);
-        let b = base.get(key).copied().unwrap_or(0);
-        if let Some(list) = pending.get_mut(key) {
-            while let Some(&(o, i)) = list.first() {
-                if o > offset {
-                    break;
-                }
-                translated[i] = Some(b + *done);
-                list.remove(0);
+        let slot = match &cur {
+            Some((k, slot)) if k == key => *slot,
+            _ => {
+                let Some(&slot) = index.get(key) else {
+                    return Ok(());
+                };
+                cur = Some((key.clone(), slot));
+                slot
             }
+        };
+        let out = &mut outs[slot];
+        while let Some(&(o, i)) = out.pending.get(out.next_pending) {
+            if o > offset {
+                break;
+            }
+            translated[i] = Some(out.base + out.written);
+            out.next_pending += 1;
         }
-        send(&producer, &tt, key.1, r)?;
-        *done += 1;
-        summary
-            .digests
-            .entry((tt, key.1))
-            .or_insert_with(PartitionDigest::default)
-            .add(r);
+        send(&producer, &out.target, out.partition, r)?;
+        out.written += 1;
+        out.digest.add(r);
         n += 1;
         if n.is_multiple_of(4096) {
             producer.poll(Duration::ZERO);
@@ -174,19 +202,14 @@ pub fn restore(
     }
     summary.records = n;
     summary.elapsed = start.elapsed();
-    for (key, list) in pending {
-        let b = base.get(&key).copied().unwrap_or(0);
-        let done = written.get(&key).copied().unwrap_or(0);
-        for (_, i) in list {
-            translated[i] = Some(b + done);
+    // Group offsets at or past the last restored record point at the end.
+    for out in outs {
+        for &(_, i) in &out.pending[out.next_pending..] {
+            translated[i] = Some(out.base + out.written);
         }
-    }
-    // Every restored partition gets a digest line, even an empty one.
-    for (t, p) in c.end.keys() {
         summary
             .digests
-            .entry((target(t), *p))
-            .or_insert_with(PartitionDigest::default);
+            .insert((out.target, out.partition), out.digest);
     }
     commit_groups(&conn, &c, &translated, &target, &mut summary)?;
     Ok(summary)
@@ -199,13 +222,6 @@ fn send(
     partition: i32,
     r: &KafkaRecord,
 ) -> Result<(), KafkaRestoreError> {
-    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-    for h in &r.headers {
-        headers = headers.insert(Header {
-            key: &h.key,
-            value: h.value.as_deref(),
-        });
-    }
     let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(partition);
     if let Some(k) = r.key.as_deref() {
         rec = rec.key(k);
@@ -214,6 +230,13 @@ fn send(
         rec = rec.payload(v);
     }
     if !r.headers.is_empty() {
+        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+        for h in &r.headers {
+            headers = headers.insert(Header {
+                key: &h.key,
+                value: h.value.as_deref(),
+            });
+        }
         rec = rec.headers(headers);
     }
     if r.timestamp_type != KafkaTimestampType::NotAvailable as i32 && r.timestamp_ms >= 0 {

@@ -111,8 +111,10 @@ impl Cut {
     }
 }
 
-/// Computes the cut for `plan` (see the module docs): one pass over the events up
-/// to the moment; with `count`, a second pass over all events fills `records`.
+/// Computes the cut for `plan` (see the module docs): the newest observed state at
+/// or before the moment, raised by the records captured after it up to the moment;
+/// with `count`, a pass over all events fills `records`. Topics deleted before the
+/// moment (absent from that state) are not restored.
 pub fn cut(journal: &Journal, plan: &RestorePlan, count: bool) -> Result<Cut, KafkaRestoreError> {
     let mut c = Cut::default();
     if plan.last_seq < plan.first_seq {
@@ -121,28 +123,33 @@ pub fn cut(journal: &Journal, plan: &RestorePlan, count: bool) -> Result<Cut, Ka
             at: plan.at,
         });
     }
-    {
-        for item in journal.events(plan.source.id, plan.first_seq, plan.last_seq) {
+    // The newest observed state at or before the moment: topics, marks, groups.
+    // Every record captured before it lies below its marks (it was fetched, so
+    // appended, before the marks were read), so only records after it can raise
+    // the cut.
+    let state = crate::kafka::status::state_at_or_before(journal, plan.source.id, plan.last_seq)?;
+    let from = match state {
+        Some((seq, s)) => {
+            for t in s.topics {
+                c.topics.insert(t.name.clone(), t);
+            }
+            for p in s.partitions {
+                c.end.insert((p.topic, p.partition), p.high_watermark);
+            }
+            c.groups = s.group_offsets;
+            seq + 1
+        }
+        None => plan.first_seq,
+    };
+    if from <= plan.last_seq {
+        for item in journal.events(plan.source.id, from, plan.last_seq) {
             let e = item?.event;
-            match (
+            if let (Some(Payload::Kafka(_)), Some(PositionKind::Kafka(p))) = (
                 &e.payload,
                 e.position.as_ref().and_then(|p| p.kind.as_ref()),
             ) {
-                (Some(Payload::KafkaState(s)), _) => {
-                    for t in &s.topics {
-                        c.topics.insert(t.name.clone(), t.clone());
-                    }
-                    for p in &s.partitions {
-                        let end = c.end.entry((p.topic.clone(), p.partition)).or_insert(0);
-                        *end = (*end).max(p.high_watermark);
-                    }
-                    c.groups = s.group_offsets.clone();
-                }
-                (Some(Payload::Kafka(_)), Some(PositionKind::Kafka(p))) => {
-                    let end = c.end.entry((p.topic.clone(), p.partition)).or_insert(0);
-                    *end = (*end).max(p.offset + 1);
-                }
-                _ => {}
+                let end = c.end.entry((p.topic.clone(), p.partition)).or_insert(0);
+                *end = (*end).max(p.offset + 1);
             }
         }
     }
