@@ -22,6 +22,15 @@ use tidemark::time::Timestamp;
 fn in_secs(n: i64) -> Timestamp {
     Timestamp::from_micros(Timestamp::now().as_micros() + n * 1_000_000)
 }
+/// `tidemark -c CFG restore --source events --at AT --target TARGET EXTRA...`.
+fn restore(cfg: &str, at: &str, target: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "-c", cfg, "restore", "--source", "events", "--at", at, "--target", target,
+    ];
+    args.extend_from_slice(extra);
+    tidemark(&args)
+}
+
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -182,6 +191,32 @@ fn capture_and_restore_at_several_times() {
         "{}",
         stderr(&out)
     );
+    // With --force the records go after the existing ones, offsets translated to match.
+    let out = restore(c, &at1, &dst.url(), &["--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let n0 = d1[&("orders".to_string(), 0)].0 as i64;
+    let n1 = d1[&("orders".to_string(), 1)].0 as i64;
+    assert_eq!(
+        committed(&dst.addr(), "billing", "orders", 3),
+        vec![n0 + 4, n1 + 2, -1]
+    );
+    assert_eq!(
+        digest(&dst.url(), &["orders"])[&("orders".to_string(), 0)].0,
+        2 * n0 as u64
+    );
+
+    // Unreachable targets and moments before capture began are refused clearly.
+    let dead = format!("kafka://127.0.0.1:{}", common::free_port());
+    let start = Instant::now();
+    let out = restore(c, &at1, &dead, &[]);
+    assert!(
+        stderr(&out).contains("cannot reach the Kafka brokers"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(start.elapsed() < Duration::from_secs(30));
+    let out = restore(c, "2020-01-01T00:00:00Z", &dst.url(), &[]);
+    assert!(stderr(&out).contains("began later"), "{}", stderr(&out));
 
     // Moment 2 under other names, after a dry run that touches nothing.
     let at2 = t2.to_rfc3339();

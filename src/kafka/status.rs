@@ -121,3 +121,77 @@ pub fn partition_rows(
     }
     Ok(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SourceKind;
+    use crate::event::{
+        ChangeEvent, KafkaConfigEntry, KafkaPartitionState, KafkaRecord, KafkaTopicMeta,
+    };
+    use crate::journal::{JournalOptions, Progress};
+
+    fn state(n: i64, high: i64, caught_up: i64) -> ChangeEvent {
+        ChangeEvent {
+            position: Some(Position::kafka_state(n)),
+            capture_time_us: caught_up,
+            payload: Some(Payload::KafkaState(KafkaState {
+                observed_before_us: caught_up,
+                observed_after_us: caught_up,
+                topics: vec![KafkaTopicMeta {
+                    name: "t".into(),
+                    partitions: 1,
+                    configs: vec![KafkaConfigEntry {
+                        name: "retention.ms".into(),
+                        value: "60000".into(),
+                        explicit: true,
+                    }],
+                }],
+                partitions: vec![KafkaPartitionState {
+                    topic: "t".into(),
+                    partition: 0,
+                    low_watermark: 0,
+                    high_watermark: high,
+                    journaled_next: 0,
+                    caught_up_us: Some(caught_up),
+                }],
+                group_offsets: vec![],
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn record(offset: i64, t: i64) -> ChangeEvent {
+        ChangeEvent {
+            position: Some(Position::kafka("t", 0, offset)),
+            capture_time_us: t,
+            payload: Some(Payload::Kafka(KafkaRecord::default())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lag_and_retention_deadline_come_from_the_newest_state_and_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j"), JournalOptions::default()).unwrap();
+        let src = j.register_source("k", SourceKind::Kafka).unwrap();
+        let sec = 1_000_000;
+        let first = [state(0, 2, sec), record(0, 2 * sec), record(1, 2 * sec)];
+        j.append(src, &first, &Progress::default()).unwrap();
+        let second = [state(1, 10, 3 * sec), record(2, 4 * sec)];
+        j.append(src, &second, &Progress::default()).unwrap();
+        // The state search finds each state by sequence number.
+        assert_eq!(state_at_or_before(&j, src, 1).unwrap().unwrap().0, 1);
+        assert_eq!(state_at_or_before(&j, src, 3).unwrap().unwrap().0, 1);
+        assert_eq!(state_at_or_before(&j, src, 4).unwrap().unwrap().0, 4);
+        assert!(state_at_or_before(&j, src, 0).unwrap().is_none());
+        let rows = partition_rows(&j, src, Timestamp::from_micros(13 * sec)).unwrap();
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!(r["journaled_next"], 3, "{r}");
+        assert_eq!(r["lag"], 7, "{r}");
+        assert_eq!(r["retention_ms"], 60000, "{r}");
+        // Caught up at 3 s, retention 60 s: records not yet journaled may go at 63 s.
+        assert_eq!(r["seconds_until_loss"], 50, "{r}");
+    }
+}

@@ -1,6 +1,6 @@
 //! Writing a [`Cut`] into a target cluster: topics, records, group offsets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -9,7 +9,7 @@ use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -50,10 +50,14 @@ pub struct KafkaRestoreSummary {
     pub elapsed: Duration,
 }
 
-/// Collects delivery failures reported by librdkafka's background thread.
+/// Collects what librdkafka's background thread reports about deliveries: the
+/// first failure, and the offset of the first record written to each partition
+/// (where the restored records start on the target; records of a partition are
+/// written in order by the idempotent producer).
 #[derive(Default)]
 struct DeliveryLog {
     first_error: Mutex<Option<String>>,
+    first_offsets: Mutex<HashMap<String, HashMap<i32, i64>>>,
 }
 
 impl ClientContext for DeliveryLog {}
@@ -61,14 +65,31 @@ impl ClientContext for DeliveryLog {}
 impl ProducerContext for DeliveryLog {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
-            first.get_or_insert_with(|| e.to_string());
+        match result {
+            Ok(m) => {
+                let mut firsts = self.first_offsets.lock().unwrap_or_else(|p| p.into_inner());
+                let per_topic = match firsts.get_mut(m.topic()) {
+                    Some(p) => p,
+                    None => firsts.entry(m.topic().to_string()).or_default(),
+                };
+                let first = per_topic.entry(m.partition()).or_insert(m.offset());
+                *first = (*first).min(m.offset());
+            }
+            Err((e, _)) => {
+                let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+                first.get_or_insert_with(|| e.to_string());
+            }
         }
     }
 }
 
 impl DeliveryLog {
+    /// Offset of the first record delivered to `topic`/`partition`.
+    fn first_offset(&self, topic: &str, partition: i32) -> Option<i64> {
+        let firsts = self.first_offsets.lock().unwrap_or_else(|p| p.into_inner());
+        firsts.get(topic)?.get(&partition).copied()
+    }
+
     fn check(&self) -> Result<(), KafkaRestoreError> {
         let first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
         match first.as_ref() {
@@ -152,7 +173,8 @@ pub fn restore(
         }
     }
     outs.iter_mut().for_each(|o| o.pending.sort());
-    let mut translated: Vec<Option<i64>> = vec![None; c.groups.len()];
+    // Group offset -> (partition output, restored records below it).
+    let mut translated: Vec<Option<(usize, i64)>> = vec![None; c.groups.len()];
     let total = plan.events; // an upper bound: it includes state events
     let show = opts.progress && std::io::stderr().is_terminal();
     let start = Instant::now();
@@ -175,7 +197,7 @@ pub fn restore(
             if o > offset {
                 break;
             }
-            translated[i] = Some(out.base + out.written);
+            translated[i] = Some((slot, out.written));
             out.next_pending += 1;
         }
         send(&producer, &out.target, out.partition, r)?;
@@ -203,10 +225,27 @@ pub fn restore(
     summary.records = n;
     summary.elapsed = start.elapsed();
     // Group offsets at or past the last restored record point at the end.
-    for out in outs {
+    for (slot, out) in outs.iter().enumerate() {
         for &(_, i) in &out.pending[out.next_pending..] {
-            translated[i] = Some(out.base + out.written);
+            translated[i] = Some((slot, out.written));
         }
+    }
+    // Where the restored records start: the first delivered offset (exact on any
+    // broker), else the high-water mark read before writing.
+    let starts: Vec<i64> = outs
+        .iter()
+        .map(|o| {
+            producer
+                .context()
+                .first_offset(&o.target, o.partition)
+                .unwrap_or(o.base)
+        })
+        .collect();
+    let translated: Vec<Option<i64>> = translated
+        .into_iter()
+        .map(|t| t.map(|(slot, below)| starts[slot] + below))
+        .collect();
+    for out in outs {
         summary
             .digests
             .insert((out.target, out.partition), out.digest);

@@ -23,8 +23,8 @@
 //! refuse a non-empty target topic unless `--force`, produce every record below the
 //! cut into the same partition in offset order with key, value, headers and
 //! timestamp, and set each configured group's committed offset to the translated
-//! offset (the number of restored records below the source offset, plus whatever
-//! the target partition held before).
+//! offset: the target offset of the first restored record (as the broker reported
+//! its delivery) plus the number of restored records below the source offset.
 
 mod apply;
 
