@@ -36,6 +36,15 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// CPU seconds this process has used (all threads).
+fn cpu_secs() -> f64 {
+    // SAFETY: getrusage fills the struct we pass; no other preconditions.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 fn producer(addr: &str) -> BaseProducer {
     ClientConfig::new()
         .set("bootstrap.servers", addr)
@@ -49,8 +58,24 @@ fn producer(addr: &str) -> BaseProducer {
 /// Produces `records` of `value_bytes` (plus a 12-byte key) round-robin over the
 /// partitions, from memory; returns the seconds it took (send to flushed).
 fn produce(addr: &str, topic: &str, keys: &[Vec<u8>], value: &[u8]) -> f64 {
-    let p = producer(addr);
-    let start = Instant::now();
+    produce_with(addr, topic, keys, value, false)
+}
+
+/// As [`produce`]; `idempotent` as tidemark's restore producer is.
+fn produce_with(addr: &str, topic: &str, keys: &[Vec<u8>], value: &[u8], idempotent: bool) -> f64 {
+    let start = Instant::now(); // from client creation, as tidemark's restore is
+    let p: BaseProducer = if idempotent {
+        ClientConfig::new()
+            .set("bootstrap.servers", addr)
+            .set("linger.ms", "20")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.kbytes", "1048576")
+            .set("enable.idempotence", "true")
+            .create()
+            .expect("producer")
+    } else {
+        producer(addr)
+    };
     for (i, k) in keys.iter().enumerate() {
         let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
             .partition(i as i32 % PARTITIONS)
@@ -72,7 +97,9 @@ fn produce(addr: &str, topic: &str, keys: &[Vec<u8>], value: &[u8]) -> f64 {
 }
 
 /// A plain consumer reading every partition from the start until `n` records.
+/// Timed from client creation, as tidemark's capture is (connect, metadata, ...).
 fn plain_consume(addr: &str, topic: &str, n: u64) -> f64 {
+    let start = Instant::now();
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", addr)
         .set("group.id", "bench-baseline")
@@ -87,7 +114,6 @@ fn plain_consume(addr: &str, topic: &str, n: u64) -> f64 {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
     }
-    let start = Instant::now();
     c.assign(&tpl).unwrap();
     let mut got = 0u64;
     let mut sink = 0usize;
@@ -147,12 +173,14 @@ fn tidemark_capture(
         std::thread::sleep(Duration::from_millis(2));
     }
     let secs = start.elapsed().as_secs_f64();
-    // Untimed: let coverage pass the moment loading finished, for the restore.
+    // Untimed: let coverage pass the moment every record was journaled, for the
+    // restore to `latest` (an observation after it has every mark).
+    let done = tidemark::time::Timestamp::now().max(loaded);
     while journal
         .source("bench")
         .ok()
         .and_then(|s| s.stats.coverage_us)
-        < Some(loaded.as_micros())
+        < Some(done.as_micros())
     {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -161,51 +189,99 @@ fn tidemark_capture(
     (secs, journal)
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn main() {
     let n = arg("--records", 200_000);
     let value_bytes = arg("--bytes", 200) as usize;
+    let rounds = arg("--rounds", 3).max(1) as usize;
     let Some(broker) = common::Tansu::start("kafka bench") else {
         return;
     };
     let addr = broker.addr();
-    for t in ["bench", "restored", "baseline_out"] {
-        broker.create_topic(t, PARTITIONS as u32);
+    broker.create_topic("bench", PARTITIONS as u32);
+    for r in 0..rounds {
+        for t in ["restored", "baseline_out", "baseline_idem"] {
+            broker.create_topic(&format!("{t}{r}"), PARTITIONS as u32);
+        }
     }
     let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("key-{i:08}").into_bytes()).collect();
     let value: Vec<u8> = (0..value_bytes).map(|i| (i * 7) as u8).collect();
     let seed = produce(&addr, "bench", &keys, &value);
     let loaded = tidemark::time::Timestamp::now();
     let mb = (n as f64) * (value_bytes + 12) as f64 / 1e6;
-    println!("kafka bench: {n} records of {value_bytes}+12 bytes over {PARTITIONS} partitions ({mb:.1} MB); loading took {seed:.2}s");
-
-    // 1. Capture.
-    let base = plain_consume(&addr, "bench", n);
-    let dir = tempfile::tempdir().unwrap();
-    let (ours, journal) = tidemark_capture(&addr, "bench", n, loaded, dir.path());
+    println!("kafka bench: {n} records of {value_bytes}+12 bytes over {PARTITIONS} partitions ({mb:.1} MB); loading took {seed:.2}s; median of {rounds} interleaved rounds");
     let rate = |s: f64| (n as f64 / s, mb / s);
-    let (br, bm) = rate(base);
-    let (or, om) = rate(ours);
+
+    // 1. Capture, each round into a fresh journal.
+    let (mut base, mut ours, mut cpu_base, mut cpu_ours) = (vec![], vec![], vec![], vec![]);
+    let mut journals = Vec::new();
+    for _ in 0..rounds {
+        let c0 = cpu_secs();
+        base.push(plain_consume(&addr, "bench", n));
+        let c1 = cpu_secs();
+        let dir = tempfile::tempdir().unwrap();
+        let (secs, journal) = tidemark_capture(&addr, "bench", n, loaded, dir.path());
+        cpu_base.push(c1 - c0);
+        cpu_ours.push(cpu_secs() - c1);
+        ours.push(secs);
+        journals.push((dir, journal));
+    }
+    let (br, bm) = rate(median(base));
+    let (or, om) = rate(median(ours));
     println!("capture  baseline (plain consumer to nowhere): {br:>10.0} records/s {bm:>7.1} MB/s");
     println!("capture  tidemark (journal, sync=always):      {or:>10.0} records/s {om:>7.1} MB/s  ratio {:.2} (goal >= 0.8)", or / br);
-
-    // 2. Restore, to the newest covered moment (after every record was captured).
-    let base = produce(&addr, "baseline_out", &keys, &value);
-    let plan = tidemark::restore::plan(&journal, "bench", TimeSpec::Latest).expect("plan");
-    let opts = KafkaRestoreOptions {
-        target: format!("kafka://{addr}"),
-        topic_map: [("bench".to_string(), "restored".to_string())].into(),
-        force: false,
-        progress: false,
-    };
-    let start = Instant::now();
-    let summary = tidemark::restore::kafka::restore(&journal, &plan, &opts).expect("restore");
-    let ours = start.elapsed().as_secs_f64();
-    let (br, bm) = rate(base);
-    let (or, om) = rate(ours);
-    println!("restore  baseline (plain producer from memory): {br:>10.0} records/s {bm:>7.1} MB/s");
     println!(
-        "restore  tidemark (journal -> cut -> produce):  {or:>10.0} records/s {om:>7.1} MB/s  ratio {:.2} ({} records restored)",
+        "capture  client CPU: baseline {:.2}s, tidemark {:.2}s (incl. an untimed wait for coverage); the broker shares the same cores",
+        median(cpu_base),
+        median(cpu_ours)
+    );
+
+    // 2. Restore to the newest covered moment (after every record was captured).
+    let (mut base, mut idem, mut ours, mut restored) = (vec![], vec![], vec![], 0);
+    let (mut cpu_base, mut cpu_ours) = (vec![], vec![]);
+    let journal = &journals[journals.len() - 1].1;
+    for r in 0..rounds {
+        idem.push(produce_with(
+            &addr,
+            &format!("baseline_idem{r}"),
+            &keys,
+            &value,
+            true,
+        ));
+        let c0 = cpu_secs();
+        base.push(produce(&addr, &format!("baseline_out{r}"), &keys, &value));
+        let c1 = cpu_secs();
+        let plan = tidemark::restore::plan(journal, "bench", TimeSpec::Latest).expect("plan");
+        let opts = KafkaRestoreOptions {
+            target: format!("kafka://{addr}"),
+            topic_map: [("bench".to_string(), format!("restored{r}"))].into(),
+            force: false,
+            progress: false,
+        };
+        let start = Instant::now();
+        let summary = tidemark::restore::kafka::restore(journal, &plan, &opts).expect("restore");
+        ours.push(start.elapsed().as_secs_f64());
+        cpu_base.push(c1 - c0);
+        cpu_ours.push(cpu_secs() - c1);
+        restored = summary.records;
+    }
+    let (br, bm) = rate(median(base));
+    let (ir, im) = rate(median(idem));
+    let (or, om) = rate(median(ours));
+    println!("restore  baseline (plain producer from memory): {br:>10.0} records/s {bm:>7.1} MB/s");
+    println!("restore  baseline (same, idempotent producer):  {ir:>10.0} records/s {im:>7.1} MB/s");
+    println!(
+        "restore  tidemark (journal -> cut -> produce):  {or:>10.0} records/s {om:>7.1} MB/s  ratio {:.2} (vs idempotent {:.2}; {restored} records restored)",
         or / br,
-        summary.records
+        or / ir,
+    );
+    println!(
+        "restore  client CPU: baseline {:.2}s, tidemark {:.2}s",
+        median(cpu_base),
+        median(cpu_ours)
     );
 }

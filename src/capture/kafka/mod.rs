@@ -285,7 +285,7 @@ impl Capture {
     /// Polls records until the batch is full, `BATCH_WAIT` after its first record,
     /// or `deadline` (housekeeping) is reached.
     fn poll_batch(&mut self, deadline: Instant) -> Vec<ChangeEvent> {
-        let mut events: Vec<ChangeEvent> = Vec::new();
+        let mut events: Vec<ChangeEvent> = Vec::with_capacity(1024);
         let mut bytes = 0usize;
         let mut close_at = deadline;
         // Per partition in this batch: next offset (no allocation per record).
