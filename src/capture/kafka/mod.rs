@@ -209,12 +209,12 @@ impl Capture {
                     busy += t.elapsed();
                     n += events.len();
                 }
-                if std::env::var_os("TIDEMARK_DEBUG_APPEND").is_some() {
-                    eprintln!(
-                        "appender: {n} events, busy {busy:?} of {:?}",
-                        started.elapsed()
-                    );
-                }
+                tracing::debug!(
+                    events = n,
+                    busy_ms = busy.as_millis() as u64,
+                    total_ms = started.elapsed().as_millis() as u64,
+                    "kafka journal appender finished"
+                );
                 Ok(())
             })
             .map_err(|e| self.err(format!("cannot start the journal thread: {e}")))?;
