@@ -506,8 +506,12 @@ impl Capture {
         for (t, p) in &keys {
             match self.src.conn.watermarks(&self.meta, t, *p) {
                 Ok((low, high)) => {
-                    let fetched = fetched_high_watermark(&self.consumer, t, *p).unwrap_or(-1);
-                    marks.push(((t.clone(), *p), (low, high.max(fetched))));
+                    let fetched = fetched_high_watermark(&self.consumer, t, *p);
+                    // Until a fetch response has confirmed it, a non-empty partition's
+                    // mark only informs status, not coverage (see fetched_high_watermark).
+                    let settles = fetched.is_some() || high <= low;
+                    let high = high.max(fetched.unwrap_or(-1));
+                    marks.push(((t.clone(), *p), (low, high, settles)));
                 }
                 Err(e) => {
                     tracing::warn!(source = %self.src.name, error = %e, "watermark observation failed; retrying");
@@ -516,9 +520,14 @@ impl Capture {
             }
         }
         let after = Timestamp::now().as_micros();
-        for (key, (low, high)) in marks {
+        for (key, (low, high, settles)) in marks {
             if let Some(s) = self.parts.get_mut(&key) {
-                s.observe(before, low, high);
+                if settles {
+                    s.observe(before, low, high);
+                } else {
+                    s.low = low;
+                    s.high = s.high.max(high);
+                }
             }
         }
         let due = self.observed.last_journaled_at.is_none_or(|t| {
