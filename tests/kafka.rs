@@ -280,6 +280,13 @@ fn capture_and_restore_at_several_times() {
     ]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("nosuch"), "{}", stderr(&out));
+    // So is one that would merge two topics into one.
+    let out = restore(c, &at2, &dst.url(), &["--topic-map", "orders=x,audit.a=x"]);
+    assert!(
+        stderr(&out).contains("would both be restored into x"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Offsets of each partition in the journal: `0..n` contiguous, no duplicate.

@@ -128,6 +128,15 @@ pub fn restore(
             });
         }
     }
+    let mut seen = BTreeMap::new();
+    for src in c.topics.keys() {
+        let to = opts.topic_map.get(src).unwrap_or(src);
+        if let Some(other) = seen.insert(to.clone(), src.clone()) {
+            return Err(KafkaRestoreError::BadTopicMap(format!(
+                "{other} and {src} would both be restored into {to}"
+            )));
+        }
+    }
     let target = |t: &str| {
         opts.topic_map
             .get(t)

@@ -83,8 +83,8 @@ pub enum KafkaRestoreError {
         /// The moment.
         at: crate::time::Timestamp,
     },
-    /// `--topic-map` is malformed.
-    #[error("--topic-map `{0}` is not a list of source=target pairs, e.g. orders=orders_restored,audit=audit_restored")]
+    /// `--topic-map` is malformed or maps two topics onto one.
+    #[error("--topic-map: {0}; give a list of distinct source=target pairs, e.g. orders=orders_restored,audit=audit_restored")]
     BadTopicMap(String),
     /// Producing failed.
     #[error("writing to the target failed: {0}; the target topics are partially restored: delete them and run the restore again")]
@@ -229,7 +229,11 @@ pub fn parse_topic_map(s: &str) -> Result<BTreeMap<String, String>, KafkaRestore
             Some((a, b)) if !a.is_empty() && !b.is_empty() => {
                 m.insert(a.to_string(), b.to_string());
             }
-            _ => return Err(KafkaRestoreError::BadTopicMap(s.to_string())),
+            _ => {
+                return Err(KafkaRestoreError::BadTopicMap(format!(
+                    "`{s}` is not a list of source=target pairs"
+                )))
+            }
         }
     }
     Ok(m)
