@@ -522,6 +522,19 @@ impl Capture {
         let after = Timestamp::now().as_micros();
         for (key, (low, high, settles)) in marks {
             if let Some(s) = self.parts.get_mut(&key) {
+                // The broker dropped records the journal never had (retention ran
+                // ahead of capture), or the topic was recreated: say so loudly.
+                match s.next {
+                    Some(next) if low > next => tracing::error!(
+                        source = %self.src.name, topic = %key.0, partition = key.1, next, low,
+                        "records were deleted by the broker before capture read them: the journal has a gap here"
+                    ),
+                    Some(next) if settles && high < next => tracing::error!(
+                        source = %self.src.name, topic = %key.0, partition = key.1, next, high,
+                        "the partition ends below what the journal holds: was the topic deleted and recreated? capture it under a new source name"
+                    ),
+                    _ => {}
+                }
                 if settles {
                     s.observe(before, low, high);
                 } else {
