@@ -99,7 +99,7 @@ fn capture_and_restore_at_several_times() {
         "billing",
         &[("orders", 0, 4), ("orders", 1, 2), ("audit.a", 1, 5)],
     );
-    let t1 = wait_coverage(&cfg, in_secs(4), &runner.log);
+    let t1 = wait_coverage(&cfg, in_secs(5), &runner.log);
     let d1 = digest(&src.url(), &["orders", "^audit\\..*"]);
     assert_eq!(d1.len(), 5, "{d1:?}");
     assert_eq!(d1[&("orders".to_string(), 0)].0, 12);
@@ -113,7 +113,7 @@ fn capture_and_restore_at_several_times() {
         "billing",
         &[("orders", 0, 10), ("audit.b", 1, 2)],
     );
-    let t2 = wait_coverage(&cfg, in_secs(6), &runner.log);
+    let t2 = wait_coverage(&cfg, in_secs(7), &runner.log);
     let d2 = digest(&src.url(), &["orders", "^audit\\..*"]);
     assert_eq!(d2.len(), 7, "{d2:?}");
     // Records after moment 2 must not be restored at moment 2.
