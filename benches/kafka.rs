@@ -219,16 +219,25 @@ fn main() {
     // 1. Capture, each round into a fresh journal.
     let (mut base, mut ours, mut cpu_base, mut cpu_ours) = (vec![], vec![], vec![], vec![]);
     let mut journals = Vec::new();
-    for _ in 0..rounds {
+    for round in 0..rounds {
+        // Alternate which goes first, so neither always meets a freshly busy broker.
+        let run_base = |base: &mut Vec<f64>, cpu: &mut Vec<f64>| {
+            let c0 = cpu_secs();
+            base.push(plain_consume(&addr, "bench", n));
+            cpu.push(cpu_secs() - c0);
+        };
+        if round % 2 == 0 {
+            run_base(&mut base, &mut cpu_base);
+        }
         let c0 = cpu_secs();
-        base.push(plain_consume(&addr, "bench", n));
-        let c1 = cpu_secs();
         let dir = tempfile::tempdir().unwrap();
         let (secs, journal) = tidemark_capture(&addr, "bench", n, loaded, dir.path());
-        cpu_base.push(c1 - c0);
-        cpu_ours.push(cpu_secs() - c1);
+        cpu_ours.push(cpu_secs() - c0);
         ours.push(secs);
         journals.push((dir, journal));
+        if round % 2 == 1 {
+            run_base(&mut base, &mut cpu_base);
+        }
     }
     let (br, bm) = rate(median(base));
     let (or, om) = rate(median(ours));
