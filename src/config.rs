@@ -439,6 +439,14 @@ impl Config {
                         if t.is_empty() {
                             return Err(invalid(at(&format!("topics[{j}]")), "is empty"));
                         }
+                        if t.starts_with('^') {
+                            if let Err(e) = regex::Regex::new(t) {
+                                return Err(invalid(
+                                    at(&format!("topics[{j}]")),
+                                    format!("`{t}` is not a valid regular expression: {e}"),
+                                ));
+                            }
+                        }
                     }
                     if let Some(sasl) = sasl {
                         if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]

@@ -33,7 +33,7 @@ pub struct ChangeEvent {
     #[prost(message, optional, tag = "5")]
     pub txn: Option<Txn>,
     /// What changed.
-    #[prost(oneof = "Payload", tags = "10, 11, 12, 13, 14, 15")]
+    #[prost(oneof = "Payload", tags = "10, 11, 12, 13, 14, 15, 16")]
     pub payload: Option<Payload>,
 }
 
@@ -78,6 +78,10 @@ pub enum Payload {
     /// A named point on the timeline.
     #[prost(message, tag = "15")]
     Marker(Marker),
+    /// Kafka topic metadata, high-water marks and consumer-group offsets, observed
+    /// together (position: the reserved state stream, see `Position::kafka_state`).
+    #[prost(message, tag = "16")]
+    KafkaState(KafkaState),
 }
 
 /// What a PostgreSQL change does.
@@ -225,6 +229,106 @@ pub struct KafkaRecord {
     /// What the timestamp means.
     #[prost(enumeration = "KafkaTimestampType", tag = "5")]
     pub timestamp_type: i32,
+}
+
+/// What a Kafka source looked like when observed: the topics captured, each
+/// partition's offsets, and the committed offsets of the configured groups.
+///
+/// Journaled on change and at least every few seconds on the source's reserved state
+/// stream. The event's capture time is `observed_before_us`: the marks were read
+/// within `[observed_before_us, observed_after_us]` (milliseconds), and a restore
+/// cut counts them at the start of that window.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct KafkaState {
+    /// Taken just before the brokers were asked (µs): no partition held more than its
+    /// `high_watermark` then. Coverage uses this bound.
+    #[prost(int64, tag = "1")]
+    pub observed_before_us: i64,
+    /// Taken after every answer arrived (µs): each partition held at least the offsets
+    /// below its `high_watermark` then.
+    #[prost(int64, tag = "2")]
+    pub observed_after_us: i64,
+    /// Captured topics.
+    #[prost(message, repeated, tag = "3")]
+    pub topics: Vec<KafkaTopicMeta>,
+    /// Per-partition offsets.
+    #[prost(message, repeated, tag = "4")]
+    pub partitions: Vec<KafkaPartitionState>,
+    /// Committed offsets of the configured consumer groups on captured partitions.
+    #[prost(message, repeated, tag = "5")]
+    pub group_offsets: Vec<KafkaGroupOffset>,
+}
+
+/// A topic's shape and configuration.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct KafkaTopicMeta {
+    /// Topic name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Number of partitions.
+    #[prost(int32, tag = "2")]
+    pub partitions: i32,
+    /// Topic configs the broker reports (`cleanup.policy`, `retention.ms`, ...).
+    #[prost(message, repeated, tag = "3")]
+    pub configs: Vec<KafkaConfigEntry>,
+}
+
+/// One topic config entry.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct KafkaConfigEntry {
+    /// Config name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Config value.
+    #[prost(string, tag = "2")]
+    pub value: String,
+    /// True when the broker reports it as set on the topic (not a default).
+    #[prost(bool, tag = "3")]
+    pub explicit: bool,
+}
+
+/// A partition's offsets as observed, and how far the journal had it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct KafkaPartitionState {
+    /// Topic.
+    #[prost(string, tag = "1")]
+    pub topic: String,
+    /// Partition.
+    #[prost(int32, tag = "2")]
+    pub partition: i32,
+    /// Oldest offset the broker still holds.
+    #[prost(int64, tag = "3")]
+    pub low_watermark: i64,
+    /// Offset after the last readable record (the high-water mark).
+    #[prost(int64, tag = "4")]
+    pub high_watermark: i64,
+    /// Next offset capture will journal.
+    #[prost(int64, tag = "5")]
+    pub journaled_next: i64,
+    /// The journal held everything of the partition up to this time (µs); absent
+    /// until it first caught up.
+    #[prost(int64, optional, tag = "6")]
+    pub caught_up_us: Option<i64>,
+}
+
+/// A consumer group's committed offset on one partition.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct KafkaGroupOffset {
+    /// Group id.
+    #[prost(string, tag = "1")]
+    pub group: String,
+    /// Topic.
+    #[prost(string, tag = "2")]
+    pub topic: String,
+    /// Partition.
+    #[prost(int32, tag = "3")]
+    pub partition: i32,
+    /// Committed offset (the next record the group will read).
+    #[prost(int64, tag = "4")]
+    pub offset: i64,
+    /// Commit metadata string.
+    #[prost(string, tag = "5")]
+    pub metadata: String,
 }
 
 /// A MongoDB change-stream event.

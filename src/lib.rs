@@ -14,6 +14,7 @@ pub mod config;
 pub mod digest;
 pub mod event;
 pub mod journal;
+pub mod kafka;
 pub mod position;
 pub mod restore;
 pub mod sandbox;

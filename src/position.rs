@@ -9,6 +9,12 @@
 
 use std::fmt;
 
+/// Topic of the reserved stream on which a Kafka source journals its observed state
+/// (metadata, high-water marks, group offsets). Kafka topic names are never empty.
+pub const KAFKA_STATE_TOPIC: &str = "";
+/// Partition of the reserved state stream.
+pub const KAFKA_STATE_PARTITION: i32 = -1;
+
 /// A position in one source, in that source's own terms.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Position {
@@ -135,6 +141,17 @@ impl Position {
         }
     }
 
+    /// The position of the `n`th state observation of a Kafka source: a reserved
+    /// stream (topic names are never empty) ordered by `n`.
+    pub fn kafka_state(n: i64) -> Self {
+        Position::kafka(KAFKA_STATE_TOPIC, KAFKA_STATE_PARTITION, n)
+    }
+
+    /// True for positions on a Kafka source's reserved state stream.
+    pub fn is_kafka_state(&self) -> bool {
+        matches!(&self.kind, Some(PositionKind::Kafka(p)) if p.topic == KAFKA_STATE_TOPIC && p.partition == KAFKA_STATE_PARTITION)
+    }
+
     /// The source kind this position belongs to, if set.
     pub fn source_kind(&self) -> Option<crate::config::SourceKind> {
         use crate::config::SourceKind as K;
@@ -223,6 +240,9 @@ impl fmt::Display for Position {
                 write!(f, "{:X}/{:X}", p.lsn >> 32, p.lsn & 0xffff_ffff)
             }
             Some(PositionKind::Redis(p)) => write!(f, "{}:{}", p.replid, p.offset),
+            Some(PositionKind::Kafka(p)) if self.is_kafka_state() => {
+                write!(f, "state#{}", p.offset)
+            }
             Some(PositionKind::Kafka(p)) => write!(f, "{}/{}@{}", p.topic, p.partition, p.offset),
             Some(PositionKind::Mongo(p)) => write!(f, "token:{}", p.resume_token),
             Some(PositionKind::Kubernetes(p)) => write!(f, "{}@{}", p.resource, p.resource_version),

@@ -17,6 +17,7 @@
 //! - **Shutdown.** When [`Shutdown`] fires it stops reading, appends what it has,
 //!   acknowledges it, and returns `Ok(())`.
 
+pub mod kafka;
 pub mod postgres;
 
 use std::future::Future;
@@ -86,6 +87,19 @@ pub struct CaptureContext {
 pub fn build(cfg: &SourceConfig) -> Result<Box<dyn Source>, CaptureError> {
     match cfg {
         SourceConfig::Postgres { .. } => Ok(Box::new(postgres::PostgresSource::from_config(cfg)?)),
+        SourceConfig::Kafka {
+            name,
+            brokers,
+            topics,
+            groups,
+            sasl,
+            tls,
+        } => {
+            let conn = crate::kafka::Connection::new(brokers, sasl.clone(), *tls);
+            Ok(Box::new(kafka::KafkaSource::new(
+                name, conn, topics, groups,
+            )?))
+        }
         // Each kind's capture arrives with its own issue; until then say so plainly.
         _ => Err(CaptureError::NotAvailable {
             name: cfg.name().to_string(),
@@ -124,6 +138,15 @@ impl SourceJournal {
         tokio::task::spawn_blocking(move || journal.append(id, &events, &progress))
             .await
             .map_err(|e| JournalError::Storage(format!("append task failed: {e}")))?
+    }
+
+    /// [`SourceJournal::append`] for callers already on a blocking thread.
+    pub fn append_blocking(
+        &self,
+        events: &[ChangeEvent],
+        progress: &Progress,
+    ) -> Result<Appended, JournalError> {
+        self.journal.append(self.id, events, progress)
     }
 
     /// Where capture resumes: one checkpoint per stream, empty on first start.

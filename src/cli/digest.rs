@@ -1,21 +1,29 @@
-//! `tidemark digest URL`: an order-independent digest of a live database.
+//! `tidemark digest URL`: an order-independent digest of a live source, computed the
+//! way a restore reports it, so a restore can be compared with its source. The URL's
+//! scheme selects the kind.
 
 use anyhow::{bail, Result};
+use serde_json::json;
 
 use crate::config::redact_url;
+use crate::kafka::{digest::digest_cluster, Connection};
 
-pub fn digest(url: &str, as_json: bool) -> Result<()> {
-    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
-    let rt = tokio::runtime::Runtime::new()?;
-    let digest = match scheme {
-        "postgres" | "postgresql" => rt
-            .block_on(crate::digest::postgres::digest_url(url))
-            .map_err(anyhow::Error::msg)?,
+pub fn digest(url: &str, topics: &[String], as_json: bool) -> Result<()> {
+    match url.split_once("://").map(|(s, _)| s) {
+        Some("postgres" | "postgresql") => postgres(url, as_json),
+        Some("kafka") => kafka(url, topics, as_json),
         _ => bail!(
-            "cannot digest `{}`: supported URLs are postgres://",
+            "cannot digest `{}`: unsupported URL scheme; use postgres://... or kafka://host:port",
             redact_url(url)
         ),
-    };
+    }
+}
+
+fn postgres(url: &str, as_json: bool) -> Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let digest = rt
+        .block_on(crate::digest::postgres::digest_url(url))
+        .map_err(anyhow::Error::msg)?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&digest)?);
     } else {
@@ -23,6 +31,24 @@ pub fn digest(url: &str, as_json: bool) -> Result<()> {
             println!("{:<40} {:>12} rows  {}", p.name, p.rows, p.digest);
         }
         println!("overall {}", digest.overall);
+    }
+    Ok(())
+}
+
+fn kafka(url: &str, topics: &[String], as_json: bool) -> Result<()> {
+    let conn = Connection::from_url(url)?;
+    let digests = digest_cluster(&conn, topics)?;
+    if as_json {
+        let parts: Vec<_> = digests
+            .iter()
+            .map(|((t, p), d)| json!({ "topic": t, "partition": p, "records": d.records(), "sha256": d.hex() }))
+            .collect();
+        let doc = json!({ "url": url, "kind": "kafka", "partitions": parts });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        for ((t, p), d) in &digests {
+            println!("{t}/{p} records={} sha256={}", d.records(), d.hex());
+        }
     }
     Ok(())
 }

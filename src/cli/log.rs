@@ -126,6 +126,24 @@ fn describe(seq: u64, e: &ChangeEvent) -> Value {
                             "object": serde_json::from_slice::<Value>(&k.object_json).unwrap_or(Value::Null) }
         }),
         Some(Payload::Marker(m)) => json!({ "marker": { "name": m.name, "note": m.note } }),
+        Some(Payload::KafkaState(s)) => json!({
+            "kafka_state": {
+                "observed_before": fmt_time(Some(s.observed_before_us)),
+                "observed_after": fmt_time(Some(s.observed_after_us)),
+                "topics": s.topics.iter().map(|t| json!({
+                    "name": t.name, "partitions": t.partitions,
+                    "configs": t.configs.iter().map(|c| (c.name.clone(), Value::from(c.value.clone()))).collect::<serde_json::Map<_, _>>(),
+                })).collect::<Vec<_>>(),
+                "partitions": s.partitions.iter().map(|p| json!({
+                    "topic": p.topic, "partition": p.partition, "low": p.low_watermark,
+                    "high": p.high_watermark, "journaled_next": p.journaled_next,
+                    "caught_up": p.caught_up_us.map(|t| fmt_time(Some(t))),
+                })).collect::<Vec<_>>(),
+                "group_offsets": s.group_offsets.iter().map(|g| json!({
+                    "group": g.group, "topic": g.topic, "partition": g.partition, "offset": g.offset,
+                })).collect::<Vec<_>>(),
+            }
+        }),
         None => Value::Null,
     };
     json!({
@@ -168,6 +186,12 @@ fn summary(e: &ChangeEvent) -> String {
             format!("{} {} {}/{}", k.event_type, k.kind, k.namespace, k.name)
         }
         Some(Payload::Marker(m)) => format!("marker {}", m.name),
+        Some(Payload::KafkaState(s)) => format!(
+            "kafka state: {} topics, {} partitions, {} group offsets",
+            s.topics.len(),
+            s.partitions.len(),
+            s.group_offsets.len()
+        ),
         None => "-".into(),
     }
 }

@@ -76,12 +76,19 @@ pub enum Command {
         /// Restore into a target that already holds data.
         #[arg(long)]
         force: bool,
+        /// Kafka: restore source topics under other names, `a=b,c=d`.
+        #[arg(long)]
+        topic_map: Option<String>,
     },
-    /// Print an order-independent digest of a live database, to compare a restore
-    /// with its source.
+    /// Print an order-independent digest of a live source (`postgres://...`,
+    /// `kafka://host:port`) to compare a restore with its source. Needs no
+    /// configuration file.
     Digest {
-        /// The database (postgres://...).
+        /// What to digest; the scheme selects the kind.
         url: String,
+        /// Kafka: only these topics (names or ^regex), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        topics: Vec<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -128,7 +135,7 @@ pub fn init_tracing() {
 pub fn execute(cli: Cli) -> Result<()> {
     // Commands that need no configuration file.
     match &cli.command {
-        Command::Digest { url, json } => return digest::digest(url, *json),
+        Command::Digest { url, topics, json } => return digest::digest(url, topics, *json),
         Command::Demo { seconds } => return demo::demo(*seconds),
         _ => {}
     }
@@ -171,9 +178,20 @@ pub fn execute(cli: Cli) -> Result<()> {
             target,
             dry_run,
             force,
-        } => restore::restore(&cfg, &source, &at, &target, dry_run, force),
+            topic_map,
+        } => restore::restore(
+            &cfg,
+            &source,
+            &at,
+            &target,
+            restore::Flags {
+                dry_run,
+                force,
+                topic_map,
+            },
+        ),
         Command::Prune { dry_run } => prune::prune(&cfg, dry_run),
-        Command::Digest { .. } | Command::Demo { .. } => Ok(()),
+        Command::Digest { .. } | Command::Demo { .. } => Ok(()), // handled above, without a configuration
     }
 }
 

@@ -4,7 +4,8 @@ use anyhow::Result;
 use serde_json::json;
 
 use super::fmt_time;
-use crate::config::Config;
+use crate::config::{Config, SourceKind};
+use crate::time::Timestamp;
 
 pub fn status(cfg: &Config, as_json: bool) -> Result<()> {
     let journal = super::open_read_only(cfg)?;
@@ -14,6 +15,7 @@ pub fn status(cfg: &Config, as_json: bool) -> Result<()> {
         let positions: Vec<String> = journal
             .checkpoints(s.id)?
             .iter()
+            .filter(|c| !c.position.is_kafka_state())
             .map(|c| c.position.to_string())
             .collect();
         let configured = cfg.source(&s.name).is_some();
@@ -33,6 +35,11 @@ pub fn status(cfg: &Config, as_json: bool) -> Result<()> {
             "retained_from": s.stats.floor_us.map(|_| fmt_time(s.stats.floor_us)),
             "configured": configured,
             "health": health,
+            "partitions": if s.kind == SourceKind::Kafka {
+                json!(crate::kafka::status::partition_rows(&journal, s.id, Timestamp::now())?)
+            } else {
+                serde_json::Value::Null
+            },
         }));
     }
     if as_json {
@@ -65,6 +72,21 @@ pub fn status(cfg: &Config, as_json: bool) -> Result<()> {
                 ""
             }
         );
+        for p in r["partitions"].as_array().into_iter().flatten() {
+            let risk = match p["seconds_until_loss"].as_i64() {
+                Some(s) => format!("  retention may delete uncaptured records in {s}s"),
+                None => String::new(),
+            };
+            println!(
+                "    {}/{} high-water mark {} journaled up to {} lag {} (observed {}){risk}",
+                p["topic"].as_str().unwrap_or("?"),
+                p["partition"],
+                p["high_watermark"],
+                p["journaled_next"],
+                p["lag"],
+                p["observed_at"].as_str().unwrap_or("-"),
+            );
+        }
     }
     Ok(())
 }

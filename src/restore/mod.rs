@@ -13,6 +13,7 @@
 //! - **Prove it.** It ends with a digest computed the same way as `tidemark digest`,
 //!   so the result can be compared with the source.
 
+pub mod kafka;
 pub mod postgres;
 mod postgres_sql;
 

@@ -5,10 +5,13 @@
 //! - PostgreSQL: `tidemark::sandbox::Postgres` (binaries from `$TIDEMARK_PG_BIN` or
 //!   the newest `/usr/lib/postgresql/*/bin`), started with `wal_level=logical`.
 //! - Redis: `$TIDEMARK_REDIS_SERVER` (default `redis-server` on `PATH`).
+//! - tansu (Kafka-compatible broker): `$TIDEMARK_TANSU`, else `tansu` on `PATH`;
+//!   `.ci/run` fetches it. Without either, Kafka tests print a SKIP line and pass.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -184,4 +187,134 @@ impl RespClient {
             _ => Err(format!("unexpected reply `{line}`")),
         }
     }
+}
+
+/// The tansu binary: `$TIDEMARK_TANSU`, else `tansu` on `PATH`.
+pub fn tansu_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("TIDEMARK_TANSU") {
+        let p = PathBuf::from(p);
+        assert!(p.exists(), "TIDEMARK_TANSU={} does not exist", p.display());
+        return Some(p);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("tansu"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A throwaway tansu broker with in-memory storage.
+pub struct Tansu {
+    child: Child,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    /// TCP port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Tansu {
+    /// Starts a broker; ready (answers a Kafka ApiVersions request) when it returns.
+    /// `None` (after printing a SKIP line naming `test`) when no tansu binary is
+    /// available; CI always has one.
+    pub fn start(test: &str) -> Option<Tansu> {
+        let Some(bin) = tansu_bin() else {
+            eprintln!("SKIP {test}: no tansu broker; set TIDEMARK_TANSU to the tansu binary (.ci/run fetches it)");
+            return None;
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("tidemark-tansu-")
+            .tempdir()
+            .expect("temp dir");
+        let port = free_port().expect("free port");
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = dir.path().join("server.log");
+        let logf = std::fs::File::create(&log).expect("server log");
+        let mut child = Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "warn")
+            .stdout(logf.try_clone().expect("log fd"))
+            .stderr(logf)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        wait_ready(&mut child, "tansu", &log, || kafka_api_versions_ok(port)).unwrap_or_else(|e| panic!("{e}"));
+        Some(Tansu {
+            child,
+            dir,
+            bin,
+            port,
+        })
+    }
+
+    /// `host:port` of the broker.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `kafka://host:port`.
+    pub fn url(&self) -> String {
+        format!("kafka://{}", self.addr())
+    }
+
+    /// Creates a topic with `partitions` partitions using tansu's own CLI.
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        self.create_topic_with(name, partitions, &[]);
+    }
+
+    /// As [`Tansu::create_topic`], with topic configs (`("retention.ms", "60000")`).
+    pub fn create_topic_with(&self, name: &str, partitions: u32, configs: &[(&str, &str)]) {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["topic", "create", "--broker"])
+            .arg(format!("tcp://{}", self.addr()))
+            .args(["--partitions", &partitions.to_string(), name]);
+        for (k, v) in configs {
+            cmd.arg("--config").arg(format!("{k}={v}"));
+        }
+        let out = cmd.output().expect("run tansu topic create");
+        assert!(
+            out.status.success(),
+            "tansu topic create {name} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, libc::SIGTERM, Duration::from_secs(5));
+    }
+}
+
+/// Sends a Kafka ApiVersions v0 request and checks for a well-formed answer with
+/// error code 0: the broker is up and speaking the protocol.
+fn kafka_api_versions_ok(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let client = b"ready";
+    // header: api_key 18, version 0, correlation id 7, client id (int16 len + bytes)
+    let mut body = Vec::new();
+    body.extend_from_slice(&18i16.to_be_bytes());
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&7i32.to_be_bytes());
+    body.extend_from_slice(&(client.len() as i16).to_be_bytes());
+    body.extend_from_slice(client);
+    let mut req = (body.len() as i32).to_be_bytes().to_vec();
+    req.extend_from_slice(&body);
+    if s.write_all(&req).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 10]; // length, correlation id, error code
+    if s.read_exact(&mut head).is_err() {
+        return false;
+    }
+    i32::from_be_bytes([head[4], head[5], head[6], head[7]]) == 7 && head[8] == 0 && head[9] == 0
 }

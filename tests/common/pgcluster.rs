@@ -40,11 +40,7 @@ impl PgCluster {
     /// Starts the server with `opts` (pg_hba.conf is installed, then reloaded).
     pub async fn start(opts: ClusterOptions) -> PgCluster {
         let mut settings = vec![format!("wal_level={}", opts.wal_level)];
-        settings.extend(
-            opts.extra_conf
-                .iter()
-                .map(|l| l.replace([' ', '\''], "")),
-        );
+        settings.extend(opts.extra_conf.iter().map(|l| l.replace([' ', '\''], "")));
         let refs: Vec<&str> = settings.iter().map(String::as_str).collect();
         let pg = tokio::task::block_in_place(|| super::Postgres::start_with(&refs));
         std::fs::write(
