@@ -17,6 +17,8 @@
 //! - **Shutdown.** When [`Shutdown`] fires it stops reading, appends what it has,
 //!   acknowledges it, and returns `Ok(())`.
 
+pub mod redis;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -74,11 +76,14 @@ pub struct CaptureContext {
 
 /// Builds the capture for `cfg` without connecting to anything.
 pub fn build(cfg: &SourceConfig) -> Result<Box<dyn Source>, CaptureError> {
-    // Each kind's capture arrives with its own issue; until then say so plainly.
-    Err(CaptureError::NotAvailable {
-        name: cfg.name().to_string(),
-        kind: cfg.kind(),
-    })
+    match cfg {
+        SourceConfig::Redis { name, url } => Ok(Box::new(redis::RedisSource::new(name, url)?)),
+        // Each kind's capture arrives with its own issue; until then say so plainly.
+        _ => Err(CaptureError::NotAvailable {
+            name: cfg.name().to_string(),
+            kind: cfg.kind(),
+        }),
+    }
 }
 
 /// A source's handle on the journal. Appends run on the blocking pool so a synced
@@ -111,6 +116,25 @@ impl SourceJournal {
         tokio::task::spawn_blocking(move || journal.append(id, &events, &progress))
             .await
             .map_err(|e| JournalError::Storage(format!("append task failed: {e}")))?
+    }
+
+    /// [`SourceJournal::append`] for capture code running on a blocking thread.
+    pub fn append_blocking(
+        &self,
+        events: &[ChangeEvent],
+        progress: &Progress,
+    ) -> Result<Appended, JournalError> {
+        self.journal.append(self.id, events, progress)
+    }
+
+    /// The source's event with sequence number `seq`, if it has one.
+    pub fn event_at(&self, seq: u64) -> Result<Option<ChangeEvent>, JournalError> {
+        Ok(self
+            .journal
+            .events(self.id, seq, seq)
+            .next()
+            .transpose()?
+            .map(|e| e.event))
     }
 
     /// Where capture resumes: one checkpoint per stream, empty on first start.

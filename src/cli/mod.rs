@@ -1,6 +1,7 @@
 //! The command line. Subcommand names and flags are a contract: scripts and other
 //! parts of tidemark depend on them. One file per subcommand.
 
+mod digest;
 mod log;
 mod prune;
 mod restore;
@@ -75,6 +76,14 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Print an order-independent digest of a whole dataset (no -c needed).
+    Digest {
+        /// The dataset, e.g. redis://host:port.
+        url: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply the configured retention now.
     Prune {
         /// Report what would be dropped; change nothing.
@@ -108,6 +117,9 @@ pub fn init_tracing() {
 
 /// Runs a parsed command line.
 pub fn execute(cli: Cli) -> Result<()> {
+    if let Command::Digest { url, json } = &cli.command {
+        return digest::digest(url, *json);
+    }
     let path = cli
         .config
         .clone()
@@ -149,6 +161,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             force,
         } => restore::restore(&cfg, &source, &at, &target, dry_run, force),
         Command::Prune { dry_run } => prune::prune(&cfg, dry_run),
+        Command::Digest { url, json } => digest::digest(&url, json),
     }
 }
 

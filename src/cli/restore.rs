@@ -38,7 +38,25 @@ pub fn restore(
         println!("dry run: nothing was touched");
         return Ok(());
     }
-    Err(RestoreError::NotAvailable(plan.source.kind).into())
+    match plan.source.kind {
+        SourceKind::Redis => {
+            let s = restore::redis::restore(&journal, &plan, target, force)?;
+            let pos = s
+                .final_position
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |p| p.to_string());
+            let secs = s.seconds.max(1e-6);
+            println!(
+                "restored {} keys and replayed {} commands up to {pos} in {:.2}s ({:.0} keys/s)",
+                s.keys,
+                s.commands,
+                s.seconds,
+                s.keys as f64 / secs
+            );
+            Ok(())
+        }
+        kind => Err(RestoreError::NotAvailable(kind).into()),
+    }
 }
 
 /// The target must be a URL of the source's kind.

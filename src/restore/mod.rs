@@ -13,6 +13,8 @@
 //! - **Prove it.** It ends with a digest computed the same way as `tidemark digest`,
 //!   so the result can be compared with the source.
 
+pub mod redis;
+
 use std::fmt;
 
 use crate::config::SourceKind;
@@ -63,6 +65,21 @@ pub enum RestoreError {
         /// Hint naming the earliest image, if any.
         earliest: String,
     },
+    /// The target holds data and `--force` was not given.
+    #[error("target {target} already holds {keys} keys; restore into an empty server, or pass --force to empty it (FLUSHALL) first")]
+    TargetNotEmpty {
+        /// The target, password masked.
+        target: String,
+        /// Keys found.
+        keys: u64,
+    },
+    /// Talking to a Redis target failed.
+    #[error(transparent)]
+    Redis(#[from] crate::capture::redis::RedisError),
+    /// The target refused what was written, or the journal holds something this
+    /// version cannot apply.
+    #[error("restore failed: {0}")]
+    Apply(String),
     /// No restore target for this kind in this build.
     #[error("restoring {0} sources is not available in this version of tidemark (see README, \"Status\"); --dry-run shows the plan")]
     NotAvailable(SourceKind),
