@@ -8,6 +8,10 @@
 //! - Redis: `$TIDEMARK_REDIS_SERVER` (default `redis-server` on `PATH`).
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod bin_client;
+pub mod rdb_scenario;
+pub mod tidemark;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -239,6 +243,8 @@ pub struct Redis {
     dir: tempfile::TempDir,
     /// TCP port on 127.0.0.1.
     pub port: u16,
+    bin: String,
+    args: Vec<String>,
 }
 
 impl Redis {
@@ -250,43 +256,78 @@ impl Redis {
     /// As [`Redis::start`], with extra arguments (`["--requirepass", "x"]`).
     pub fn start_with(args: &[&str]) -> Redis {
         let bin = std::env::var("TIDEMARK_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        Redis::start_bin(&bin, args)
+    }
+
+    /// As [`Redis::start_with`], with the server binary `bin`.
+    pub fn start_bin(bin: &str, args: &[&str]) -> Redis {
         let dir = tempfile::Builder::new()
             .prefix("tidemark-redis-")
             .tempdir()
             .expect("temp dir");
-        let port = free_port();
-        let log = dir.path().join("server.log");
-        let mut child = Command::new(&bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .arg("--logfile")
-            .arg(&log)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}; apt-get install redis-server or set TIDEMARK_REDIS_SERVER"));
-        let auth: Vec<String> = args
-            .windows(2)
-            .find(|w| w[0] == "--requirepass")
-            .map(|w| vec!["AUTH".to_string(), w[1].to_string()])
-            .unwrap_or_default();
-        wait_ready(&mut child, "redis-server", &log, || {
-            let Ok(mut c) = RespClient::connect(port) else {
-                return false;
-            };
-            if !auth.is_empty()
-                && c.cmd(&auth.iter().map(String::as_str).collect::<Vec<_>>())
-                    .is_err()
-            {
-                return false;
-            }
-            c.cmd(&["PING"]).is_ok_and(|r| r == "PONG")
-        });
-        Redis { child, dir, port }
+        Redis::start_in(bin, args, dir, free_port())
     }
 
+    /// Stops the server and starts the same binary again on the same port and
+    /// directory (no persistence: an empty dataset and a new replication id).
+    pub fn restart(&mut self) {
+        stop(&mut self.child, libc::SIGTERM, Duration::from_secs(10));
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.child = spawn_redis(&self.bin, &args, self.dir.path(), self.port);
+    }
+
+    /// The server's working directory (`dump.rdb` after `SAVE`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn start_in(bin: &str, args: &[&str], dir: tempfile::TempDir, port: u16) -> Redis {
+        let child = spawn_redis(bin, args, dir.path(), port);
+        Redis {
+            child,
+            dir,
+            port,
+            bin: bin.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+}
+
+/// Starts a Redis-compatible server and waits until it answers PING.
+fn spawn_redis(bin: &str, args: &[&str], dir: &Path, port: u16) -> Child {
+    let log = dir.join("server.log");
+    let mut child = Command::new(bin)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(&log)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}; apt-get install redis-server or set TIDEMARK_REDIS_SERVER"));
+    let auth: Vec<String> = args
+        .windows(2)
+        .find(|w| w[0] == "--requirepass")
+        .map(|w| vec!["AUTH".to_string(), w[1].to_string()])
+        .unwrap_or_default();
+    wait_ready(&mut child, "redis-server", &log, || {
+        let Ok(mut c) = RespClient::connect(port) else {
+            return false;
+        };
+        if !auth.is_empty()
+            && c.cmd(&auth.iter().map(String::as_str).collect::<Vec<_>>())
+                .is_err()
+        {
+            return false;
+        }
+        c.cmd(&["PING"]).is_ok_and(|r| r == "PONG")
+    });
+    child
+}
+
+impl Redis {
     /// A client on this server.
     pub fn client(&self) -> RespClient {
         RespClient::connect(self.port).expect("connect to redis")
@@ -370,4 +411,29 @@ impl RespClient {
             _ => Err(format!("unexpected reply `{line}`")),
         }
     }
+}
+
+/// A Redis-compatible server binary named by the environment variable `var`
+/// (`.ci/run` sets them), else `default` when given. `None`, after printing a
+/// SKIP line naming the variable, when there is none: the caller returns.
+pub fn server_bin(var: &str, default: Option<&str>) -> Option<String> {
+    match std::env::var(var) {
+        Ok(p) if Path::new(&p).exists() => Some(p),
+        Ok(p) => {
+            eprintln!("SKIP: {var}={p} does not exist");
+            None
+        }
+        Err(_) => match default {
+            Some(d) => Some(d.to_string()),
+            None => {
+                eprintln!("SKIP: set {var} to a server binary to run this test (.ci/run does)");
+                None
+            }
+        },
+    }
+}
+
+/// Redis 7.0 (Debian's `redis-server`, or `$TIDEMARK_REDIS_SERVER`).
+pub fn redis70() -> Option<String> {
+    server_bin("TIDEMARK_REDIS_SERVER", Some("redis-server"))
 }
