@@ -7,6 +7,7 @@
 //! transaction is applied whole or not at all.
 
 pub mod digest;
+mod expiry;
 
 use std::io::{BufReader, BufWriter, IsTerminal, Write};
 use std::net::TcpStream;
@@ -115,7 +116,11 @@ pub fn restore(
             b"exec" => in_multi = false,
             _ => {}
         }
-        p.send(cmd.db, &cmd.args)?;
+        let capture_ms = entry.event.capture_time_us.div_euclid(1000);
+        match expiry::absolutize(&cmd.args, capture_ms) {
+            Some(args) => p.send(cmd.db, &args)?,
+            None => p.send(cmd.db, &cmd.args)?,
+        }
         summary.commands += 1;
         if summary.commands % 4096 == 0 {
             progress.show(summary.keys, summary.commands);

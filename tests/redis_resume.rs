@@ -1,0 +1,266 @@
+//! Redis capture across failures: `tidemark run` killed with SIGKILL and
+//! restarted resumes with `PSYNC` continue (offsets contiguous: no gap, no
+//! duplicate); a primary restart (new replication id) takes a new base image and
+//! restores on either side of it are right; bad inputs fail with one clear line.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::bin_client::Client;
+use common::tidemark::Tidemark;
+use common::{redis70, Redis};
+use tidemark::capture::redis::resp::encoded_len;
+use tidemark::event::Payload;
+use tidemark::journal::Journal;
+use tidemark::position::PositionKind;
+use tidemark::restore::redis::digest::digest_url;
+
+const ARGS: &[&str] = &[
+    "--repl-ping-replica-period",
+    "1",
+    "--repl-backlog-size",
+    "64mb",
+];
+
+/// Every event's offset is the previous offset of its replication history plus
+/// the command's size: nothing missing, nothing twice. Returns events per replid.
+fn assert_contiguous(tm: &Tidemark) -> HashMap<String, u64> {
+    let j = Journal::open_read_only(&tm.journal).expect("open journal");
+    let src = j.source("cache").expect("source");
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for img in j.images(src.id).expect("images") {
+        if let Some(PositionKind::Redis(p)) = img.position.and_then(|p| p.kind) {
+            assert!(
+                last.insert(p.replid, p.offset).is_none(),
+                "two images of one history"
+            );
+        }
+    }
+    let mut counts = HashMap::new();
+    for e in j.events(src.id, 1, u64::MAX) {
+        let e = e.expect("event");
+        let Some(PositionKind::Redis(p)) = e.event.position.and_then(|p| p.kind) else {
+            panic!("not a redis position at seq {}", e.seq);
+        };
+        let Some(Payload::Redis(cmd)) = e.event.payload else {
+            panic!("not a redis command at seq {}", e.seq);
+        };
+        let prev = last
+            .get(&p.replid)
+            .copied()
+            .unwrap_or_else(|| panic!("seq {}: no image for {}", e.seq, p.replid));
+        assert_eq!(
+            p.offset,
+            prev + encoded_len(&cmd.args),
+            "seq {}: gap or duplicate after offset {prev}",
+            e.seq
+        );
+        last.insert(p.replid.clone(), p.offset);
+        *counts.entry(p.replid).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn restore(tm: &Tidemark, at: &str, target: &Redis) {
+    let out = tm.cli(&[
+        "restore",
+        "--source",
+        "cache",
+        "--at",
+        at,
+        "--target",
+        &target.url(),
+    ]);
+    assert!(
+        out.status.success(),
+        "restore at {at}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn kill_9_and_restart_resume_without_gap_or_duplicate() {
+    let Some(bin) = redis70() else { return };
+    let primary = Redis::start_bin(&bin, ARGS);
+    let mut c = Client::connect(primary.port).expect("connect");
+    c.cmd(&["SET", "before", "image"]);
+    let mut tm = Tidemark::new(&primary.url());
+    tm.start();
+    tm.wait_caught_up(&mut primary.client());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, port) = (Arc::clone(&stop), primary.port);
+        std::thread::spawn(move || {
+            let mut c = Client::connect(port).expect("connect");
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                c.cmd(&["INCR", "counter"]);
+                c.cmd(&["SELECT", if n % 2 == 0 { "0" } else { "1" }]);
+                c.cmd(&["RPUSH", "log", &n.to_string()]);
+            }
+            n
+        })
+    };
+    for round in 0..3 {
+        std::thread::sleep(Duration::from_millis(400 + 150 * round));
+        tm.kill9();
+        std::thread::sleep(Duration::from_millis(200));
+        tm.start();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.join().expect("writer");
+    tm.wait_caught_up(&mut primary.client());
+    let source = digest_url(&primary.url()).expect("digest");
+    tm.stop();
+
+    for run in 2..=4 {
+        let log = tm.log(run);
+        assert!(
+            log.contains("resumed replication (PSYNC continue)"),
+            "run {run}:\n{log}"
+        );
+        assert!(
+            !log.contains("base image taken"),
+            "run {run} took a new image:\n{log}"
+        );
+    }
+    let counts = assert_contiguous(&tm);
+    assert_eq!(counts.len(), 1);
+    let target = Redis::start_bin(&bin, ARGS);
+    restore(&tm, "latest", &target);
+    assert_eq!(
+        digest_url(&target.url()).expect("digest").digest,
+        source.digest
+    );
+    let mut tc = Client::connect(target.port).expect("connect");
+    assert_eq!(
+        tc.cmd(&["GET", "counter"]).bulk(),
+        writes.to_string().into_bytes()
+    );
+}
+
+#[test]
+fn primary_restart_takes_a_new_base_image() {
+    let Some(bin) = redis70() else { return };
+    let mut primary = Redis::start_bin(&bin, ARGS);
+    let mut c = Client::connect(primary.port).expect("connect");
+    c.cmd(&["SET", "old", "1"]);
+    let mut tm = Tidemark::new(&primary.url());
+    tm.start();
+    c.cmd(&["RPUSH", "old:list", "a", "b"]);
+    let t1 = tm.wait_caught_up(&mut primary.client());
+    let d1 = digest_url(&primary.url()).expect("digest");
+    let (old_id, _, _) = tm.progress().expect("progress");
+    drop(c);
+
+    primary.restart(); // no persistence: empty, new replication id
+    let mut c = Client::connect(primary.port).expect("connect");
+    c.cmd(&["SET", "new", "2"]);
+    c.cmd(&["SELECT", "3"]);
+    c.cmd(&["SADD", "new:set", "x"]);
+    let mut waited = 0;
+    while tm.progress().is_some_and(|(id, _, _)| id == old_id) {
+        std::thread::sleep(Duration::from_millis(50));
+        waited += 1;
+        assert!(
+            waited < 600,
+            "no full resync after the primary restart:\n{}",
+            tm.log(1)
+        );
+    }
+    let t2 = tm.wait_caught_up(&mut primary.client());
+    let d2 = digest_url(&primary.url()).expect("digest");
+    tm.stop();
+    assert!(
+        tm.log(1).contains("taking a new base image"),
+        "{}",
+        tm.log(1)
+    );
+
+    let counts = assert_contiguous(&tm);
+    assert!(counts.len() <= 2);
+    let j = Journal::open_read_only(&tm.journal).expect("journal");
+    assert_eq!(
+        j.images(j.source("cache").expect("src").id)
+            .expect("images")
+            .len(),
+        2
+    );
+    drop(j);
+    for (at, want) in [(t1, &d1), (t2, &d2)] {
+        let target = Redis::start_bin(&bin, ARGS);
+        restore(&tm, &at.to_rfc3339(), &target);
+        let got = digest_url(&target.url()).expect("digest");
+        assert_eq!(
+            (got.digest.as_str(), got.keys),
+            (want.digest.as_str(), want.keys),
+            "at {at}"
+        );
+    }
+}
+
+/// Runs capture against `url`; it must exit non-zero with a last line holding
+/// every needle and no `secret`.
+fn run_fails(url: &str, needles: &[&str], secret: &str) {
+    let mut tm = Tidemark::new(url);
+    tm.start();
+    let (status, log) = tm.wait_exit(Duration::from_secs(30));
+    assert!(!status.success(), "{log}");
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    assert!(last.starts_with("error: "), "{log}");
+    for n in needles {
+        assert!(last.contains(n), "expected `{n}` in `{last}`");
+    }
+    assert!(!log.contains(secret), "secret leaked: {log}");
+}
+
+#[test]
+fn bad_inputs_fail_with_one_clear_line() {
+    let Some(bin) = redis70() else { return };
+    let guarded = Redis::start_bin(&bin, &["--requirepass", "s3cret-pw"]);
+    run_fails(
+        &format!("redis://:wrong-pw-x@127.0.0.1:{}", guarded.port),
+        &["refused authentication", "check the user and password"],
+        "wrong-pw-x",
+    );
+    let primary = Redis::start_bin(&bin, &[]);
+    let port = primary.port.to_string();
+    let replica = Redis::start_bin(&bin, &["--replicaof", "127.0.0.1", &port]);
+    run_fails(
+        &replica.url(),
+        &["is a replica", &format!("127.0.0.1:{port}")],
+        "\u{0}",
+    );
+    run_fails(
+        "redis://127.0.0.1:1",
+        &["cannot connect to Redis at 127.0.0.1:1"],
+        "\u{0}",
+    );
+    run_fails(
+        "rediss://127.0.0.1:1",
+        &["TLS", "not supported yet"],
+        "\u{0}",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(["digest", "redis://:pw-in-url@127.0.0.1:1"])
+        .output()
+        .expect("digest");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot connect") && !err.contains("pw-in-url"),
+        "{err}"
+    );
+}
