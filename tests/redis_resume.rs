@@ -101,7 +101,7 @@ fn kill_9_and_restart_resume_without_gap_or_duplicate() {
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 c.cmd(&["INCR", "counter"]);
-                c.cmd(&["SELECT", if n % 2 == 0 { "0" } else { "1" }]);
+                c.cmd(&["SELECT", if n.is_multiple_of(2) { "0" } else { "1" }]);
                 c.cmd(&["RPUSH", "log", &n.to_string()]);
             }
             n

@@ -241,7 +241,7 @@ fn full_sync(
             source,
         })? {
             n += 1;
-            if n % 4096 == 0 && shutdown.is_fired() {
+            if n.is_multiple_of(4096) && shutdown.is_fired() {
                 return Err(RedisError::Stopped);
             }
             if let Some(bytes) = image::record_of(item).and_then(|r| chunks.push(r)) {

@@ -349,9 +349,12 @@ fn lossy_prefix(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..b.len().min(40)]).into_owned()
 }
 
+/// A parsed command's arguments and the bytes it took.
+pub type Parsed = (Vec<Vec<u8>>, usize);
+
 /// Parses one multibulk command from the start of `buf`: `Ok(None)` if `buf`
 /// does not hold a whole command yet, else the arguments and the bytes consumed.
-pub fn parse_command(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, String> {
+pub fn parse_command(buf: &[u8]) -> Result<Option<Parsed>, String> {
     let Some(first) = buf.first() else {
         return Ok(None);
     };
@@ -418,7 +421,7 @@ mod tests {
         );
         assert_eq!(u.password.as_deref(), Some("p@ss"));
         let u = RedisUrl::parse("redis://:secret@127.0.0.1").unwrap();
-        assert_eq!((u.user, u.port), (None, 6379));
+        assert_eq!((u.user.clone(), u.port), (None, 6379));
         assert!(!format!("{u:?}").contains("secret"));
         assert!(matches!(
             RedisUrl::parse("rediss://h:1"),

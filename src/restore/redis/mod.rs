@@ -122,7 +122,7 @@ pub fn restore(
             None => p.send(cmd.db, &cmd.args)?,
         }
         summary.commands += 1;
-        if summary.commands % 4096 == 0 {
+        if summary.commands.is_multiple_of(4096) {
             progress.show(summary.keys, summary.commands);
         }
     }
