@@ -19,6 +19,7 @@ pub mod image;
 pub mod rdb;
 mod replica;
 pub mod resp;
+mod stream;
 
 use crate::capture::{BoxFuture, CaptureContext, CaptureError, Source};
 use crate::journal::JournalError;

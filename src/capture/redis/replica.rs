@@ -13,7 +13,7 @@ use super::rdb::RdbParser;
 use super::resp::{self, Conn, RedisUrl};
 use super::RedisError;
 use crate::capture::{CaptureContext, SourceJournal};
-use crate::event::{ChangeEvent, Payload, RedisCommand};
+use crate::event::Payload;
 use crate::journal::Progress;
 use crate::position::{Position, PositionKind};
 use crate::time::Timestamp;
@@ -21,23 +21,17 @@ use crate::time::Timestamp;
 /// Timeout for the handshake and for reads during a full sync (the primary sends
 /// a newline every second while it prepares the RDB).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a stream read waits before the loop looks at shutdown and ACKs.
-const POLL: Duration = Duration::from_millis(100);
-/// Commands per append at most.
-const MAX_BATCH: usize = 1000;
-/// How often the durable offset is acknowledged.
-const ACK_EVERY: Duration = Duration::from_secs(1);
 /// Longest pause between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Where the replication stream stands.
 #[derive(Debug, Clone)]
-struct Cursor {
-    replid: String,
+pub(super) struct Cursor {
+    pub(super) replid: String,
     /// Replication offset of everything consumed so far.
-    offset: u64,
+    pub(super) offset: u64,
     /// Database selected at `offset`.
-    db: u32,
+    pub(super) db: u32,
 }
 
 /// Captures until shutdown. The first connection's failure is returned (bad URL,
@@ -174,7 +168,7 @@ fn session(
         }
     }
     let c = cursor.as_mut().ok_or(RedisError::Stopped)?;
-    stream(conn, ctx, c)
+    super::stream::stream(conn, ctx, c)
 }
 
 /// Refuses a replica: it would hand us a history that is not the primary's.
@@ -297,111 +291,12 @@ fn full_sync(
     Ok(())
 }
 
-fn send_ack(sock: &mut std::net::TcpStream, offset: u64, addr: &str) -> Result<(), RedisError> {
+pub(super) fn send_ack(
+    sock: &mut std::net::TcpStream,
+    offset: u64,
+    addr: &str,
+) -> Result<(), RedisError> {
     let mut b = Vec::with_capacity(64);
     resp::encode_command(&["REPLCONF", "ACK", &offset.to_string()], &mut b);
     sock.write_all(&b).map_err(|e| RedisError::io(addr, e))
-}
-
-/// The command stream: parse, journal in batches, ACK what is durable.
-fn stream(conn: Conn, ctx: &mut CaptureContext, cur: &mut Cursor) -> Result<(), RedisError> {
-    let addr = conn.addr().to_string();
-    let mut buf: Vec<u8> = conn.reader.buffer().to_vec();
-    let mut sock = conn.reader.into_inner();
-    sock.set_read_timeout(Some(POLL))
-        .map_err(|e| RedisError::io(&addr, e))?;
-    let mut pos = 0usize;
-    let mut batch: Vec<ChangeEvent> = Vec::with_capacity(MAX_BATCH);
-    let mut durable = cur.offset;
-    let mut last_ack: Option<Instant> = None;
-    let mut read_buf = vec![0u8; 256 << 10];
-    let mut now_us = Timestamp::now().as_micros();
-    loop {
-        let mut getack = false;
-        loop {
-            while batch.len() < MAX_BATCH {
-                let parsed =
-                    resp::parse_command(&buf[pos..]).map_err(|detail| RedisError::Protocol {
-                        addr: addr.clone(),
-                        detail,
-                    })?;
-                let Some((args, used)) = parsed else { break };
-                pos += used;
-                cur.offset += used as u64;
-                let name = args
-                    .first()
-                    .map(|a| a.to_ascii_lowercase())
-                    .unwrap_or_default();
-                if name == b"select" {
-                    cur.db = args
-                        .get(1)
-                        .and_then(|a| std::str::from_utf8(a).ok())
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(cur.db);
-                } else if name == b"replconf"
-                    && args
-                        .get(1)
-                        .is_some_and(|a| a.eq_ignore_ascii_case(b"getack"))
-                {
-                    getack = true;
-                }
-                batch.push(ChangeEvent {
-                    source: String::new(),
-                    position: Some(Position::redis(cur.replid.clone(), cur.offset)),
-                    commit_time_us: None,
-                    capture_time_us: now_us,
-                    txn: None,
-                    payload: Some(Payload::Redis(RedisCommand { db: cur.db, args })),
-                });
-            }
-            if batch.is_empty() {
-                break;
-            }
-            ctx.journal.append_blocking(
-                &batch,
-                &Progress {
-                    checkpoint: Vec::new(),
-                    coverage: Some(Timestamp::from_micros(now_us)),
-                },
-            )?;
-            batch.clear();
-            durable = cur.offset;
-        }
-        if pos > 0 {
-            buf.drain(..pos);
-            pos = 0;
-        }
-        let stopping = ctx.shutdown.is_fired();
-        if getack || stopping || last_ack.is_none_or(|t| t.elapsed() >= ACK_EVERY) {
-            send_ack(&mut sock, durable, &addr)?;
-            last_ack = Some(Instant::now());
-        }
-        if stopping {
-            tracing::info!(source = %ctx.journal.name(), offset = durable, "stopped; everything received is journaled and acknowledged");
-            return Ok(());
-        }
-        match sock.read(&mut read_buf) {
-            Ok(0) => {
-                return Err(RedisError::io(
-                    &addr,
-                    std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "the primary closed the connection",
-                    ),
-                ))
-            }
-            Ok(n) => {
-                buf.extend_from_slice(&read_buf[..n]);
-                now_us = Timestamp::now().as_micros();
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(RedisError::io(&addr, e)),
-        }
-    }
 }
