@@ -138,6 +138,8 @@ fn capture_and_restore(bin: &str, f: &Flavor) {
     let mut c = Client::connect(primary.port).expect("connect");
     populate(&mut c, f);
     c.cmd(&["SELECT", "0"]);
+    // A value over 10 MB in the base image too.
+    c.raw(&[b"SET", b"big:image", &noise(12 << 20, 5)]);
     let mut tm = Tidemark::new(&primary.url());
     tm.start();
     let mut moments = vec![record(&tm, &primary, &mut c)];

@@ -118,6 +118,23 @@ fn kill_9_and_restart_resume_without_gap_or_duplicate() {
     let writes = writer.join().expect("writer");
     tm.wait_caught_up(&mut primary.client());
     let source = digest_url(&primary.url()).expect("digest");
+    // status: how far the journal trails the primary, against its backlog.
+    let out = tm.cli(&["status", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    let r = &doc["sources"][0]["redis"];
+    assert!(
+        r["lag_bytes"].is_u64() && r["primary_offset"].is_u64(),
+        "{doc}"
+    );
+    assert_eq!(r["repl_backlog_size"], 64 << 20, "{doc}");
+    assert!(
+        r["lag_backlog_ratio"].as_f64().is_some_and(|x| x < 0.01),
+        "{doc}"
+    );
+    assert!(
+        doc["sources"][0]["position"].is_string(),
+        "existing keys stay: {doc}"
+    );
     tm.stop();
 
     for run in 2..=4 {
@@ -152,7 +169,11 @@ fn kill_9_and_restart_resume_without_gap_or_duplicate() {
 #[test]
 fn primary_restart_takes_a_new_base_image() {
     let Some(bin) = redis70() else { return };
-    let mut primary = Redis::start_bin(&bin, ARGS);
+    // Disk-based sync: the RDB comes length-prefixed (`$<len>`), not in the
+    // diskless EOF-mark framing the other Redis 7 tests see.
+    let mut args = ARGS.to_vec();
+    args.extend(["--repl-diskless-sync", "no"]);
+    let mut primary = Redis::start_bin(&bin, &args);
     let mut c = Client::connect(primary.port).expect("connect");
     c.cmd(&["SET", "old", "1"]);
     let mut tm = Tidemark::new(&primary.url());
