@@ -130,7 +130,24 @@ pub struct StreamEntryVal {
     pub fields: Vec<Vec<u8>>,
 }
 
-/// A consumer group (its pending entries and consumers are not in v1).
+/// A pending entry of a consumer group: delivered to `consumer`, not acknowledged.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PendingVal {
+    /// Entry ID.
+    #[prost(message, optional, tag = "1")]
+    pub id: Option<Sid>,
+    /// Last delivery, Unix ms.
+    #[prost(int64, tag = "2")]
+    pub delivery_time_ms: i64,
+    /// Deliveries so far.
+    #[prost(uint64, tag = "3")]
+    pub delivery_count: u64,
+    /// The consumer that owns it.
+    #[prost(bytes = "vec", tag = "4")]
+    pub consumer: Vec<u8>,
+}
+
+/// A consumer group.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct GroupVal {
     /// Group name.
@@ -142,6 +159,12 @@ pub struct GroupVal {
     /// `entries-read`, when known.
     #[prost(uint64, optional, tag = "3")]
     pub entries_read: Option<u64>,
+    /// Pending entries, ascending by ID.
+    #[prost(message, repeated, tag = "4")]
+    pub pending: Vec<PendingVal>,
+    /// Consumer names, in stored order (including those with nothing pending).
+    #[prost(bytes = "vec", repeated, tag = "5")]
+    pub consumers: Vec<Vec<u8>>,
 }
 
 /// A stream.
@@ -222,10 +245,28 @@ fn entry_record(e: Entry) -> KvRecord {
             groups: s
                 .groups
                 .into_iter()
-                .map(|g| GroupVal {
-                    name: g.name,
-                    last_id: sid(g.last_id),
-                    entries_read: g.entries_read,
+                .map(|g| {
+                    let owner: std::collections::HashMap<_, _> = g
+                        .consumers
+                        .iter()
+                        .flat_map(|c| c.pel.iter().map(move |id| (*id, c.name.clone())))
+                        .collect();
+                    GroupVal {
+                        pending: g
+                            .pel
+                            .iter()
+                            .map(|p| PendingVal {
+                                id: sid(p.id),
+                                delivery_time_ms: p.delivery_time_ms,
+                                delivery_count: p.delivery_count,
+                                consumer: owner.get(&p.id).cloned().unwrap_or_default(),
+                            })
+                            .collect(),
+                        consumers: g.consumers.into_iter().map(|c| c.name).collect(),
+                        name: g.name,
+                        last_id: sid(g.last_id),
+                        entries_read: g.entries_read,
+                    }
                 })
                 .collect(),
         }),

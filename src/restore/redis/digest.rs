@@ -4,10 +4,13 @@
 //! Per key: SHA-256 over (db, type, name, canonical value, has-TTL), each part
 //! length-prefixed. Canonical values: a string's bytes; a list in order; set
 //! members sorted; a sorted set by (score, member) with Redis's own score text;
-//! hash pairs sorted by field; a stream's entries (IDs and fields) in order.
+//! hash pairs sorted by field; a stream's entries (IDs and fields) in order, then
+//! its consumer groups by name (last-delivered ID, entries-read where the server
+//! reports it, pending entries with owner and delivery count, consumers with
+//! their pending counts; idle times are left out).
 //! The digest is the sum of the per-key hashes modulo 2^256, so the order of
-//! `SCAN` does not matter. Function libraries, stream consumer groups and hash
-//! field TTLs are not part of it.
+//! `SCAN` does not matter. Function libraries and hash field TTLs are not part
+//! of it.
 
 use std::collections::HashSet;
 
@@ -144,10 +147,13 @@ fn page_hashes(conn: &mut Conn, db: u32, keys: &[Vec<u8>]) -> Result<Vec<[u8; 32
         crate::capture::redis::resp::encode_command(&[b"PTTL".as_slice(), k], &mut req);
     }
     conn.send_raw(&req)?;
-    let mut out = Vec::with_capacity(keys.len());
-    for (k, t) in keys.iter().zip(&types) {
+    let mut replies = Vec::with_capacity(keys.len());
+    for _ in keys {
         let value = conn.read_reply()?;
-        let ttl = conn.read_reply()?;
+        replies.push((value, conn.read_reply()?));
+    }
+    let mut out = Vec::with_capacity(keys.len());
+    for ((k, t), (value, ttl)) in keys.iter().zip(&types).zip(replies) {
         if let Reply::Error(e) = &value {
             return Err(RedisError::Server {
                 addr: conn.addr().to_string(),
@@ -163,10 +169,79 @@ fn page_hashes(conn: &mut Conn, db: u32, keys: &[Vec<u8>]) -> Result<Vec<[u8; 32
         part(&mut h, t.as_bytes());
         part(&mut h, k);
         canonical(&mut h, t, value);
+        if t == "stream" {
+            stream_groups(conn, &mut h, k)?;
+        }
         part(&mut h, &[u8::from(matches!(ttl, Reply::Int(n) if n >= 0))]);
         out.push(h.finalize().into());
     }
     Ok(out)
+}
+
+/// A flat `[name, value, name, value...]` reply as pairs with text names.
+fn fields(r: Reply) -> Vec<(String, Reply)> {
+    let mut it = r.into_array().into_iter();
+    let mut out = Vec::new();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.push((k.text().unwrap_or_default(), v));
+    }
+    out
+}
+
+fn field_bytes(f: &[(String, Reply)], name: &str) -> Option<Vec<u8>> {
+    f.iter()
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| v.clone().into_bytes())
+}
+
+/// Consumer groups of stream `key`, by name.
+fn stream_groups(conn: &mut Conn, h: &mut Sha256, key: &[u8]) -> Result<(), RedisError> {
+    let mut groups: Vec<Vec<(String, Reply)>> = conn
+        .call(&[b"XINFO".as_slice(), b"GROUPS", key])?
+        .into_array()
+        .into_iter()
+        .map(fields)
+        .collect();
+    groups.sort_by_key(|g| field_bytes(g, "name"));
+    for g in groups {
+        let name = field_bytes(&g, "name").unwrap_or_default();
+        for f in ["name", "pending", "last-delivered-id", "entries-read"] {
+            part(h, &field_bytes(&g, f).unwrap_or_default());
+        }
+        let pending = conn.call(&[
+            b"XPENDING".as_slice(),
+            key,
+            &name,
+            b"-",
+            b"+",
+            b"1000000000",
+        ])?;
+        for p in pending.into_array() {
+            let p = p.into_array();
+            // [id, consumer, idle, deliveries]: idle changes by the millisecond.
+            for i in [0, 1, 3] {
+                part(
+                    h,
+                    &p.get(i)
+                        .cloned()
+                        .and_then(Reply::into_bytes)
+                        .unwrap_or_default(),
+                );
+            }
+        }
+        let mut consumers: Vec<Vec<(String, Reply)>> = conn
+            .call(&[b"XINFO".as_slice(), b"CONSUMERS", key, &name])?
+            .into_array()
+            .into_iter()
+            .map(fields)
+            .collect();
+        consumers.sort_by_key(|c| field_bytes(c, "name"));
+        for c in consumers {
+            part(h, &field_bytes(&c, "name").unwrap_or_default());
+            part(h, &field_bytes(&c, "pending").unwrap_or_default());
+        }
+    }
+    Ok(())
 }
 
 fn part(h: &mut Sha256, bytes: &[u8]) {

@@ -248,7 +248,7 @@ fn write_record(p: &mut Pipeline, rec: KvRecord, version: u32) -> Result<(), Res
                     b"XGROUP".to_vec(),
                     b"CREATE".to_vec(),
                     k(),
-                    g.name,
+                    g.name.clone(),
                     id.into_bytes(),
                 ];
                 if let (Some(n), true) = (g.entries_read, version >= 7) {
@@ -256,6 +256,35 @@ fn write_record(p: &mut Pipeline, rec: KvRecord, version: u32) -> Result<(), Res
                     args.push(n.to_string().into_bytes());
                 }
                 p.send(db, &args)?;
+                for c in &g.consumers {
+                    let args = [
+                        b"XGROUP".to_vec(),
+                        b"CREATECONSUMER".to_vec(),
+                        k(),
+                        g.name.clone(),
+                        c.clone(),
+                    ];
+                    p.send(db, &args)?;
+                }
+                // XCLAIM .. FORCE recreates a pending entry with its owner, delivery
+                // time and count (the way Redis propagates PEL changes itself).
+                for pe in g.pending.iter().filter(|pe| !pe.consumer.is_empty()) {
+                    let args = [
+                        b"XCLAIM".to_vec(),
+                        k(),
+                        g.name.clone(),
+                        pe.consumer.clone(),
+                        b"0".to_vec(),
+                        pe.id.unwrap_or_default().render().into_bytes(),
+                        b"TIME".to_vec(),
+                        pe.delivery_time_ms.to_string().into_bytes(),
+                        b"RETRYCOUNT".to_vec(),
+                        pe.delivery_count.to_string().into_bytes(),
+                        b"FORCE".to_vec(),
+                        b"JUSTID".to_vec(),
+                    ];
+                    p.send(db, &args)?;
+                }
             }
         }
         KvValue::FunctionLibrary(code) => {
