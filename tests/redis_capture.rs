@@ -6,7 +6,8 @@
 //!
 //! Servers: Redis 7.0 (`TIDEMARK_REDIS_SERVER`, default `redis-server`), Redis 6.2
 //! (`TIDEMARK_REDIS62_SERVER`), Valkey 8 (`TIDEMARK_VALKEY8_SERVER`), Redis 7.4
-//! (`TIDEMARK_REDIS74_SERVER`); a missing one prints SKIP naming the variable.
+//! (`TIDEMARK_REDIS74_SERVER`), Valkey 9 (`TIDEMARK_VALKEY9_SERVER`); a missing one
+//! prints SKIP naming the variable.
 
 mod common;
 
@@ -246,4 +247,14 @@ fn redis_7_4_capture_and_restore_at_moments() {
         return;
     };
     capture_and_restore(&bin, &REDIS74);
+}
+
+/// Valkey 9 writes `VALKEY080` dump files, but to a replica that announces no
+/// newer capability it sends a Redis-format RDB: capture works.
+#[test]
+fn valkey_9_capture_and_restore_at_moments() {
+    let Some(bin) = server_bin("TIDEMARK_VALKEY9_SERVER", None) else {
+        return;
+    };
+    capture_and_restore(&bin, &VALKEY8);
 }

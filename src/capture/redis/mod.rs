@@ -101,6 +101,14 @@ pub enum RedisError {
         #[source]
         source: rdb::RdbError,
     },
+    /// The full sync used an RDB format this version cannot read.
+    #[error("Redis at {addr} sent its full sync in an RDB format this version of tidemark cannot read (header {header:?}; Valkey 9 writes `VALKEY080`); capture a Redis 6.2-7.4 or Valkey 8 server, or upgrade tidemark")]
+    UnsupportedRdbFormat {
+        /// host:port.
+        addr: String,
+        /// The header found.
+        header: String,
+    },
     /// The journal failed.
     #[error(transparent)]
     Journal(#[from] JournalError),

@@ -230,9 +230,15 @@ fn full_sync(
     let mut put = |reader: &mut dyn BufRead| -> Result<(), RedisError> {
         let mut parser = RdbParser::new(reader);
         let mut n = 0u64;
-        while let Some(item) = parser.next_item().map_err(|source| RedisError::Rdb {
-            addr: addr.clone(),
-            source,
+        while let Some(item) = parser.next_item().map_err(|source| match source {
+            super::rdb::RdbError::BadMagic { found } => RedisError::UnsupportedRdbFormat {
+                addr: addr.clone(),
+                header: String::from_utf8_lossy(&found).into_owned(),
+            },
+            source => RedisError::Rdb {
+                addr: addr.clone(),
+                source,
+            },
         })? {
             n += 1;
             if n.is_multiple_of(4096) && shutdown.is_fired() {
