@@ -288,3 +288,50 @@ fn bad_inputs_fail_with_one_clear_line() {
         "{err}"
     );
 }
+
+/// The primary sees tidemark as a replica whose acknowledged offset is what the
+/// journal holds: `WAIT 1` returns once a write is durable in the journal.
+#[test]
+fn wait_returns_once_the_journal_holds_the_write() {
+    let Some(bin) = redis70() else { return };
+    let primary = Redis::start_bin(&bin, ARGS);
+    let mut tm = Tidemark::new(&primary.url());
+    tm.start();
+    tm.wait_caught_up(&mut primary.client());
+    let mut c = Client::connect(primary.port).expect("connect");
+    for i in 0..20 {
+        c.cmd(&["SET", "k", &i.to_string()]);
+        assert_eq!(
+            c.cmd(&["WAIT", "1", "5000"]).int(),
+            1,
+            "write {i} not acknowledged"
+        );
+        let acked = primary
+            .client()
+            .cmd(&["INFO", "replication"])
+            .expect("info");
+        let offset = |field: &str| -> u64 {
+            acked
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let slave = acked
+            .lines()
+            .find(|l| l.starts_with("slave0:"))
+            .expect("slave0");
+        let slave_off: u64 = slave
+            .split(',')
+            .find_map(|f| f.strip_prefix("offset="))
+            .and_then(|v| v.parse().ok())
+            .expect("offset");
+        let (_, journaled, _) = tm.progress().expect("progress");
+        assert!(
+            slave_off <= journaled,
+            "ACK {slave_off} ahead of the journal {journaled}"
+        );
+        assert!(slave_off <= offset("master_repl_offset:"));
+    }
+    tm.stop();
+}
