@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::bin_client::Client;
 use common::tidemark::Tidemark;
-use common::{redis70, Redis};
+use common::{redis70, server_bin, Redis};
 use tidemark::capture::redis::resp::encoded_len;
 use tidemark::event::Payload;
 use tidemark::journal::Journal;
@@ -334,4 +334,26 @@ fn wait_returns_once_the_journal_holds_the_write() {
         assert!(slave_off <= offset("master_repl_offset:"));
     }
     tm.stop();
+}
+
+/// A module value (RedisJSON, from the Redis Stack 7.4 wheel) stops capture
+/// with an error naming the key and the type; it is never skipped.
+#[test]
+fn module_values_stop_capture_naming_the_key() {
+    let (Some(bin), Some(modules)) = (
+        server_bin("TIDEMARK_REDIS74_SERVER", None),
+        server_bin("TIDEMARK_REDIS74_MODULES", None),
+    ) else {
+        return;
+    };
+    let rejson = format!("{modules}/rejson.so");
+    let primary = Redis::start_bin(&bin, &["--loadmodule", &rejson]);
+    let mut c = Client::connect(primary.port).expect("connect");
+    c.cmd(&["SET", "plain", "1"]);
+    c.cmd(&["JSON.SET", "doc:1", "$", "{\"a\":1}"]);
+    run_fails(
+        &primary.url(),
+        &["key \"doc:1\"", "RDB type 7 (module)", "cannot capture"],
+        "\u{0}",
+    );
 }

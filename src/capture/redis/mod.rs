@@ -101,6 +101,18 @@ pub enum RedisError {
         #[source]
         source: rdb::RdbError,
     },
+    /// A key holds a value tidemark cannot capture (module or unknown type).
+    #[error("Redis at {addr}: key {key:?} holds a value of RDB type {type_id} ({type_name}), which tidemark cannot capture; capture stops rather than skip it: keep module data (RedisJSON, RedisBloom, ...) on a server tidemark does not follow")]
+    UnsupportedValue {
+        /// host:port.
+        addr: String,
+        /// The key (lossy UTF-8).
+        key: String,
+        /// RDB type byte.
+        type_id: u8,
+        /// Its name.
+        type_name: &'static str,
+    },
     /// The full sync used an RDB format this version cannot read.
     #[error("Redis at {addr} sent its full sync in an RDB format this version of tidemark cannot read (header {header:?}; Valkey 9 writes `VALKEY080`); capture a Redis 6.2-7.4 or Valkey 8 server, or upgrade tidemark")]
     UnsupportedRdbFormat {

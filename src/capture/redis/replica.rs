@@ -235,6 +235,17 @@ fn full_sync(
                 addr: addr.clone(),
                 header: String::from_utf8_lossy(&found).into_owned(),
             },
+            super::rdb::RdbError::UnsupportedType {
+                type_id,
+                type_name,
+                key,
+                ..
+            } => RedisError::UnsupportedValue {
+                addr: addr.clone(),
+                key,
+                type_id,
+                type_name,
+            },
             source => RedisError::Rdb {
                 addr: addr.clone(),
                 source,
