@@ -201,7 +201,10 @@ fn primary_restart_takes_a_new_base_image() {
     }
     let t2 = tm.wait_caught_up(&mut primary.client());
     let d2 = digest_url(&primary.url()).expect("digest");
-    tm.stop();
+    tm.stop_with(libc::SIGTERM);
+    assert!(tm
+        .log(1)
+        .contains("stopped; everything received is journaled and acknowledged"));
     assert!(
         tm.log(1).contains("taking a new base image"),
         "{}",

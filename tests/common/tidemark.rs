@@ -78,9 +78,14 @@ impl Tidemark {
 
     /// SIGINT, then waits; panics unless it exits 0 within 30 s.
     pub fn stop(&mut self) {
+        self.stop_with(libc::SIGINT);
+    }
+
+    /// As [`Tidemark::stop`] with signal `sig` (SIGINT or SIGTERM).
+    pub fn stop_with(&mut self, sig: i32) {
         let mut child = self.child.take().expect("running");
         // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(child.id() as i32, sig) };
         let start = Instant::now();
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
