@@ -261,6 +261,11 @@ fn bad_inputs_fail_with_one_clear_line() {
         &["refused authentication", "check the user and password"],
         "wrong-pw-x",
     );
+    run_fails(
+        &format!("redis://127.0.0.1:{}", guarded.port),
+        &["requires a password and the url has none"],
+        "s3cret-pw",
+    );
     let primary = Redis::start_bin(&bin, &[]);
     let port = primary.port.to_string();
     let replica = Redis::start_bin(&bin, &["--replicaof", "127.0.0.1", &port]);

@@ -317,3 +317,54 @@ pub(super) fn send_ack(
     resp::encode_command(&["REPLCONF", "ACK", &offset.to_string()], &mut b);
     sock.write_all(&b).map_err(|e| RedisError::io(addr, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::SourceKind;
+    use crate::event::{ChangeEvent, Payload, RedisCommand};
+    use crate::journal::{Journal, JournalOptions};
+
+    fn command(replid: &str, offset: u64, db: u32) -> ChangeEvent {
+        ChangeEvent {
+            position: Some(Position::redis(replid, offset)),
+            capture_time_us: offset as i64,
+            payload: Some(Payload::Redis(RedisCommand {
+                db,
+                args: vec![b"SET".to_vec(), b"k".to_vec(), b"v".to_vec()],
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn resumes_after_the_newest_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Arc::new(Journal::open(&dir.path().join("j"), JournalOptions::default()).unwrap());
+        let id = j.register_source("c", SourceKind::Redis).unwrap();
+        let sj = SourceJournal::new(Arc::clone(&j), id, "c".into());
+        assert!(resume_point(&sj).unwrap().is_none());
+
+        let w = sj
+            .begin_image(Position::redis("A", 100), Timestamp::from_micros(1), image::FORMAT)
+            .unwrap();
+        w.finish(&Progress::default()).unwrap();
+        let c = resume_point(&sj).unwrap().unwrap();
+        assert_eq!((c.replid.as_str(), c.offset, c.db), ("A", 100, 0));
+
+        sj.append_blocking(&[command("A", 120, 0), command("A", 150, 3)], &Progress::default())
+            .unwrap();
+        let c = resume_point(&sj).unwrap().unwrap();
+        assert_eq!((c.replid.as_str(), c.offset, c.db), ("A", 150, 3));
+
+        // A full resync to history B with no command yet: B wins the tie on seq.
+        let w = sj
+            .begin_image(Position::redis("B", 7), Timestamp::from_micros(2), image::FORMAT)
+            .unwrap();
+        w.finish(&Progress::default()).unwrap();
+        let c = resume_point(&sj).unwrap().unwrap();
+        assert_eq!((c.replid.as_str(), c.offset, c.db), ("B", 7, 0));
+    }
+}

@@ -254,6 +254,10 @@ impl Conn {
     /// As [`Conn::request`], turning a server error into [`RedisError::Server`].
     pub fn call<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<Reply, RedisError> {
         match self.request(args)? {
+            Reply::Error(e) if e.starts_with("NOAUTH") => Err(RedisError::Auth {
+                addr: self.addr.clone(),
+                detail: "the server requires a password and the url has none".into(),
+            }),
             Reply::Error(e) => Err(RedisError::Server {
                 addr: self.addr.clone(),
                 command: args
