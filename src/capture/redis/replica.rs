@@ -348,20 +348,31 @@ mod tests {
         assert!(resume_point(&sj).unwrap().is_none());
 
         let w = sj
-            .begin_image(Position::redis("A", 100), Timestamp::from_micros(1), image::FORMAT)
+            .begin_image(
+                Position::redis("A", 100),
+                Timestamp::from_micros(1),
+                image::FORMAT,
+            )
             .unwrap();
         w.finish(&Progress::default()).unwrap();
         let c = resume_point(&sj).unwrap().unwrap();
         assert_eq!((c.replid.as_str(), c.offset, c.db), ("A", 100, 0));
 
-        sj.append_blocking(&[command("A", 120, 0), command("A", 150, 3)], &Progress::default())
-            .unwrap();
+        sj.append_blocking(
+            &[command("A", 120, 0), command("A", 150, 3)],
+            &Progress::default(),
+        )
+        .unwrap();
         let c = resume_point(&sj).unwrap().unwrap();
         assert_eq!((c.replid.as_str(), c.offset, c.db), ("A", 150, 3));
 
         // A full resync to history B with no command yet: B wins the tie on seq.
         let w = sj
-            .begin_image(Position::redis("B", 7), Timestamp::from_micros(2), image::FORMAT)
+            .begin_image(
+                Position::redis("B", 7),
+                Timestamp::from_micros(2),
+                image::FORMAT,
+            )
             .unwrap();
         w.finish(&Progress::default()).unwrap();
         let c = resume_point(&sj).unwrap().unwrap();
