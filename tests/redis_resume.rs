@@ -284,7 +284,7 @@ fn bad_inputs_fail_with_one_clear_line() {
         &["TLS", "not supported yet"],
         "\u{0}",
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidemark"))
+    let out = std::process::Command::new(common::tidemark::bin())
         .args(["digest", "redis://:pw-in-url@127.0.0.1:1"])
         .output()
         .expect("digest");

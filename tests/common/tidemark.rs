@@ -11,6 +11,13 @@ use tidemark::time::Timestamp;
 
 use super::RespClient;
 
+/// The binary under test: `$TIDEMARK_TEST_BIN` if set (a copy, for machines where
+/// several checkouts share one cargo target dir and overwrite `target/debug/tidemark`),
+/// else the one cargo built for this test.
+pub fn bin() -> String {
+    std::env::var("TIDEMARK_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tidemark").into())
+}
+
 /// A journal directory and config; `start` runs capture.
 pub struct Tidemark {
     dir: tempfile::TempDir,
@@ -59,7 +66,7 @@ impl Tidemark {
         self.runs += 1;
         let log = std::fs::File::create(self.dir.path().join(format!("run-{}.log", self.runs)))
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        let child = Command::new(bin())
             .arg("-c")
             .arg(&self.config)
             .arg("run")
@@ -126,7 +133,7 @@ impl Tidemark {
 
     /// Runs another tidemark command with this config.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        Command::new(bin())
             .arg("-c")
             .arg(&self.config)
             .args(args)
