@@ -420,13 +420,13 @@ pub fn server_bin(var: &str, default: Option<&str>) -> Option<String> {
     match std::env::var(var) {
         Ok(p) if Path::new(&p).exists() => Some(p),
         Ok(p) => {
-            eprintln!("SKIP: {var}={p} does not exist");
+            skip(&format!("{var}={p} does not exist"));
             None
         }
         Err(_) => match default {
             Some(d) => Some(d.to_string()),
             None => {
-                eprintln!("SKIP: set {var} to a server binary to run this test (.ci/run does)");
+                skip(&format!("set {var} to run this test (.ci/run sets it)"));
                 None
             }
         },
@@ -436,4 +436,12 @@ pub fn server_bin(var: &str, default: Option<&str>) -> Option<String> {
 /// Redis 7.0 (Debian's `redis-server`, or `$TIDEMARK_REDIS_SERVER`).
 pub fn redis70() -> Option<String> {
     server_bin("TIDEMARK_REDIS_SERVER", Some("redis-server"))
+}
+
+/// Prints `SKIP: <why>` straight to the process's stderr, past libtest's output
+/// capture, so a skipped test is visible in a normal `cargo test` run.
+fn skip(why: &str) {
+    use std::io::Write as _;
+    let name = std::thread::current().name().unwrap_or("test").to_string();
+    let _ = writeln!(std::io::stderr(), "SKIP: {name}: {why}");
 }
