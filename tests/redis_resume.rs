@@ -365,3 +365,80 @@ fn module_values_stop_capture_naming_the_key() {
         "\u{0}",
     );
 }
+
+/// A moment that falls between MULTI and EXEC restores none of the transaction
+/// (the replay sends DISCARD); a later moment restores all of it.
+#[test]
+fn a_restore_cut_inside_multi_applies_none_of_it() {
+    use tidemark::capture::redis::image::{ChunkBuilder, KvRecord, KvValue, FORMAT};
+    use tidemark::config::SourceKind;
+    use tidemark::event::{ChangeEvent, RedisCommand};
+    use tidemark::journal::{JournalOptions, Progress};
+    use tidemark::position::Position;
+    use tidemark::time::Timestamp;
+
+    let Some(bin) = redis70() else { return };
+    let tm = Tidemark::new("redis://127.0.0.1:1");
+    {
+        let j = Arc::new(Journal::open(&tm.journal, JournalOptions::default()).expect("journal"));
+        let src = j
+            .register_source("cache", SourceKind::Redis)
+            .expect("register");
+        let sec = 1_000_000;
+        let mut w = j
+            .begin_image(
+                src,
+                Position::redis("r", 0),
+                Timestamp::from_micros(sec),
+                FORMAT,
+            )
+            .expect("image");
+        let mut chunks = ChunkBuilder::default();
+        let rec = KvRecord {
+            db: 2,
+            key: b"base".to_vec(),
+            expire_at_ms: None,
+            value: Some(KvValue::String(b"1".to_vec())),
+        };
+        assert!(chunks.push(rec).is_none());
+        w.put_chunk(&chunks.finish().expect("chunk")).expect("put");
+        w.finish(&Progress::default()).expect("finish");
+        let mut offset = 0;
+        let mut ev = |t: i64, args: &[&str]| {
+            let args: Vec<Vec<u8>> = args.iter().map(|a| a.as_bytes().to_vec()).collect();
+            offset += encoded_len(&args);
+            ChangeEvent {
+                position: Some(Position::redis("r", offset)),
+                capture_time_us: t * sec,
+                payload: Some(Payload::Redis(RedisCommand { db: 0, args })),
+                ..Default::default()
+            }
+        };
+        let events = vec![
+            ev(10, &["SELECT", "0"]),
+            ev(10, &["SET", "x", "1"]),
+            ev(20, &["MULTI"]),
+            ev(20, &["SET", "y", "2"]),
+            ev(30, &["INCR", "y"]),
+            ev(30, &["EXEC"]),
+        ];
+        let progress = Progress {
+            checkpoint: Vec::new(),
+            coverage: Some(Timestamp::from_micros(40 * sec)),
+        };
+        j.append(src, &events, &progress).expect("append");
+    }
+    for (at, want_y) in [("1970-01-01T00:00:25Z", None), ("latest", Some("3"))] {
+        let target = Redis::start_bin(&bin, &[]);
+        restore(&tm, at, &target);
+        let mut c = Client::connect(target.port).expect("connect");
+        assert_eq!(c.cmd(&["GET", "x"]).bulk(), b"1");
+        let y = c.cmd(&["GET", "y"]);
+        match want_y {
+            None => assert_eq!(y, common::bin_client::Resp::Bulk(None), "at {at}"),
+            Some(v) => assert_eq!(y.bulk(), v.as_bytes(), "at {at}"),
+        }
+        c.cmd(&["SELECT", "2"]);
+        assert_eq!(c.cmd(&["GET", "base"]).bulk(), b"1");
+    }
+}
