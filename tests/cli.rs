@@ -156,10 +156,16 @@ fn bad_configs_fail_clearly_and_write_nothing() {
 fn run_refuses_kinds_this_build_cannot_capture_before_writing() {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
-    let cfg = config_with_journal(dir.path(), &journal);
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[journal]\npath = \"{}\"\n\n[[source]]\nname = \"events\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:1\"]\ntopics = [\"t\"]\n",
+            journal.display()
+        ),
+    );
     assert_fails(
         &tidemark(&["-c", cfg.to_str().unwrap(), "run"]),
-        &["cache", "not available"],
+        &["events", "not available"],
     );
     assert!(!journal.exists());
 }
@@ -347,6 +353,6 @@ fn restore_plans_refuses_and_names_coverage() {
         &tidemark(&[
             "-c", c, "restore", "--source", "cache", "--at", "latest", "--target", target,
         ]),
-        &["not available"],
+        &["cannot connect to Redis", "check the url's host and port"],
     );
 }

@@ -206,7 +206,10 @@ fn capture_and_restore_at_several_times() {
     );
 
     // Unreachable targets and moments before capture began are refused clearly.
-    let dead = format!("kafka://127.0.0.1:{}", tidemark::sandbox::free_port().unwrap());
+    let dead = format!(
+        "kafka://127.0.0.1:{}",
+        tidemark::sandbox::free_port().unwrap()
+    );
     let start = Instant::now();
     let out = restore(c, &at1, &dead, &[]);
     assert!(

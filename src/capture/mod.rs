@@ -19,6 +19,7 @@
 
 pub mod kafka;
 pub mod postgres;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -100,6 +101,7 @@ pub fn build(cfg: &SourceConfig) -> Result<Box<dyn Source>, CaptureError> {
                 name, conn, topics, groups,
             )?))
         }
+        SourceConfig::Redis { name, url } => Ok(Box::new(redis::RedisSource::new(name, url)?)),
         // Each kind's capture arrives with its own issue; until then say so plainly.
         _ => Err(CaptureError::NotAvailable {
             name: cfg.name().to_string(),
@@ -147,6 +149,16 @@ impl SourceJournal {
         progress: &Progress,
     ) -> Result<Appended, JournalError> {
         self.journal.append(self.id, events, progress)
+    }
+
+    /// The source's event with sequence number `seq`, if it has one.
+    pub fn event_at(&self, seq: u64) -> Result<Option<ChangeEvent>, JournalError> {
+        Ok(self
+            .journal
+            .events(self.id, seq, seq)
+            .next()
+            .transpose()?
+            .map(|e| e.event))
     }
 
     /// Where capture resumes: one checkpoint per stream, empty on first start.

@@ -11,6 +11,7 @@ use crate::kafka::{digest::digest_cluster, Connection};
 pub fn digest(url: &str, topics: &[String], as_json: bool) -> Result<()> {
     match url.split_once("://").map(|(s, _)| s) {
         Some("postgres" | "postgresql") => postgres(url, as_json),
+        Some("redis" | "rediss") => redis(url, as_json),
         Some("kafka") => kafka(url, topics, as_json),
         _ => bail!(
             "cannot digest `{}`: unsupported URL scheme; use postgres://... or kafka://host:port",
@@ -31,6 +32,22 @@ fn postgres(url: &str, as_json: bool) -> Result<()> {
             println!("{:<40} {:>12} rows  {}", p.name, p.rows, p.digest);
         }
         println!("overall {}", digest.overall);
+    }
+    Ok(())
+}
+
+fn redis(url: &str, as_json: bool) -> Result<()> {
+    let d = crate::restore::redis::digest::digest_url(url)?;
+    if as_json {
+        let dbs: serde_json::Map<String, serde_json::Value> = d
+            .dbs
+            .iter()
+            .map(|(db, n)| (db.to_string(), json!(n)))
+            .collect();
+        let doc = json!({ "url": redact_url(url), "digest": d.digest, "keys": d.keys, "dbs": dbs });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("{} keys {} {}", d.digest, d.keys, redact_url(url));
     }
     Ok(())
 }

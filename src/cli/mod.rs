@@ -81,7 +81,7 @@ pub enum Command {
         topic_map: Option<String>,
     },
     /// Print an order-independent digest of a live source (`postgres://...`,
-    /// `kafka://host:port`) to compare a restore with its source. Needs no
+    /// `redis://...`, `kafka://host:port`) to compare a restore with its source. Needs no
     /// configuration file.
     Digest {
         /// What to digest; the scheme selects the kind.

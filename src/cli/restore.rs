@@ -75,6 +75,22 @@ pub fn restore(cfg: &Config, source: &str, at: &str, target: &str, flags: Flags)
             );
             Ok(())
         }
+        SourceKind::Redis => {
+            let s = restore::redis::restore(&journal, &plan, target, flags.force)?;
+            let pos = s
+                .final_position
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |p| p.to_string());
+            let secs = s.seconds.max(1e-6);
+            println!(
+                "restored {} keys and replayed {} commands up to {pos} in {:.2}s ({:.0} keys/s)",
+                s.keys,
+                s.commands,
+                s.seconds,
+                s.keys as f64 / secs
+            );
+            Ok(())
+        }
         kind => Err(RestoreError::NotAvailable(kind).into()),
     }
 }

@@ -284,6 +284,17 @@ impl Journal {
                 detail: "a RocksDB store without tidemark's column families".into(),
             });
         }
+        // `open` creates the column families one by one: a reader racing a first
+        // start may see only some. Refuse rather than panic on a missing one later.
+        if let Some(missing) = keys::ALL_CFS
+            .iter()
+            .find(|n| !present.iter().any(|c| c == *n))
+        {
+            return Err(JournalError::NotAJournal {
+                path: path.into(),
+                detail: format!("column family `{missing}` is missing (a journal still being created? try again)"),
+            });
+        }
         let db = DB::open_cf_for_read_only(&opts, path, &present, false)
             .map_err(|e| open_error(path, e))?;
         let journal = Journal::from_db(db, path, true, false)?;

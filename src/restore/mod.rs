@@ -16,6 +16,7 @@
 pub mod kafka;
 pub mod postgres;
 mod postgres_sql;
+pub mod redis;
 
 use std::fmt;
 
@@ -70,6 +71,21 @@ pub enum RestoreError {
     /// The target refused or failed; the message names it and what to do.
     #[error("restore target: {0}")]
     Target(String),
+    /// The target holds data and `--force` was not given.
+    #[error("target {target} already holds {keys} keys; restore into an empty server, or pass --force to empty it (FLUSHALL) first")]
+    TargetNotEmpty {
+        /// The target, password masked.
+        target: String,
+        /// Keys found.
+        keys: u64,
+    },
+    /// Talking to a Redis target failed.
+    #[error(transparent)]
+    Redis(#[from] crate::capture::redis::RedisError),
+    /// The target refused what was written, or the journal holds something this
+    /// version cannot apply.
+    #[error("restore failed: {0}")]
+    Apply(String),
     /// No restore target for this kind in this build.
     #[error("restoring {0} sources is not available in this version of tidemark (see README, \"Status\"); --dry-run shows the plan")]
     NotAvailable(SourceKind),

@@ -9,18 +9,22 @@
 //!   `.ci/run` fetches it. Without either, Kafka tests print a SKIP line and pass.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod bin_client;
+pub mod rdb_scenario;
+pub mod tidemark;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tidemark::sandbox::{free_port, stop_child, wait_ready};
+use ::tidemark::sandbox::{free_port, stop_child, wait_ready};
 
 pub mod pgcluster;
 
 /// A throwaway PostgreSQL server (the one `tidemark demo` uses).
-pub struct Postgres(pub tidemark::sandbox::Postgres);
+pub struct Postgres(pub ::tidemark::sandbox::Postgres);
 
 impl Postgres {
     /// initdb + start with logical replication enabled; ready when it returns.
@@ -31,13 +35,13 @@ impl Postgres {
     /// As [`Postgres::start`], with extra `name=value` server settings.
     pub fn start_with(settings: &[&str]) -> Postgres {
         Postgres(
-            tidemark::sandbox::Postgres::start_with(settings).unwrap_or_else(|e| panic!("{e}")),
+            ::tidemark::sandbox::Postgres::start_with(settings).unwrap_or_else(|e| panic!("{e}")),
         )
     }
 }
 
 impl std::ops::Deref for Postgres {
-    type Target = tidemark::sandbox::Postgres;
+    type Target = ::tidemark::sandbox::Postgres;
     fn deref(&self) -> &Self::Target {
         &self.0
     }
@@ -55,6 +59,8 @@ pub struct Redis {
     dir: tempfile::TempDir,
     /// TCP port on 127.0.0.1.
     pub port: u16,
+    bin: String,
+    args: Vec<String>,
 }
 
 impl Redis {
@@ -66,44 +72,79 @@ impl Redis {
     /// As [`Redis::start`], with extra arguments (`["--requirepass", "x"]`).
     pub fn start_with(args: &[&str]) -> Redis {
         let bin = std::env::var("TIDEMARK_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        Redis::start_bin(&bin, args)
+    }
+
+    /// As [`Redis::start_with`], with the server binary `bin`.
+    pub fn start_bin(bin: &str, args: &[&str]) -> Redis {
         let dir = tempfile::Builder::new()
             .prefix("tidemark-redis-")
             .tempdir()
             .expect("temp dir");
-        let port = free_port().expect("free port");
-        let log = dir.path().join("server.log");
-        let mut child = Command::new(&bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .arg("--logfile")
-            .arg(&log)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}; apt-get install redis-server or set TIDEMARK_REDIS_SERVER"));
-        let auth: Vec<String> = args
-            .windows(2)
-            .find(|w| w[0] == "--requirepass")
-            .map(|w| vec!["AUTH".to_string(), w[1].to_string()])
-            .unwrap_or_default();
-        wait_ready(&mut child, "redis-server", &log, || {
-            let Ok(mut c) = RespClient::connect(port) else {
-                return false;
-            };
-            if !auth.is_empty()
-                && c.cmd(&auth.iter().map(String::as_str).collect::<Vec<_>>())
-                    .is_err()
-            {
-                return false;
-            }
-            c.cmd(&["PING"]).is_ok_and(|r| r == "PONG")
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-        Redis { child, dir, port }
+        Redis::start_in(bin, args, dir, free_port().expect("free port"))
     }
 
+    /// Stops the server and starts the same binary again on the same port and
+    /// directory (no persistence: an empty dataset and a new replication id).
+    pub fn restart(&mut self) {
+        stop_child(&mut self.child, libc::SIGTERM, Duration::from_secs(10));
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.child = spawn_redis(&self.bin, &args, self.dir.path(), self.port);
+    }
+
+    /// The server's working directory (`dump.rdb` after `SAVE`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn start_in(bin: &str, args: &[&str], dir: tempfile::TempDir, port: u16) -> Redis {
+        let child = spawn_redis(bin, args, dir.path(), port);
+        Redis {
+            child,
+            dir,
+            port,
+            bin: bin.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+}
+
+/// Starts a Redis-compatible server and waits until it answers PING.
+fn spawn_redis(bin: &str, args: &[&str], dir: &Path, port: u16) -> Child {
+    let log = dir.join("server.log");
+    let mut child = Command::new(bin)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(&log)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}; apt-get install redis-server or set TIDEMARK_REDIS_SERVER"));
+    let auth: Vec<String> = args
+        .windows(2)
+        .find(|w| w[0] == "--requirepass")
+        .map(|w| vec!["AUTH".to_string(), w[1].to_string()])
+        .unwrap_or_default();
+    wait_ready(&mut child, "redis-server", &log, || {
+        let Ok(mut c) = RespClient::connect(port) else {
+            return false;
+        };
+        if !auth.is_empty()
+            && c.cmd(&auth.iter().map(String::as_str).collect::<Vec<_>>())
+                .is_err()
+        {
+            return false;
+        }
+        c.cmd(&["PING"]).is_ok_and(|r| r == "PONG")
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    child
+}
+
+impl Redis {
     /// A client on this server.
     pub fn client(&self) -> RespClient {
         RespClient::connect(self.port).expect("connect to redis")
@@ -243,7 +284,8 @@ impl Tansu {
             .stderr(logf)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        wait_ready(&mut child, "tansu", &log, || kafka_api_versions_ok(port)).unwrap_or_else(|e| panic!("{e}"));
+        wait_ready(&mut child, "tansu", &log, || kafka_api_versions_ok(port))
+            .unwrap_or_else(|e| panic!("{e}"));
         Some(Tansu {
             child,
             dir,
@@ -317,4 +359,37 @@ fn kafka_api_versions_ok(port: u16) -> bool {
         return false;
     }
     i32::from_be_bytes([head[4], head[5], head[6], head[7]]) == 7 && head[8] == 0 && head[9] == 0
+}
+
+/// A Redis-compatible server binary named by the environment variable `var`
+/// (`.ci/run` sets them), else `default` when given. `None`, after printing a
+/// SKIP line naming the variable, when there is none: the caller returns.
+pub fn server_bin(var: &str, default: Option<&str>) -> Option<String> {
+    match std::env::var(var) {
+        Ok(p) if Path::new(&p).exists() => Some(p),
+        Ok(p) => {
+            skip(&format!("{var}={p} does not exist"));
+            None
+        }
+        Err(_) => match default {
+            Some(d) => Some(d.to_string()),
+            None => {
+                skip(&format!("set {var} to run this test (.ci/run sets it)"));
+                None
+            }
+        },
+    }
+}
+
+/// Redis 7.0 (Debian's `redis-server`, or `$TIDEMARK_REDIS_SERVER`).
+pub fn redis70() -> Option<String> {
+    server_bin("TIDEMARK_REDIS_SERVER", Some("redis-server"))
+}
+
+/// Prints `SKIP: <why>` straight to the process's stderr, past libtest's output
+/// capture, so a skipped test is visible in a normal `cargo test` run.
+fn skip(why: &str) {
+    use std::io::Write as _;
+    let name = std::thread::current().name().unwrap_or("test").to_string();
+    let _ = writeln!(std::io::stderr(), "SKIP: {name}: {why}");
 }

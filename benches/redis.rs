@@ -1,0 +1,350 @@
+//! Redis capture and restore benchmarks against a real `redis-server`, each figure
+//! printed beside a baseline measured in the same run (only ratios carry over
+//! between machines).
+//!
+//! 1. P2 capture throughput: `redis-benchmark` writes (SET, LPUSH, HSET, ZADD) as
+//!    fast as it can while tidemark captures in this process; reported as
+//!    commands journaled per second of tidemark CPU time (getrusage of this
+//!    process: the servers and the load generator are other processes), against
+//!    the rate the server accepted; plus the largest lag behind the primary.
+//! 2. Full sync: time to a sealed base image of a dataset of `--sync-mb` MB
+//!    (default 200) against `redis-cli --rdb` fetching the same RDB to a file.
+//! 3. Restore: keys/s writing that image into an empty server, against
+//!    `redis-benchmark -t set -P 64` on the same machine.
+//!
+//! Run: `cargo bench --profile dev --bench redis [-- --requests N --sync-mb M]`.
+//! Needs `redis-server`, `redis-cli` and `redis-benchmark` (Debian redis-tools).
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tidemark::capture::redis::resp::{Conn, RedisUrl};
+use tidemark::capture::{self, CaptureContext, SourceJournal};
+use tidemark::config::{SourceConfig, SourceKind};
+use tidemark::journal::{Journal, JournalOptions};
+use tidemark::position::PositionKind;
+use tidemark::time::TimeSpec;
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2)
+        .find(|w| w[0] == name)
+        .and_then(|w| w[1].parse().ok())
+        .unwrap_or(default)
+}
+
+/// Peak resident memory of this process, MB.
+fn peak_rss_mb() -> u64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_maxrss as u64 / 1024
+}
+
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--repl-diskless-sync-delay", "0"])
+            .args([
+                "--repl-backlog-size",
+                "512mb",
+                "--enable-debug-command",
+                "yes",
+            ])
+            .args(["--repl-ping-replica-period", "1"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        let s = Server {
+            child,
+            port,
+            _dir: dir,
+        };
+        for _ in 0..500 {
+            if s.conn().is_ok() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not start");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn conn(&self) -> Result<Conn, tidemark::capture::redis::RedisError> {
+        let mut c = Conn::connect(&RedisUrl::parse(&self.url())?, Duration::from_secs(600))?;
+        c.call(&["PING"])?;
+        Ok(c)
+    }
+
+    fn cmd(&self, args: &[&str]) -> String {
+        let mut c = self.conn().expect("connect");
+        c.call(args).expect("command").text().unwrap_or_default()
+    }
+
+    fn info_u64(&self, section: &str, field: &str) -> u64 {
+        self.cmd(&["INFO", section])
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim_start_matches(':').trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Capture of `server` into a fresh journal under `dir`, in this process.
+struct Capture {
+    journal: Arc<Journal>,
+    id: tidemark::journal::SourceId,
+    trigger: capture::ShutdownTrigger,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Capture {
+    fn start(server: &Server, dir: &Path) -> Capture {
+        let journal = Arc::new(
+            Journal::open(&dir.join("journal"), JournalOptions::default()).expect("journal"),
+        );
+        let id = journal
+            .register_source("bench", SourceKind::Redis)
+            .expect("register");
+        let cfg = SourceConfig::Redis {
+            name: "bench".into(),
+            url: server.url(),
+        };
+        let source = capture::build(&cfg).expect("build");
+        let (trigger, shutdown) = capture::shutdown_pair();
+        let ctx = CaptureContext {
+            journal: SourceJournal::new(Arc::clone(&journal), id, "bench".into()),
+            shutdown,
+        };
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(source.run(ctx)).expect("capture");
+        });
+        Capture {
+            journal,
+            id,
+            trigger,
+            thread: Some(thread),
+        }
+    }
+
+    fn offset(&self) -> u64 {
+        self.journal
+            .checkpoints(self.id)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|c| match &c.position.kind {
+                Some(PositionKind::Redis(p)) => Some(p.offset),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn has_image(&self) -> bool {
+        !self.journal.images(self.id).unwrap_or_default().is_empty()
+    }
+
+    fn events(&self) -> u64 {
+        self.journal
+            .sources()
+            .iter()
+            .find(|s| s.id == self.id)
+            .map_or(0, |s| s.stats.event_count)
+    }
+
+    fn stop(mut self) {
+        self.trigger.fire();
+        if let Some(t) = self.thread.take() {
+            t.join().expect("capture thread");
+        }
+    }
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "timed out: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs redis-benchmark; returns the summed requests/s it reports.
+fn redis_benchmark(port: u16, tests: &str, n: u64, pipeline: u32) -> f64 {
+    let out = Command::new("redis-benchmark")
+        .args(["-p", &port.to_string(), "-t", tests, "-n", &n.to_string()])
+        .args([
+            "-P",
+            &pipeline.to_string(),
+            "-c",
+            "32",
+            "-r",
+            "1000000",
+            "-q",
+        ])
+        .output()
+        .expect("redis-benchmark (apt-get install redis-tools)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rates: Vec<f64> = text
+        .split(['\r', '\n'])
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(": ")?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .collect();
+    rates.iter().sum::<f64>() / rates.len().max(1) as f64
+}
+
+fn p2_capture(requests: u64) {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cap = Capture::start(&server, dir.path());
+    wait_until("base image", || cap.has_image());
+    let (cpu0, ev0, t0) = (cpu_seconds(), cap.events(), Instant::now());
+    let port = server.port;
+    let load =
+        std::thread::spawn(move || redis_benchmark(port, "set,lpush,hset,zadd", requests, 16));
+    let mut max_lag = 0u64;
+    while !load.is_finished() {
+        let lag = server
+            .info_u64("replication", "master_repl_offset")
+            .saturating_sub(cap.offset());
+        max_lag = max_lag.max(lag);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let server_rate = load.join().expect("load");
+    let target = server.info_u64("replication", "master_repl_offset");
+    let done = Instant::now();
+    wait_until("catch up", || cap.offset() >= target);
+    let catch_up = done.elapsed();
+    let (cpu, events, wall) = (cpu_seconds() - cpu0, cap.events() - ev0, t0.elapsed());
+    cap.stop();
+    let per_core = events as f64 / cpu.max(1e-9);
+    let backlog = server.info_u64("replication", "repl_backlog_size");
+    println!("P2 capture under redis-benchmark (SET, LPUSH, HSET, ZADD; -P 16, 32 clients):");
+    println!(
+        "  journaled {events} commands in {:.2}s wall, {:.2}s tidemark CPU: {:.0} cmds/s/core (goal >= 150000: {})",
+        wall.as_secs_f64(),
+        cpu,
+        per_core,
+        if per_core >= 150_000.0 { "met" } else { "NOT met" }
+    );
+    println!(
+        "  baseline: server accepted {server_rate:.0} req/s (mean of the 4 tests); journal rate {:.0} cmds/s = {:.2}x",
+        events as f64 / wall.as_secs_f64(),
+        events as f64 / wall.as_secs_f64() / server_rate.max(1.0)
+    );
+    println!(
+        "  largest lag behind the primary {max_lag} bytes ({:.1}% of repl-backlog-size {backlog}); caught up {:.0} ms after the load ended",
+        max_lag as f64 * 100.0 / backlog.max(1) as f64,
+        catch_up.as_secs_f64() * 1000.0
+    );
+}
+
+fn full_sync_and_restore(mb: u64) {
+    let server = Server::start();
+    let keys = mb * 1024 * 1024 / 100;
+    server.cmd(&["DEBUG", "POPULATE", &keys.to_string(), "key", "100"]);
+    let used = server.info_u64("memory", "used_memory");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rdb = dir.path().join("base.rdb");
+    let t = Instant::now();
+    let st = Command::new("redis-cli")
+        .args(["-p", &server.port.to_string(), "--rdb"])
+        .arg(&rdb)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("redis-cli");
+    assert!(st.success());
+    let baseline = t.elapsed().as_secs_f64();
+    let rdb_bytes = std::fs::metadata(&rdb).map(|m| m.len()).unwrap_or(0);
+
+    let t = Instant::now();
+    let cap = Capture::start(&server, dir.path());
+    wait_until("base image", || cap.has_image());
+    let ours = t.elapsed().as_secs_f64();
+    let journal = Arc::clone(&cap.journal);
+    cap.stop();
+    println!(
+        "Full sync of {keys} keys ({} MB in memory, RDB {} MB):",
+        used >> 20,
+        rdb_bytes >> 20
+    );
+    println!(
+        "  base image in {ours:.2}s; baseline redis-cli --rdb {baseline:.2}s; ratio {:.2}x; peak RSS of this process {} MB (streams: not the dataset)",
+        ours / baseline.max(1e-9),
+        peak_rss_mb()
+    );
+
+    let target = Server::start();
+    let set_rate = redis_benchmark(target.port, "set", 1_000_000, 64);
+    target.cmd(&["FLUSHALL"]);
+    let plan = tidemark::restore::plan(&journal, "bench", TimeSpec::Latest).expect("plan");
+    let s =
+        tidemark::restore::redis::restore(&journal, &plan, &target.url(), false).expect("restore");
+    let rate = s.keys as f64 / s.seconds.max(1e-9);
+    println!(
+        "Restore: {} keys in {:.2}s = {rate:.0} keys/s; baseline redis-benchmark SET -P 64: {set_rate:.0} req/s; ratio {:.2}x",
+        s.keys,
+        s.seconds,
+        rate / set_rate.max(1.0)
+    );
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    p2_capture(arg("--requests", 1_000_000));
+    full_sync_and_restore(arg("--sync-mb", 200));
+}
