@@ -9,10 +9,13 @@
 //! Run: `cargo bench --profile dev --bench journal [-- --events N --lookup-events M]`
 //! (the dev profile builds dependencies optimised; see ARCHITECTURE.md).
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use prost::Message;
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};
+use support::{arg, median};
 use tidemark::config::{SourceKind, SyncPolicy};
 use tidemark::event::{ChangeEvent, KafkaRecord, Payload};
 use tidemark::journal::{Journal, JournalOptions, Progress};
@@ -21,14 +24,6 @@ use tidemark::time::Timestamp;
 
 const EVENT_BYTES: usize = 200;
 const BATCH: usize = 1000;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.windows(2)
-        .find(|w| w[0] == name)
-        .and_then(|w| w[1].parse().ok())
-        .unwrap_or(default)
-}
 
 /// An event whose encoding is exactly `EVENT_BYTES` long.
 fn event(offset: i64, time_us: i64) -> ChangeEvent {
@@ -110,11 +105,6 @@ fn journal_append(
         .unwrap();
     }
     start.elapsed()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn bench_append(n: u64) {

@@ -13,6 +13,8 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +22,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
+use support::{arg, cpu_secs, median};
 use tidemark::capture::{self, CaptureContext, SourceJournal};
 use tidemark::config::{SourceConfig, SourceKind, SyncPolicy};
 use tidemark::journal::{Journal, JournalOptions};
@@ -27,23 +30,6 @@ use tidemark::restore::kafka::KafkaRestoreOptions;
 use tidemark::time::TimeSpec;
 
 const PARTITIONS: i32 = 3;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.windows(2)
-        .find(|w| w[0] == name)
-        .and_then(|w| w[1].parse().ok())
-        .unwrap_or(default)
-}
-
-/// CPU seconds this process has used (all threads).
-fn cpu_secs() -> f64 {
-    // SAFETY: getrusage fills the struct we pass; no other preconditions.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
 
 fn producer(addr: &str) -> BaseProducer {
     ClientConfig::new()
@@ -187,11 +173,6 @@ fn tidemark_capture(
     trigger.fire();
     rt.block_on(task).expect("join").expect("capture");
     (secs, journal)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -10,24 +10,19 @@
 //!
 //! Run: `cargo bench --profile dev --bench postgres [-- --txns N --scale S]`
 
+mod support;
+
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::arg;
 use tidemark::capture::{self, CaptureContext, ShutdownTrigger, SourceJournal};
 use tidemark::config::SourceConfig;
 use tidemark::journal::{Journal, JournalOptions};
 use tidemark::position::PositionKind;
 use tidemark::sandbox::Postgres;
 use tidemark::time::{TimeSpec, Timestamp};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.windows(2)
-        .find(|w| w[0] == name)
-        .and_then(|w| w[1].parse().ok())
-        .unwrap_or(default)
-}
 
 fn run(pg: &Postgres, tool: &str, args: &[&str]) -> std::process::Output {
     let out = pg.tool(tool).args(args).output().unwrap();

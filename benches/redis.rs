@@ -15,34 +15,21 @@
 //! Run: `cargo bench --profile dev --bench redis [-- --requests N --sync-mb M]`.
 //! Needs `redis-server`, `redis-cli` and `redis-benchmark` (Debian redis-tools).
 
+mod support;
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::{arg, peak_rss_mb};
 use tidemark::capture::redis::resp::{Conn, RedisUrl};
 use tidemark::capture::{self, CaptureContext, SourceJournal};
 use tidemark::config::{SourceConfig, SourceKind};
 use tidemark::journal::{Journal, JournalOptions};
 use tidemark::position::PositionKind;
 use tidemark::time::TimeSpec;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.windows(2)
-        .find(|w| w[0] == name)
-        .and_then(|w| w[1].parse().ok())
-        .unwrap_or(default)
-}
-
-/// Peak resident memory of this process, MB.
-fn peak_rss_mb() -> u64 {
-    // SAFETY: getrusage fills the struct we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    ru.ru_maxrss as u64 / 1024
-}
 
 fn cpu_seconds() -> f64 {
     // SAFETY: getrusage fills the struct we pass.

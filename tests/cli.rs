@@ -159,13 +159,13 @@ fn run_refuses_kinds_this_build_cannot_capture_before_writing() {
     let cfg = write_config(
         dir.path(),
         &format!(
-            "[journal]\npath = \"{}\"\n\n[[source]]\nname = \"events\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:1\"]\ntopics = [\"t\"]\n",
+            "[journal]\npath = \"{}\"\n\n[[source]]\nname = \"catalog\"\nkind = \"mongodb\"\nurl = \"mongodb://127.0.0.1:1\"\n",
             journal.display()
         ),
     );
     assert_fails(
         &tidemark(&["-c", cfg.to_str().unwrap(), "run"]),
-        &["events", "not available"],
+        &["catalog", "not available"],
     );
     assert!(!journal.exists());
 }

@@ -172,6 +172,13 @@ fn session(
 }
 
 /// Refuses a replica: it would hand us a history that is not the primary's.
+/// Connects, authenticates and checks that the server is a primary, changing
+/// nothing: what `run` checks before it opens the journal.
+pub fn preflight(url: &RedisUrl) -> Result<(), RedisError> {
+    let mut conn = Conn::connect(url, HANDSHAKE_TIMEOUT)?;
+    check_primary(&mut conn)
+}
+
 fn check_primary(conn: &mut Conn) -> Result<(), RedisError> {
     let Ok(info) = conn.call(&["INFO", "replication"]) else {
         return Ok(()); // INFO not granted to this ACL user: PSYNC decides
