@@ -7,7 +7,9 @@ pub const CF_META: &str = "meta";
 pub const CF_EVENTS: &str = "events";
 /// `first_seq u64` → checksummed `(source u32, last_seq u64)`: the index by sequence.
 pub const CF_BATCHES: &str = "batches";
-/// `(source u32, stream len u16, stream, ordinal)` → `seq u64`: the index by position.
+/// `(source u32, stream len u16, stream, ordinal)` → `(first seq u64, last seq u64)`:
+/// the index by position, one entry per stream per batch (at the stream's first
+/// position in the batch).
 pub const CF_POS: &str = "by_position";
 /// `(source u32, time u64, seq u64)` → empty: the index by time.
 pub const CF_TIME: &str = "by_time";

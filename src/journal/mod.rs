@@ -546,8 +546,10 @@ impl Journal {
         );
         let mut buf = Vec::with_capacity(512);
         let mut pos_key = Vec::with_capacity(64);
-        // (stream, its newest position in this batch): the default checkpoint.
-        let mut last_per_stream: Vec<(Vec<u8>, &Position)> = Vec::new();
+        // Per stream in this batch: its name, the index key and sequence number of its
+        // first event (the batch's one position-index entry for the stream), and its
+        // newest position (the default checkpoint).
+        let mut per_stream: Vec<(Vec<u8>, Vec<u8>, u64, &Position)> = Vec::new();
         for (i, e) in events.iter().enumerate() {
             let seq = first_seq + i as u64;
             let pos = e
@@ -569,7 +571,6 @@ impl Journal {
             };
             encode_event(e, &mut buf);
             wb.put_cf(cf_events, keys::event(src, seq), &buf);
-            wb.put_cf(cf_pos, &pos_key, seq.to_be_bytes());
             let t = e.time_us();
             if stats.watermark_us.is_none_or(|w| t > w) {
                 stats.watermark_us = Some(t);
@@ -577,9 +578,9 @@ impl Journal {
             }
             stats.last_event_time_us = Some(t);
             let stream = &pos_key[6..6 + stream_len];
-            match last_per_stream.iter_mut().find(|(s, _)| s == stream) {
-                Some(slot) => slot.1 = pos,
-                None => last_per_stream.push((stream.to_vec(), pos)),
+            match per_stream.iter_mut().find(|(s, ..)| s == stream) {
+                Some(slot) => slot.3 = pos,
+                None => per_stream.push((stream.to_vec(), pos_key.clone(), seq, pos)),
             }
         }
         let count = events.len() as u64;
@@ -592,9 +593,16 @@ impl Journal {
             );
             stats.event_count += count;
             stats.last_seq = last_seq;
+            for (_, first_key, stream_first_seq, _) in &per_stream {
+                wb.put_cf(
+                    cf_pos,
+                    first_key,
+                    read::encode_pos_entry(*stream_first_seq, last_seq),
+                );
+            }
         }
         let checkpoint: Vec<&Position> = if progress.checkpoint.is_empty() {
-            last_per_stream.iter().map(|(_, p)| *p).collect()
+            per_stream.iter().map(|(.., p)| *p).collect()
         } else {
             progress.checkpoint.iter().collect()
         };

@@ -34,6 +34,23 @@ pub struct LogEntry {
     pub event: ChangeEvent,
 }
 
+/// A position-index value: the sequence range of the batch the entry starts.
+pub(super) fn encode_pos_entry(first: u64, last: u64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&first.to_be_bytes());
+    v[8..].copy_from_slice(&last.to_be_bytes());
+    v
+}
+
+/// Decodes a position-index value (an 8-byte value is a single event).
+pub(super) fn decode_pos_entry(v: &[u8]) -> Option<(u64, u64)> {
+    match v.len() {
+        16 => Some((keys::be_u64(v, 0)?, keys::be_u64(v, 8)?)),
+        8 => keys::be_u64(v, 0).map(|s| (s, s)),
+        _ => None,
+    }
+}
+
 pub(super) fn encode_batch(src: SourceId, last_seq: u64) -> Vec<u8> {
     let mut v = [0u8; 12];
     v[..4].copy_from_slice(&src.to_be_bytes());
@@ -169,25 +186,54 @@ impl Journal {
     }
 
     /// The sequence number of the newest event of `src` whose position is at or
-    /// before `pos` in the same stream. One index seek.
+    /// before `pos` in the same stream.
+    ///
+    /// The position index holds one entry per stream per batch (the stream's first
+    /// position in the batch, with the batch's sequence range), since positions rise
+    /// within a stream (the source contract). So this is one index seek and a scan of
+    /// at most one batch.
     pub fn seq_at_position(
         &self,
         src: SourceId,
         pos: &Position,
     ) -> Result<Option<u64>, JournalError> {
-        let Some((stream, ordinal)) = pos.index_key() else {
+        let mut key = src.to_be_bytes().to_vec();
+        let Some(stream_len) = pos.write_index_key(&mut key) else {
             return Ok(None);
         };
-        let prefix = keys::position_stream_prefix(src, &stream);
+        let prefix = key[..6 + stream_len].to_vec();
+        let ordinal = key[6 + stream_len..].to_vec();
         let mut ro = ReadOptions::default();
         ro.set_iterate_lower_bound(prefix.clone());
         let mut it = self.db.raw_iterator_cf_opt(self.cf(keys::CF_POS), ro);
-        it.seek_for_prev(keys::position(src, &stream, &ordinal));
-        let found = match (it.key(), it.value()) {
-            (Some(k), Some(v)) if k.starts_with(&prefix) => keys::be_u64(v, 0),
+        it.seek_for_prev(&key);
+        let range = match (it.key(), it.value()) {
+            (Some(k), Some(v)) if k.starts_with(&prefix) => decode_pos_entry(v),
             _ => None,
         };
         it.status()?;
+        let Some((first, last)) = range else {
+            return Ok(None);
+        };
+        let mut found = None;
+        let mut probe = Vec::with_capacity(64);
+        for entry in self.events(src, first, last) {
+            let entry = entry?;
+            let Some(p) = entry.event.position.as_ref() else {
+                continue;
+            };
+            probe.clear();
+            let Some(len) = p.write_index_key(&mut probe) else {
+                continue;
+            };
+            if probe[..2 + len] != key[4..6 + stream_len] {
+                continue; // another stream
+            }
+            if probe[2 + len..] > ordinal[..] {
+                break;
+            }
+            found = Some(entry.seq);
+        }
         Ok(found)
     }
 

@@ -118,7 +118,7 @@ impl Journal {
         let mut it = self.db.raw_iterator_cf_opt(pos, ro);
         it.seek(src.to_be_bytes());
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if keys::be_u64(v, 0).is_some_and(|s| s <= cut) {
+            if super::read::decode_pos_entry(v).is_some_and(|(_, last)| last <= cut) {
                 wb.delete_cf(pos, k);
             }
             it.next();
