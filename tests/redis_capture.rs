@@ -15,7 +15,7 @@ use common::bin_client::{noise, Client};
 use common::rdb_scenario::{populate, Flavor, REDIS62, REDIS70, REDIS74, VALKEY8};
 use common::tidemark::Tidemark;
 use common::{redis70, server_bin, Redis};
-use tidemark::restore::redis::digest::digest_url;
+use tidemark::digest::redis::digest_url;
 use tidemark::time::Timestamp;
 
 /// Server arguments for a flavour: pings every second (coverage), DEBUG on.

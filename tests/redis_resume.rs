@@ -14,10 +14,10 @@ use common::bin_client::Client;
 use common::tidemark::Tidemark;
 use common::{redis70, server_bin, Redis};
 use tidemark::capture::redis::resp::encoded_len;
+use tidemark::digest::redis::digest_url;
 use tidemark::event::Payload;
 use tidemark::journal::Journal;
 use tidemark::position::PositionKind;
-use tidemark::restore::redis::digest::digest_url;
 
 const ARGS: &[&str] = &[
     "--repl-ping-replica-period",

@@ -6,7 +6,8 @@ use anyhow::{bail, Result};
 use serde_json::json;
 
 use crate::config::redact_url;
-use crate::kafka::{digest::digest_cluster, Connection};
+use crate::digest::kafka::digest_cluster;
+use crate::kafka::Connection;
 
 pub fn digest(url: &str, topics: &[String], as_json: bool) -> Result<()> {
     match url.split_once("://").map(|(s, _)| s) {
@@ -37,7 +38,7 @@ fn postgres(url: &str, as_json: bool) -> Result<()> {
 }
 
 fn redis(url: &str, as_json: bool) -> Result<()> {
-    let d = crate::restore::redis::digest::digest_url(url)?;
+    let d = crate::digest::redis::digest_url(url)?;
     if as_json {
         let dbs: serde_json::Map<String, serde_json::Value> = d
             .dbs

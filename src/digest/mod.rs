@@ -1,8 +1,14 @@
-//! Order-independent digests of a live database, so a restore can be compared with
-//! its source: `tidemark digest URL`. Equal digests mean equal content, whatever the
-//! physical order or layout of the data.
+//! Order-independent digests of a live source, so a restore can be compared with its
+//! source: `tidemark digest URL`. Equal digests mean equal content, whatever the
+//! physical order, layout or encoding of the data.
+//!
+//! - [`postgres`]: per table and overall;
+//! - [`redis`]: the whole dataset (every database, type, value and TTL);
+//! - [`kafka`]: per partition (keys, values, headers, timestamps; not offsets).
 
+pub mod kafka;
 pub mod postgres;
+pub mod redis;
 
 use sha2::{Digest as _, Sha256};
 

@@ -6,7 +6,6 @@
 //! Everything here is blocking (librdkafka's own threads do the I/O); async callers
 //! run it on the blocking pool.
 
-pub mod digest;
 pub mod status;
 
 use std::collections::BTreeMap;

@@ -14,9 +14,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{cut, for_each_record, Cut, KafkaRestoreError};
+use crate::digest::kafka::{Digests, PartitionDigest};
 use crate::event::{KafkaRecord, KafkaTimestampType};
 use crate::journal::Journal;
-use crate::kafka::digest::{Digests, PartitionDigest};
 use crate::kafka::{futures_block_on, Connection, KafkaError, CONNECT_TIMEOUT, REQUEST_TIMEOUT};
 use crate::restore::RestorePlan;
 

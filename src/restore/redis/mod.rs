@@ -6,7 +6,6 @@
 //! on the source. A replay that ends inside `MULTI` sends `DISCARD`: a
 //! transaction is applied whole or not at all.
 
-pub mod digest;
 mod expiry;
 
 use std::io::{BufReader, BufWriter, IsTerminal, Write};
@@ -52,7 +51,7 @@ pub fn restore(
     let url = RedisUrl::parse(target)?;
     let mut conn = Conn::connect(&url, Duration::from_secs(30))?;
     let version = server_major(&mut conn)?;
-    let keys = digest::keyspace(&mut conn)?;
+    let keys = crate::digest::redis::keyspace(&mut conn)?;
     let existing: u64 = keys.iter().map(|(_, n)| n).sum();
     if existing > 0 {
         if !force {

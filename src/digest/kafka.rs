@@ -10,8 +10,8 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use sha2::{Digest, Sha256};
 
-use super::{fetched_high_watermark, record_of, Connection, KafkaError, TopicFilter};
 use crate::event::KafkaRecord;
+use crate::kafka::{fetched_high_watermark, record_of, Connection, KafkaError, TopicFilter};
 
 /// How long reading may make no progress before `digest` gives up.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
