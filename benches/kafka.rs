@@ -23,8 +23,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use support::{arg, cpu_secs, median};
-use tidemark::capture::{self, CaptureContext, SourceJournal};
-use tidemark::config::{SourceConfig, SourceKind, SyncPolicy};
+use tidemark::capture;
+use tidemark::config::{SourceConfig, SyncPolicy};
 use tidemark::journal::{Journal, JournalOptions};
 use tidemark::restore::kafka::KafkaRestoreOptions;
 use tidemark::time::TimeSpec;
@@ -140,16 +140,10 @@ fn tidemark_capture(
         sasl: None,
         tls: false,
     };
-    let id = journal.register_source("bench", SourceKind::Kafka).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (trigger, shutdown) = capture::shutdown_pair();
-    let source = capture::build(&cfg).expect("build");
-    let ctx = CaptureContext {
-        journal: SourceJournal::new(Arc::clone(&journal), id, "bench".into()),
-        shutdown,
-    };
+    let (trigger, run) = capture::start(&journal, &cfg).expect("start");
     let start = Instant::now();
-    let task = rt.spawn(source.run(ctx));
+    let task = rt.spawn(run);
     let records = |j: &Journal| {
         // The state events of the reserved stream are not records.
         j.source("bench").map(|s| s.stats.event_count).unwrap_or(0)

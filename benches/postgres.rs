@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::arg;
-use tidemark::capture::{self, CaptureContext, ShutdownTrigger, SourceJournal};
+use tidemark::capture::{self, ShutdownTrigger};
 use tidemark::config::SourceConfig;
 use tidemark::journal::{Journal, JournalOptions};
 use tidemark::position::PositionKind;
@@ -56,13 +56,8 @@ fn start(journal: &Arc<Journal>, url: &str) -> Running {
         publication: None,
         tables: vec![],
     };
-    let id = journal.register_source("app", cfg.kind()).unwrap();
-    let (trigger, shutdown) = capture::shutdown_pair();
-    let ctx = CaptureContext {
-        journal: SourceJournal::new(Arc::clone(journal), id, "app".into()),
-        shutdown,
-    };
-    let task = tokio::spawn(capture::build(&cfg).unwrap().run(ctx));
+    let (trigger, run) = capture::start(journal, &cfg).unwrap();
+    let task = tokio::spawn(run);
     Running { trigger, task }
 }
 

@@ -24,9 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::{arg, peak_rss_mb};
+use tidemark::capture;
 use tidemark::capture::redis::resp::{Conn, RedisUrl};
-use tidemark::capture::{self, CaptureContext, SourceJournal};
-use tidemark::config::{SourceConfig, SourceKind};
+use tidemark::config::SourceConfig;
 use tidemark::journal::{Journal, JournalOptions};
 use tidemark::position::PositionKind;
 use tidemark::time::TimeSpec;
@@ -132,26 +132,19 @@ impl Capture {
         let journal = Arc::new(
             Journal::open(&dir.join("journal"), JournalOptions::default()).expect("journal"),
         );
-        let id = journal
-            .register_source("bench", SourceKind::Redis)
-            .expect("register");
         let cfg = SourceConfig::Redis {
             name: "bench".into(),
             url: server.url(),
         };
-        let source = capture::build(&cfg).expect("build");
-        let (trigger, shutdown) = capture::shutdown_pair();
-        let ctx = CaptureContext {
-            journal: SourceJournal::new(Arc::clone(&journal), id, "bench".into()),
-            shutdown,
-        };
+        let (trigger, run) = capture::start(&journal, &cfg).expect("start");
+        let id = journal.source("bench").expect("registered").id;
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
                 .build()
                 .expect("runtime");
-            rt.block_on(source.run(ctx)).expect("capture");
+            rt.block_on(run).expect("capture");
         });
         Capture {
             journal,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Postgres;
-use tidemark::capture::{self, CaptureContext, ShutdownTrigger, SourceJournal};
+use tidemark::capture::{self, ShutdownTrigger};
 use tidemark::config::SourceConfig;
 use tidemark::digest::postgres::digest_url;
 use tidemark::digest::Digest;
@@ -37,13 +37,8 @@ impl Capture {
             publication: None,
             tables: vec![],
         };
-        let id = journal.register_source("app", cfg.kind()).unwrap();
-        let (trigger, shutdown) = capture::shutdown_pair();
-        let ctx = CaptureContext {
-            journal: SourceJournal::new(Arc::clone(&journal), id, "app".into()),
-            shutdown,
-        };
-        let task = tokio::spawn(capture::build(&cfg).unwrap().run(ctx));
+        let (trigger, run) = capture::start(&journal, &cfg).unwrap();
+        let task = tokio::spawn(run);
         let c = Capture {
             journal,
             trigger,

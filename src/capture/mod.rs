@@ -110,6 +110,48 @@ pub fn build(cfg: &SourceConfig) -> Result<Box<dyn Source>, CaptureError> {
     }
 }
 
+/// Builds the capture for `cfg`, registers the source in `journal`, and returns its
+/// stop trigger and the future that runs it (spawn it on any runtime). For one
+/// source outside `tidemark run`: the demo, tests and benchmarks.
+pub fn start(
+    journal: &Arc<Journal>,
+    cfg: &SourceConfig,
+) -> Result<
+    (
+        ShutdownTrigger,
+        BoxFuture<'static, Result<(), CaptureError>>,
+    ),
+    CaptureError,
+> {
+    let source = build(cfg)?;
+    let id = journal.register_source(cfg.name(), cfg.kind())?;
+    let (trigger, shutdown) = shutdown_pair();
+    let ctx = CaptureContext {
+        journal: SourceJournal::new(Arc::clone(journal), id, cfg.name().to_string()),
+        shutdown,
+    };
+    Ok((trigger, source.run(ctx)))
+}
+
+/// A [`Source::preflight`] for a check that blocks: runs it on the blocking pool and
+/// names the source in its error.
+pub fn preflight_blocking<E: std::fmt::Display + Send + 'static>(
+    name: &str,
+    check: impl FnOnce() -> Result<(), E> + Send + 'static,
+) -> BoxFuture<'static, Result<(), CaptureError>> {
+    let name = name.to_string();
+    Box::pin(async move {
+        let fail = |message: String| CaptureError::Source {
+            name: name.clone(),
+            message,
+        };
+        match tokio::task::spawn_blocking(check).await {
+            Ok(checked) => checked.map_err(|e| fail(e.to_string())),
+            Err(e) => Err(fail(format!("preflight failed: {e}"))),
+        }
+    })
+}
+
 /// A source's handle on the journal. Appends run on the blocking pool so a synced
 /// write never stalls the async runtime.
 #[derive(Clone)]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::capture::{self, CaptureContext, SourceJournal};
+use crate::capture;
 use crate::config::SourceConfig;
 use crate::digest::postgres::digest_url;
 use crate::journal::{Journal, JournalOptions};
@@ -86,11 +86,7 @@ pub fn demo(seconds: u64) -> Result<()> {
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let id = journal.register_source("app", cfg.kind())?;
-        let (trigger, shutdown) = capture::shutdown_pair();
-        let source = capture::build(&cfg)?;
-        let ctx = CaptureContext { journal: SourceJournal::new(Arc::clone(&journal), id, "app".into()), shutdown };
-        let run = source.run(ctx);
+        let (trigger, run) = capture::start(&journal, &cfg)?;
         let task = tokio::spawn(async move {
             let r = run.await;
             if let Err(error) = &r {

@@ -85,21 +85,10 @@ impl KafkaSource {
 impl Source for KafkaSource {
     /// Reaches the brokers (a metadata request) before the journal is opened.
     fn preflight(&self) -> BoxFuture<'_, Result<(), CaptureError>> {
-        Box::pin(async move {
-            let conn = self.conn.clone();
-            let checked = tokio::task::spawn_blocking(move || {
-                conn.query_client(None)
-                    .and_then(|c| conn.topics(&c).map(|_| ()))
-            })
-            .await
-            .map_err(|e| CaptureError::Source {
-                name: self.name.clone(),
-                message: format!("preflight failed: {e}"),
-            })?;
-            checked.map_err(|e| CaptureError::Source {
-                name: self.name.clone(),
-                message: e.to_string(),
-            })
+        let conn = self.conn.clone();
+        crate::capture::preflight_blocking(&self.name, move || {
+            conn.query_client(None)
+                .and_then(|c| conn.topics(&c).map(|_| ()))
         })
     }
 

@@ -173,19 +173,8 @@ impl Source for RedisSource {
     /// Reaches the server, authenticates and checks it is a primary, before the
     /// journal is opened.
     fn preflight(&self) -> BoxFuture<'_, Result<(), CaptureError>> {
-        Box::pin(async move {
-            let url = self.url.clone();
-            let checked = tokio::task::spawn_blocking(move || replica::preflight(&url))
-                .await
-                .map_err(|e| CaptureError::Source {
-                    name: self.name.clone(),
-                    message: format!("preflight failed: {e}"),
-                })?;
-            checked.map_err(|e| CaptureError::Source {
-                name: self.name.clone(),
-                message: e.to_string(),
-            })
-        })
+        let url = self.url.clone();
+        crate::capture::preflight_blocking(&self.name, move || replica::preflight(&url))
     }
 
     fn run(self: Box<Self>, ctx: CaptureContext) -> BoxFuture<'static, Result<(), CaptureError>> {
