@@ -5,7 +5,7 @@
 //! 1. Capture: `tidemark`'s Kafka source (fetch, encode, durable journal appends with
 //!    `sync = "always"`) against a plain rdkafka consumer reading the same topic
 //!    to nowhere. Goal: ratio >= 0.8.
-//! 2. Restore: `restore::kafka::restore` (journal read, cut, produce, flush) against
+//! 2. Restore: `connectors::kafka::restore::restore` (journal read, cut, produce, flush) against
 //!    a plain rdkafka producer sending the same records from memory.
 //!
 //! Run: `TIDEMARK_TANSU=... cargo bench --profile dev --bench kafka [-- --records N --bytes B]`
@@ -25,8 +25,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use support::{arg, cpu_secs, median};
 use tidemark::capture;
 use tidemark::config::{SourceConfig, SyncPolicy};
+use tidemark::connectors::kafka::restore::KafkaRestoreOptions;
 use tidemark::journal::{Journal, JournalOptions};
-use tidemark::restore::kafka::KafkaRestoreOptions;
 use tidemark::time::TimeSpec;
 
 const PARTITIONS: i32 = 3;
@@ -132,14 +132,16 @@ fn tidemark_capture(
         )
         .expect("journal"),
     );
-    let cfg = SourceConfig::Kafka {
-        name: "bench".into(),
-        brokers: vec![addr.to_string()],
-        topics: vec![topic.to_string()],
-        groups: vec![],
-        sasl: None,
-        tls: false,
-    };
+    let cfg = SourceConfig::parse_one(
+        "bench",
+        "kafka",
+        toml::from_str(&format!(
+            "brokers = [{:?}]\ntopics = [{topic:?}]",
+            addr.to_string()
+        ))
+        .expect("settings"),
+    )
+    .expect("config");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (trigger, run) = capture::start(&journal, &cfg).expect("start");
     let start = Instant::now();
@@ -244,10 +246,15 @@ fn main() {
             target: format!("kafka://{addr}"),
             topic_map: [("bench".to_string(), format!("restored{r}"))].into(),
             force: false,
-            progress: false,
         };
         let start = Instant::now();
-        let summary = tidemark::restore::kafka::restore(journal, &plan, &opts).expect("restore");
+        let summary = tidemark::connectors::kafka::restore::restore(
+            journal,
+            &plan,
+            &opts,
+            &mut tidemark::restore::driver::NoProgress,
+        )
+        .expect("restore");
         ours.push(start.elapsed().as_secs_f64());
         cpu_base.push(c1 - c0);
         cpu_ours.push(cpu_secs() - c1);

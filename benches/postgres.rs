@@ -49,13 +49,12 @@ struct Running {
 }
 
 fn start(journal: &Arc<Journal>, url: &str) -> Running {
-    let cfg = SourceConfig::Postgres {
-        name: "app".into(),
-        url: url.into(),
-        slot: None,
-        publication: None,
-        tables: vec![],
-    };
+    let cfg = SourceConfig::parse_one(
+        "app",
+        "postgres",
+        toml::from_str(&format!("url = {url:?}")).unwrap(),
+    )
+    .unwrap();
     let (trigger, run) = capture::start(journal, &cfg).unwrap();
     let task = tokio::spawn(run);
     Running { trigger, task }
@@ -186,7 +185,7 @@ async fn p5_lag(pg: &Postgres) {
         .spawn()
         .unwrap();
     let url = pg.url("app");
-    let conn = tidemark::capture::postgres::conn::ConnInfo::parse(&url).unwrap();
+    let conn = tidemark::connectors::postgres::conn::ConnInfo::parse(&url).unwrap();
     let client = conn.connect().await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut lags = Vec::new();
@@ -262,10 +261,15 @@ async fn p4_restore(scale: u64) {
     pg.psql("postgres", "CREATE DATABASE via_tidemark");
     let t0 = Instant::now();
     let plan = tidemark::restore::plan(&journal, "app", TimeSpec::At(at)).unwrap();
-    let summary =
-        tidemark::restore::postgres::restore(&journal, &plan, &pg.url("via_tidemark"), false)
-            .await
-            .unwrap();
+    let summary = tidemark::connectors::postgres::restore::restore(
+        &journal,
+        &plan,
+        &tidemark::connectors::postgres::conn::ConnInfo::parse(&pg.url("via_tidemark")).unwrap(),
+        false,
+        &mut tidemark::restore::driver::NoProgress,
+    )
+    .await
+    .unwrap();
     let ours = t0.elapsed();
     println!(
         "\n## P4 restore of pgbench scale {scale} ({} rows in the image, {} transactions replayed)",

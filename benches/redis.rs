@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use support::{arg, peak_rss_mb};
 use tidemark::capture;
-use tidemark::capture::redis::resp::{Conn, RedisUrl};
 use tidemark::config::SourceConfig;
+use tidemark::connectors::redis::resp::{Conn, RedisUrl};
 use tidemark::journal::{Journal, JournalOptions};
 use tidemark::position::PositionKind;
 use tidemark::time::TimeSpec;
@@ -92,7 +92,7 @@ impl Server {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn conn(&self) -> Result<Conn, tidemark::capture::redis::RedisError> {
+    fn conn(&self) -> Result<Conn, tidemark::connectors::redis::RedisError> {
         let mut c = Conn::connect(&RedisUrl::parse(&self.url())?, Duration::from_secs(600))?;
         c.call(&["PING"])?;
         Ok(c)
@@ -132,10 +132,12 @@ impl Capture {
         let journal = Arc::new(
             Journal::open(&dir.join("journal"), JournalOptions::default()).expect("journal"),
         );
-        let cfg = SourceConfig::Redis {
-            name: "bench".into(),
-            url: server.url(),
-        };
+        let cfg = SourceConfig::parse_one(
+            "bench",
+            "redis",
+            toml::from_str(&format!("url = {:?}", server.url())).expect("settings"),
+        )
+        .expect("config");
         let (trigger, run) = capture::start(&journal, &cfg).expect("start");
         let id = journal.source("bench").expect("registered").id;
         let thread = std::thread::spawn(move || {
@@ -310,8 +312,15 @@ fn full_sync_and_restore(mb: u64) {
     let set_rate = redis_benchmark(target.port, "set", 1_000_000, 64);
     target.cmd(&["FLUSHALL"]);
     let plan = tidemark::restore::plan(&journal, "bench", TimeSpec::Latest).expect("plan");
-    let s =
-        tidemark::restore::redis::restore(&journal, &plan, &target.url(), false).expect("restore");
+    let s = tidemark::connectors::redis::restore::restore(
+        &journal,
+        &plan,
+        &RedisUrl::parse(&target.url()).expect("url"),
+        &Default::default(),
+        false,
+        &mut tidemark::restore::driver::NoProgress,
+    )
+    .expect("restore");
     let rate = s.keys as f64 / s.seconds.max(1e-9);
     println!(
         "Restore: {} keys in {:.2}s = {rate:.0} keys/s; baseline redis-benchmark SET -P 64: {set_rate:.0} req/s; ratio {:.2}x",

@@ -1,26 +1,46 @@
 //! The configuration file: one TOML document naming the journal and the sources.
 //!
-//! Loading is strict: unknown keys are errors, `${ENV}` references in secret-bearing
-//! fields (`url`, `brokers`, `password`) are expanded after parsing, and
-//! [`Config::validate`] checks everything that can be checked without connecting,
-//! naming the offending field (`source[1].url`). Nothing is written while loading.
+//! Loading is strict: unknown keys are errors (named with their line), `${ENV}`
+//! references in secret-bearing fields are expanded after parsing, and everything
+//! that can be checked without connecting is checked, naming the offending field
+//! (`source[1].url`). Nothing is written while loading.
+//!
+//! This module knows no kind of source: each `[[source]]` table is handed, by its
+//! `kind`, to that kind's connector ([`crate::connectors`]), which parses and
+//! validates its own keys.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::connectors::{self, SourceSettings};
+
+pub use crate::redact::redact_url;
+
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Where and how the journal is kept.
     pub journal: JournalConfig,
+    /// Connection timeouts for every source and target.
+    pub timeouts: Timeouts,
     /// The sources to capture, in `[[source]]` tables.
-    #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
+}
+
+/// The file as TOML shapes it, before each source goes to its connector.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    journal: JournalConfig,
+    #[serde(default)]
+    timeouts: Timeouts,
+    #[serde(default, rename = "source")]
+    sources: Vec<toml::Spanned<toml::Table>>,
 }
 
 /// `[journal]`.
@@ -65,6 +85,44 @@ pub enum Compression {
     None,
 }
 
+/// `[timeouts]`: how long tidemark waits on a server before it calls the server
+/// unreachable. They apply to every connection of every kind: capture, restore,
+/// `digest` and `status` probes. A server that accepts TCP and never answers is
+/// detected within `connect`; one that stops answering mid-stream within `stall`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Connecting, including TLS and authentication (default 10s).
+    #[serde(deserialize_with = "de_duration")]
+    pub connect: Duration,
+    /// One request waiting for its answer (default 30s).
+    #[serde(deserialize_with = "de_duration")]
+    pub read: Duration,
+    /// A replication stream with neither data nor keepalive for this long is
+    /// reconnected (default 30s).
+    #[serde(deserialize_with = "de_duration")]
+    pub stall: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            read: Duration::from_secs(30),
+            stall: Duration::from_secs(30),
+        }
+    }
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    let v = crate::time::parse_duration(&s).map_err(serde::de::Error::custom)?;
+    if v.is_zero() {
+        return Err(serde::de::Error::custom("must be more than 0s"));
+    }
+    Ok(v)
+}
+
 /// The five kinds of source tidemark knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -93,17 +151,18 @@ impl SourceKind {
         }
     }
 
+    /// Every kind, in on-disk tag order.
+    pub const ALL: [SourceKind; 5] = [
+        SourceKind::Postgres,
+        SourceKind::Redis,
+        SourceKind::Kafka,
+        SourceKind::Mongodb,
+        SourceKind::Kubernetes,
+    ];
+
     /// Parses the name used in config files and on disk.
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            SourceKind::Postgres,
-            SourceKind::Redis,
-            SourceKind::Kafka,
-            SourceKind::Mongodb,
-            SourceKind::Kubernetes,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        SourceKind::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 
@@ -113,107 +172,38 @@ impl fmt::Display for SourceKind {
     }
 }
 
-/// One `[[source]]` table; `kind` selects the variant and its keys.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum SourceConfig {
-    /// `kind = "postgres"`.
-    Postgres {
-        /// Source name, unique in the file.
-        name: String,
-        /// `postgres://user:password@host:port/database`.
-        url: String,
-        /// Replication slot to use (created if missing). Default `tidemark_<name>`.
-        #[serde(default)]
-        slot: Option<String>,
-        /// Publication to use (created if missing, for all tables). Default `tidemark`.
-        #[serde(default)]
-        publication: Option<String>,
-        /// Restrict capture to these tables (`schema.table`).
-        #[serde(default)]
-        tables: Vec<String>,
-    },
-    /// `kind = "redis"`.
-    Redis {
-        /// Source name, unique in the file.
-        name: String,
-        /// `redis://[user:password@]host:port` or `rediss://...`.
-        url: String,
-    },
-    /// `kind = "kafka"`.
-    Kafka {
-        /// Source name, unique in the file.
-        name: String,
-        /// Bootstrap brokers, `host:port`.
-        brokers: Vec<String>,
-        /// Topic names, or regular expressions starting with `^`.
-        topics: Vec<String>,
-        /// Consumer groups whose committed offsets are protected.
-        #[serde(default)]
-        groups: Vec<String>,
-        /// SASL settings.
-        #[serde(default)]
-        sasl: Option<SaslConfig>,
-        /// Use TLS to the brokers.
-        #[serde(default)]
-        tls: bool,
-    },
-    /// `kind = "mongodb"`.
-    Mongodb {
-        /// Source name, unique in the file.
-        name: String,
-        /// `mongodb://...` or `mongodb+srv://...`.
-        url: String,
-    },
-    /// `kind = "kubernetes"`.
-    Kubernetes {
-        /// Source name, unique in the file.
-        name: String,
-        /// Path of a kubeconfig file; default: in-cluster or `$KUBECONFIG`.
-        #[serde(default)]
-        kubeconfig: Option<PathBuf>,
-        /// Namespaces to watch; empty: all.
-        #[serde(default)]
-        namespaces: Vec<String>,
-        /// Resource types to watch, e.g. `apps/v1/deployments`; empty: the defaults.
-        #[serde(default)]
-        resources: Vec<String>,
-    },
-}
-
-/// Kafka SASL settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SaslConfig {
-    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
-    pub mechanism: String,
-    /// User name.
-    pub username: String,
-    /// Password (use `${ENV}`).
-    pub password: String,
+/// One `[[source]]` table: a name, a kind, and that kind's settings (parsed and
+/// validated by its connector). `Debug` never shows a secret.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Unique in the file; the source's name in the journal.
+    pub name: String,
+    /// Which connector captures it.
+    pub kind: SourceKind,
+    /// The kind's own settings.
+    pub settings: Arc<dyn SourceSettings>,
 }
 
 impl SourceConfig {
     /// The source's name.
     pub fn name(&self) -> &str {
-        match self {
-            SourceConfig::Postgres { name, .. }
-            | SourceConfig::Redis { name, .. }
-            | SourceConfig::Kafka { name, .. }
-            | SourceConfig::Mongodb { name, .. }
-            | SourceConfig::Kubernetes { name, .. } => name,
-        }
+        &self.name
     }
 
     /// The source's kind.
     pub fn kind(&self) -> SourceKind {
-        match self {
-            SourceConfig::Postgres { .. } => SourceKind::Postgres,
-            SourceConfig::Redis { .. } => SourceKind::Redis,
-            SourceConfig::Kafka { .. } => SourceKind::Kafka,
-            SourceConfig::Mongodb { .. } => SourceKind::Mongodb,
-            SourceConfig::Kubernetes { .. } => SourceKind::Kubernetes,
-        }
+        self.kind
+    }
+
+    /// One source from its kind's keys (for the demo, tests and benchmarks).
+    pub fn parse_one(
+        name: &str,
+        kind: &str,
+        mut table: toml::Table,
+    ) -> Result<SourceConfig, ConfigError> {
+        table.insert("name".into(), toml::Value::String(name.into()));
+        table.insert("kind".into(), toml::Value::String(kind.into()));
+        parse_source(table, "source")
     }
 }
 
@@ -222,12 +212,12 @@ impl SourceConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}; check the path given with -c")]
+    #[error("cannot read config file {path}: {error}; check the path given with -c")]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, not a `source`: it would print twice).
+        error: std::io::Error,
     },
     /// The TOML is malformed or has unknown/missing keys.
     #[error("config file {path}, line {line}: {message}")]
@@ -239,6 +229,16 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// A kind this build cannot capture.
+    #[error("config field {field}: source `{name}`: capture of {kind} sources is not available in this version of tidemark (see README, \"Status\"); remove the source or upgrade")]
+    NotAvailable {
+        /// Path of the field.
+        field: String,
+        /// The source's name.
+        name: String,
+        /// The kind.
+        kind: SourceKind,
+    },
     /// A value is well-formed TOML but unusable.
     #[error("config field {field}: {problem}")]
     Invalid {
@@ -249,19 +249,31 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+/// Builds a [`ConfigError::Invalid`].
+pub fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
         problem: problem.into(),
     }
 }
 
+/// Deserializes a connector's section into `T` (which should deny unknown
+/// fields). Errors are [`ConfigError::Invalid`] at `field`; the loader turns them
+/// into the line of the offending key.
+pub fn section<T: serde::de::DeserializeOwned>(
+    table: toml::Table,
+    field: &str,
+) -> Result<T, ConfigError> {
+    T::deserialize(toml::Value::Table(table))
+        .map_err(|e| invalid(field, e.message().replace('\n', " ")))
+}
+
 impl Config {
     /// Reads, parses, expands `${ENV}` references and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let mut cfg = Config::parse(&text, path)?;
         if cfg.journal.path.is_relative() {
@@ -272,44 +284,41 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Parses TOML text (and expands `${ENV}`), without validating.
+    /// Parses TOML text: each source is parsed, `${ENV}`-expanded and checked by
+    /// its connector. Cross-source checks are [`Config::validate`]'s.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
-                .unwrap_or(1);
-            ConfigError::Parse {
-                path: path.to_path_buf(),
-                line,
-                message: e.message().replace('\n', " "),
-            }
+        let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            line: e.span().map(|s| line_of(s.start)).unwrap_or(1),
+            message: e.message().replace('\n', " "),
         })?;
-        cfg.expand_env()?;
-        Ok(cfg)
-    }
-
-    fn expand_env(&mut self) -> Result<(), ConfigError> {
-        for (i, s) in self.sources.iter_mut().enumerate() {
-            match s {
-                SourceConfig::Postgres { url, .. }
-                | SourceConfig::Redis { url, .. }
-                | SourceConfig::Mongodb { url, .. } => {
-                    *url = expand(url, &format!("source[{i}].url"))?;
-                }
-                SourceConfig::Kafka { brokers, sasl, .. } => {
-                    for (j, b) in brokers.iter_mut().enumerate() {
-                        *b = expand(b, &format!("source[{i}].brokers[{j}]"))?;
-                    }
-                    if let Some(sasl) = sasl {
-                        sasl.password =
-                            expand(&sasl.password, &format!("source[{i}].sasl.password"))?;
+        let mut sources = Vec::with_capacity(raw.sources.len());
+        for (i, spanned) in raw.sources.into_iter().enumerate() {
+            let span = spanned.span();
+            let at = format!("source[{i}]");
+            let source = parse_source(spanned.into_inner(), &at).map_err(|e| match e {
+                // A key's problem is reported at the key's own line.
+                ConfigError::Invalid { field, problem } if field == at => {
+                    let body = &text[span.start.min(text.len())..span.end.min(text.len())];
+                    let line = key_in_message(&problem)
+                        .and_then(|k| line_of_key(body, k))
+                        .map_or(line_of(span.start), |l| line_of(span.start) + l);
+                    ConfigError::Parse {
+                        path: path.to_path_buf(),
+                        line,
+                        message: format!("{at}: {problem}"),
                     }
                 }
-                SourceConfig::Kubernetes { .. } => {}
-            }
+                other => other,
+            })?;
+            sources.push(source);
         }
-        Ok(())
+        Ok(Config {
+            journal: raw.journal,
+            timeouts: raw.timeouts,
+            sources,
+        })
     }
 
     /// The retention window, if configured.
@@ -326,7 +335,7 @@ impl Config {
         self.sources.iter().find(|s| s.name() == name)
     }
 
-    /// Checks everything that can be checked without connecting to anything.
+    /// Checks what spans sources and the journal, without connecting to anything.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.journal.path.as_os_str().is_empty() {
             return Err(invalid(
@@ -346,9 +355,9 @@ impl Config {
             ));
         }
         let mut names = HashSet::new();
+        let mut claims: HashMap<String, &str> = HashMap::new();
         for (i, s) in self.sources.iter().enumerate() {
             let at = |f: &str| format!("source[{i}].{f}");
-            validate_name(s.name()).map_err(|p| invalid(at("name"), p))?;
             if !names.insert(s.name()) {
                 return Err(invalid(
                     at("name"),
@@ -358,121 +367,73 @@ impl Config {
                     ),
                 ));
             }
-            match s {
-                SourceConfig::Postgres {
-                    url,
-                    slot,
-                    publication,
-                    tables,
-                    ..
-                } => {
-                    check_scheme(url, &["postgres", "postgresql"])
-                        .map_err(|p| invalid(at("url"), p))?;
-                    if let Some(slot) = slot {
-                        let ok = !slot.is_empty()
-                            && slot.len() <= 63
-                            && slot
-                                .bytes()
-                                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-                        if !ok {
-                            return Err(invalid(
-                                at("slot"),
-                                "slot names use only a-z, 0-9 and _, at most 63 characters",
-                            ));
-                        }
-                    }
-                    if publication.as_deref() == Some("") {
-                        return Err(invalid(
-                            at("publication"),
-                            "is empty; remove it for the default or name a publication",
-                        ));
-                    }
-                    for (j, t) in tables.iter().enumerate() {
-                        if t.is_empty()
-                            || t.split('.').count() > 2
-                            || t.split('.').any(str::is_empty)
-                        {
-                            return Err(invalid(
-                                at(&format!("tables[{j}]")),
-                                format!("`{t}` is not `schema.table` or `table`"),
-                            ));
-                        }
-                    }
-                }
-                SourceConfig::Redis { url, .. } => {
-                    check_scheme(url, &["redis", "rediss"]).map_err(|p| invalid(at("url"), p))?;
-                }
-                SourceConfig::Mongodb { url, .. } => {
-                    check_scheme(url, &["mongodb", "mongodb+srv"])
-                        .map_err(|p| invalid(at("url"), p))?;
-                }
-                SourceConfig::Kafka {
-                    brokers,
-                    topics,
-                    sasl,
-                    ..
-                } => {
-                    if brokers.is_empty() {
-                        return Err(invalid(
-                            at("brokers"),
-                            "is empty; list at least one broker as host:port",
-                        ));
-                    }
-                    for (j, b) in brokers.iter().enumerate() {
-                        let ok = b
-                            .rsplit_once(':')
-                            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-                        if !ok {
-                            return Err(invalid(
-                                at(&format!("brokers[{j}]")),
-                                format!("`{b}` is not host:port"),
-                            ));
-                        }
-                    }
-                    if topics.is_empty() {
-                        return Err(invalid(
-                            at("topics"),
-                            "is empty; list topic names or regular expressions starting with ^",
-                        ));
-                    }
-                    for (j, t) in topics.iter().enumerate() {
-                        if t.is_empty() {
-                            return Err(invalid(at(&format!("topics[{j}]")), "is empty"));
-                        }
-                        if t.starts_with('^') {
-                            if let Err(e) = regex::Regex::new(t) {
-                                return Err(invalid(
-                                    at(&format!("topics[{j}]")),
-                                    format!("`{t}` is not a valid regular expression: {e}"),
-                                ));
-                            }
-                        }
-                    }
-                    if let Some(sasl) = sasl {
-                        if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
-                            .contains(&sasl.mechanism.as_str())
-                        {
-                            return Err(invalid(
-                                at("sasl.mechanism"),
-                                format!(
-                                    "`{}` is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
-                                    sasl.mechanism
-                                ),
-                            ));
-                        }
-                    }
-                }
-                SourceConfig::Kubernetes { resources, .. } => {
-                    for (j, r) in resources.iter().enumerate() {
-                        if r.is_empty() || r.split('/').any(str::is_empty) {
-                            return Err(invalid(at(&format!("resources[{j}]")), format!("`{r}` is not a resource like `configmaps` or `apps/v1/deployments`")));
-                        }
-                    }
+            for claim in s.settings.claims(s.name()) {
+                if let Some(other) = claims.insert(claim.clone(), s.name()) {
+                    return Err(invalid(
+                        at("name"),
+                        format!("source `{}` and source `{other}` would share {claim}; give one of them another name (or an explicit, distinct setting)", s.name()),
+                    ));
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Hands one `[[source]]` table to its kind's connector.
+fn parse_source(mut table: toml::Table, at: &str) -> Result<SourceConfig, ConfigError> {
+    let take_str = |table: &mut toml::Table, key: &str| -> Result<String, ConfigError> {
+        match table.remove(key) {
+            Some(toml::Value::String(s)) => Ok(s),
+            Some(_) => Err(invalid(format!("{at}.{key}"), "must be a string")),
+            None => Err(invalid(at, format!("missing field `{key}`"))),
+        }
+    };
+    let name = take_str(&mut table, "name")?;
+    validate_name(&name).map_err(|p| invalid(format!("{at}.name"), p))?;
+    let kind_name = take_str(&mut table, "kind")?;
+    let known = || {
+        SourceKind::ALL
+            .iter()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(kind) = SourceKind::parse(&kind_name) else {
+        return Err(invalid(
+            format!("{at}.kind"),
+            format!("unknown variant `{kind_name}`, expected one of {}", known()),
+        ));
+    };
+    let Some(connector) = connectors::for_kind(kind) else {
+        return Err(ConfigError::NotAvailable {
+            field: format!("{at}.kind"),
+            name,
+            kind,
+        });
+    };
+    let settings = connector.parse_source(&name, table, at)?;
+    Ok(SourceConfig {
+        name,
+        kind,
+        settings,
+    })
+}
+
+/// The first backticked word of a serde message (`unknown field `port``).
+fn key_in_message(message: &str) -> Option<&str> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(&message[start..start + len])
+}
+
+/// 0-based line within `body` where `key = ...` is set.
+fn line_of_key(body: &str, key: &str) -> Option<usize> {
+    body.lines().position(|l| {
+        l.trim_start()
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    })
 }
 
 fn validate_name(name: &str) -> Result<(), String> {
@@ -484,13 +445,14 @@ fn validate_name(name: &str) -> Result<(), String> {
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
     {
         return Err(format!(
-            "`{name}` may use only letters, digits, `-`, `_` and `.`"
+            "`{name}` may use only ASCII letters a-z and A-Z, digits 0-9, `-`, `_` and `.`"
         ));
     }
     Ok(())
 }
 
-fn check_scheme(url: &str, schemes: &[&str]) -> Result<(), String> {
+/// Checks that `url` uses one of `schemes` (and has something after `://`).
+pub fn check_scheme(url: &str, schemes: &[&str]) -> Result<(), String> {
     let ok = url
         .split_once("://")
         .is_some_and(|(scheme, rest)| schemes.contains(&scheme) && !rest.is_empty());
@@ -510,7 +472,7 @@ fn check_scheme(url: &str, schemes: &[&str]) -> Result<(), String> {
 }
 
 /// Replaces `${NAME}` with the value of the environment variable `NAME`.
-fn expand(value: &str, field: &str) -> Result<String, ConfigError> {
+pub fn expand_env(value: &str, field: &str) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
     while let Some(start) = rest.find("${") {
@@ -541,28 +503,6 @@ fn expand(value: &str, field: &str) -> Result<String, ConfigError> {
     }
     out.push_str(rest);
     Ok(out)
-}
-
-/// A URL with any password replaced by `***`, safe for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rfind('@') {
-        Some(at) => {
-            let (userinfo, host) = authority.split_at(at);
-            let user = userinfo.split(':').next().unwrap_or("");
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_string()
-            };
-            format!("{scheme}://{masked}{host}{tail}")
-        }
-        None => url.to_string(),
-    }
 }
 
 #[cfg(test)]

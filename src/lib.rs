@@ -1,7 +1,9 @@
 //! tidemark: continuous data protection for cloud-native applications.
 //!
 //! The data path, and the modules that follow it:
-//! - [`capture`]: sources tail PostgreSQL, Redis, Kafka, MongoDB and Kubernetes;
+//! - [`connectors`]: one folder per kind of source (client, capture, restore target,
+//!   digest, config section), reached through one registry;
+//! - [`capture`]: the source contract and the per-source supervisor;
 //! - [`journal`]: one append-only, indexed, checksummed log of every source's
 //!   [`event`]s at their source [`position`]s, with base images;
 //! - [`restore`]: plans (and, per kind, performs) a restore to any moment in [`time`].
@@ -11,11 +13,12 @@
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod connectors;
 pub mod digest;
 pub mod event;
 pub mod journal;
-pub mod kafka;
 pub mod position;
+pub mod redact;
 pub mod restore;
 pub mod sandbox;
 pub mod time;

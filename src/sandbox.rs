@@ -146,7 +146,7 @@ impl Postgres {
 
     /// As [`Postgres::start`], with extra `name=value` server settings.
     pub fn start_with(settings: &[&str]) -> Result<Postgres, String> {
-        let bin = crate::capture::postgres::image::pg_tool("initdb")
+        let bin = crate::connectors::postgres::image::pg_tool("initdb")
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();

@@ -356,3 +356,95 @@ fn restore_plans_refuses_and_names_coverage() {
         &["cannot connect to Redis", "check the url's host and port"],
     );
 }
+
+#[test]
+fn documented_time_forms_and_paper_cuts() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    populated_journal(&journal);
+    let cfg = config_with_journal(dir.path(), &journal);
+    let c = cfg.to_str().unwrap();
+    // `--at -5m` and `--since -5m` with a space, as the help text documents them.
+    let out = tidemark(&["-c", c, "log", "--since", "-100000d", "--limit", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tidemark(&[
+        "-c",
+        c,
+        "restore",
+        "--source",
+        "cache",
+        "--at",
+        "-5m",
+        "--target",
+        "redis://127.0.0.1:1",
+        "--dry-run",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("unexpected argument"), "{err}");
+    assert!(err.contains("covered only up to"), "{err}");
+    // A missing config file names the OS error once.
+    let out = tidemark(&["status", "-c", "/nonexistent/tidemark.toml"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+    // `digest`'s scheme error lists every scheme.
+    assert_fails(
+        &tidemark(&["digest", "mysql://h/db"]),
+        &["postgres://", "redis://", "kafka://"],
+    );
+    // `status | head -1`: a closed pipe ends the command quietly.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(["-c", c, "log"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    // The name rule says what it means.
+    let bad = write_config(
+        dir.path(),
+        &format!("[journal]\npath = \"{}\"\n[[source]]\nname = \"caché\"\nkind = \"redis\"\nurl = \"redis://h:1\"\n", journal.display()),
+    );
+    assert_fails(
+        &tidemark(&["-c", bad.to_str().unwrap(), "config", "validate"]),
+        &["ASCII"],
+    );
+}
+
+#[test]
+fn logs_carry_no_colour_codes_when_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let cfg = config_with_journal(dir.path(), &journal);
+    let log = dir.path().join("run.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(["-c", cfg.to_str().unwrap(), "run"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("retrying")
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "no log lines"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("INFO") || text.contains("WARN"), "{text}");
+    assert!(!text.contains('\u{1b}'), "escape codes in: {text:?}");
+    assert!(!text.contains("hunter2"), "{text}");
+}

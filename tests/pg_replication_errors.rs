@@ -4,7 +4,7 @@
 mod common;
 
 use common::pgcluster::{ClusterOptions, PgCluster};
-use tidemark::capture::postgres::repl::{Error, ReplicationConnection, SnapshotAction};
+use tidemark::connectors::postgres::repl::{Error, ReplicationConnection, SnapshotAction};
 
 fn scram_cluster_options() -> ClusterOptions {
     ClusterOptions {
@@ -138,7 +138,7 @@ async fn unreachable_host_is_reported() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let mut cfg = tidemark::capture::postgres::repl::Config::new("127.0.0.1", "u", "db");
+    let mut cfg = tidemark::connectors::postgres::repl::Config::new("127.0.0.1", "u", "db");
     cfg.port = port;
     cfg.password = Some("never-shown".into());
     let err = ReplicationConnection::connect(&cfg).await.unwrap_err();

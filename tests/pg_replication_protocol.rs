@@ -5,10 +5,10 @@ mod common;
 use std::time::Duration;
 
 use common::pgcluster::{ClusterOptions, PgCluster};
-use tidemark::capture::postgres::repl::pgoutput::{
+use tidemark::connectors::postgres::repl::pgoutput::{
     self, ColumnValue, Message, OldTuple, ReplicaIdentity,
 };
-use tidemark::capture::postgres::repl::{
+use tidemark::connectors::postgres::repl::{
     Lsn, ReplicationConnection, ReplicationMessage, ReplicationOptions, ReplicationStream,
     SnapshotAction, StandbyStatusUpdate,
 };
@@ -381,7 +381,7 @@ async fn full_replication_cycle() {
     assert!(
         matches!(
             err,
-            tidemark::capture::postgres::repl::Error::InvalidArgument(_)
+            tidemark::connectors::postgres::repl::Error::InvalidArgument(_)
         ),
         "{err:?}"
     );
@@ -450,7 +450,7 @@ async fn start_replication_errors_are_reported() {
     assert!(matches!(
         conn.create_replication_slot("Bad-Name", true, SnapshotAction::NoExport)
             .await,
-        Err(tidemark::capture::postgres::repl::Error::InvalidArgument(_))
+        Err(tidemark::connectors::postgres::repl::Error::InvalidArgument(_))
     ));
     let tmp = conn
         .create_replication_slot("tmp_slot", true, SnapshotAction::NoExport)

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use common::Postgres;
 use tidemark::capture::{self, ShutdownTrigger};
 use tidemark::config::SourceConfig;
-use tidemark::digest::postgres::digest_url;
+use tidemark::connectors::postgres::digest::digest_url;
 use tidemark::digest::Digest;
 use tidemark::journal::{Journal, JournalOptions};
-use tidemark::restore;
+use tidemark::restore::driver::NoProgress;
 use tidemark::time::{TimeSpec, Timestamp};
+use tidemark::{connectors, restore};
 
 /// Capture running in the test's runtime.
 struct Capture {
@@ -30,13 +31,12 @@ impl Capture {
         let journal = Arc::new(
             Journal::open(&dir.path().join("journal"), JournalOptions::default()).unwrap(),
         );
-        let cfg = SourceConfig::Postgres {
-            name: "app".into(),
-            url: url.into(),
-            slot: None,
-            publication: None,
-            tables: vec![],
-        };
+        let cfg = SourceConfig::parse_one(
+            "app",
+            "postgres",
+            toml::from_str(&format!("url = {url:?}")).unwrap(),
+        )
+        .unwrap();
         let (trigger, run) = capture::start(&journal, &cfg).unwrap();
         let task = tokio::spawn(run);
         let c = Capture {
@@ -85,7 +85,8 @@ impl Capture {
 async fn restore_into(pg: &Postgres, journal: &Journal, at: Timestamp, db: &str) -> Digest {
     pg.psql("postgres", &format!("CREATE DATABASE {db}"));
     let plan = restore::plan(journal, "app", TimeSpec::At(at)).unwrap();
-    restore::postgres::restore(journal, &plan, &pg.url(db), false)
+    let conn = connectors::postgres::conn::ConnInfo::parse(&pg.url(db)).unwrap();
+    connectors::postgres::restore::restore(journal, &plan, &conn, false, &mut NoProgress)
         .await
         .unwrap();
     digest_url(&pg.url(db)).await.unwrap()

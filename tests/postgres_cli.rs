@@ -216,6 +216,24 @@ fn bad_inputs_get_one_clear_line() {
     assert!(child.wait().unwrap().success());
     let c = cfg.to_str().unwrap();
     // Non-empty target.
+    pg.psql("postgres", "CREATE DATABASE other");
+    pg.psql("other", "CREATE TABLE x (a int)");
+    let out = bin()
+        .args([
+            "-c",
+            c,
+            "restore",
+            "--source",
+            "app",
+            "--at",
+            "latest",
+            "--target",
+            &pg.url("other"),
+        ])
+        .output()
+        .unwrap();
+    assert_fails(&out, &["already holds 1 tables", "--force"]);
+    // The captured database itself, even with --force.
     let out = bin()
         .args([
             "-c",
@@ -227,10 +245,11 @@ fn bad_inputs_get_one_clear_line() {
             "latest",
             "--target",
             &pg.url("app"),
+            "--force",
         ])
         .output()
         .unwrap();
-    assert_fails(&out, &["already has 1 tables", "--force"]);
+    assert_fails(&out, &["is the database that source `app` captures"]);
     // Beyond coverage.
     let out = bin()
         .args([

@@ -15,7 +15,7 @@ use common::bin_client::{noise, Client};
 use common::rdb_scenario::{populate, Flavor, REDIS62, REDIS70, REDIS74, VALKEY8};
 use common::tidemark::Tidemark;
 use common::{redis70, server_bin, Redis};
-use tidemark::digest::redis::digest_url;
+use tidemark::connectors::redis::digest::digest_url;
 use tidemark::time::Timestamp;
 
 /// Server arguments for a flavour: pings every second (coverage), DEBUG on.
@@ -170,6 +170,11 @@ fn capture_and_restore(bin: &str, f: &Flavor) {
         );
         assert!(stdout.contains("restored "), "{stdout}");
         let d = digest_url(&target.url()).expect("digest target");
+        // Every restore ends with the target's digest, as `tidemark digest` computes it.
+        assert!(
+            stdout.contains(&format!("digest of the restored database: {}", d.digest)),
+            "{stdout}"
+        );
         assert_eq!(
             (d.digest.as_str(), d.keys),
             (m.digest.as_str(), m.keys),

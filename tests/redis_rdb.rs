@@ -16,7 +16,7 @@ use std::path::Path;
 use common::bin_client::*;
 use common::rdb_scenario::*;
 use common::{redis70, server_bin, Redis};
-use tidemark::capture::redis::rdb::*;
+use tidemark::connectors::redis::rdb::*;
 fn check_stream(s: &Stream, f: &Flavor, e: &Expected) {
     let ids: Vec<StreamId> = s.entries.iter().map(|x| x.id).collect();
     let live: Vec<StreamId> = [1, 2, 3, 5, 6, 7, 8, 9].iter().map(|&i| sid(i)).collect();

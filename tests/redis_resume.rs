@@ -13,8 +13,8 @@ use std::time::Duration;
 use common::bin_client::Client;
 use common::tidemark::Tidemark;
 use common::{redis70, server_bin, Redis};
-use tidemark::capture::redis::resp::encoded_len;
-use tidemark::digest::redis::digest_url;
+use tidemark::connectors::redis::digest::digest_url;
+use tidemark::connectors::redis::resp::encoded_len;
 use tidemark::event::Payload;
 use tidemark::journal::Journal;
 use tidemark::position::PositionKind;
@@ -370,8 +370,8 @@ fn module_values_stop_capture_naming_the_key() {
 /// (the replay sends DISCARD); a later moment restores all of it.
 #[test]
 fn a_restore_cut_inside_multi_applies_none_of_it() {
-    use tidemark::capture::redis::image::{ChunkBuilder, KvRecord, KvValue, FORMAT};
     use tidemark::config::SourceKind;
+    use tidemark::connectors::redis::image::{ChunkBuilder, KvRecord, KvValue, FORMAT};
     use tidemark::event::{ChangeEvent, RedisCommand};
     use tidemark::journal::{JournalOptions, Progress};
     use tidemark::position::Position;

@@ -11,15 +11,23 @@
 //! - **Resume exactly.** On start it reads [`SourceJournal::checkpoints`] and resumes
 //!   right after them: no gap, no duplicate. With no checkpoint it first takes a base
 //!   image (where the kind has one) consistent with the position the stream starts at.
+//!   A server that says it holds less than the journal's checkpoint, or more than
+//!   the journal was ever acknowledged for, is a gap: the source stops with an error.
 //! - **Coverage.** It advances coverage with events and with the source's heartbeats
 //!   (keepalives, PINGs, high-water marks), so "journal complete up to T" is known
 //!   even while nothing changes.
+//! - **One attempt per `run`.** `run` captures until shutdown (`Ok`) or its first
+//!   error, and never retries by itself: the [`supervisor`] decides, from
+//!   [`CaptureError::is_transient`], whether to start it again (with the shared
+//!   [`backoff`]) or to stop that source alone. Calling `run` again resumes from the
+//!   journal as after a restart.
+//! - **Blocking work off the runtime.** Appends, image chunks and any other fsync
+//!   run on the blocking pool ([`SourceJournal`] does it), never on an async worker.
 //! - **Shutdown.** When [`Shutdown`] fires it stops reading, appends what it has,
 //!   acknowledges it, and returns `Ok(())`.
 
-pub mod kafka;
-pub mod postgres;
-pub mod redis;
+pub mod backoff;
+pub mod supervisor;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -38,7 +46,14 @@ use crate::time::Timestamp;
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Why capture of a source stopped.
+/// A connector's typed error, as capture sees it.
+pub trait Fault: std::error::Error + Send + Sync + 'static {
+    /// True when trying again can help (the network, a restarting server); false
+    /// for configuration, permission and history problems, which retrying cannot fix.
+    fn is_transient(&self) -> bool;
+}
+
+/// Why capture of a source stopped (or paused).
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     /// This build has no capture for the kind.
@@ -52,27 +67,73 @@ pub enum CaptureError {
     /// The journal failed.
     #[error(transparent)]
     Journal(#[from] JournalError),
-    /// The source failed; the message names the source and the fix.
-    #[error("source `{name}`: {message}")]
+    /// The source's server or data failed; the connector's error says how.
+    #[error("source `{name}`: {error}")]
     Source {
         /// Source name.
         name: String,
-        /// What went wrong and what to do.
+        /// The connector's error (in the message, not a `source`: it would print twice).
+        error: Box<dyn Fault>,
+    },
+    /// The source's settings cannot work (found when building or starting it).
+    #[error("source `{name}`: {message}")]
+    Config {
+        /// Source name.
+        name: String,
+        /// What is wrong and what to do.
         message: String,
     },
+    /// The same failure at the same source position, again and again.
+    #[error("source `{name}`: stopped after {tries} attempts failed the same way at position {position}: {error}; capture cannot get past this change, so the source is stopped rather than retried forever (the journal holds everything before it)")]
+    Poisoned {
+        /// Source name.
+        name: String,
+        /// Attempts made.
+        tries: u32,
+        /// The journal's position for the source when it failed.
+        position: String,
+        /// The repeated error.
+        error: String,
+    },
+}
+
+impl CaptureError {
+    /// Wraps a connector error of source `name`.
+    pub fn of(name: &str, error: impl Fault) -> CaptureError {
+        CaptureError::Source {
+            name: name.to_string(),
+            error: Box::new(error),
+        }
+    }
+
+    /// A settings problem of source `name`.
+    pub fn config(name: &str, message: impl Into<String>) -> CaptureError {
+        CaptureError::Config {
+            name: name.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// Whether the supervisor should try again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CaptureError::Source { error, .. } => error.is_transient(),
+            _ => false,
+        }
+    }
 }
 
 /// One running capture. See the module docs for the guarantees.
 pub trait Source: Send {
     /// Checks that capture can start (reachable, credentials, server settings)
     /// without changing anything anywhere. `run` calls it for every source before it
-    /// opens the journal, so a misconfigured source stops start-up with nothing
-    /// written.
+    /// opens the journal: a permanent failure stops start-up with nothing written; a
+    /// transient one (server unreachable) starts the source in `retrying`.
     fn preflight(&self) -> BoxFuture<'_, Result<(), CaptureError>> {
         Box::pin(async { Ok(()) })
     }
 
-    /// Captures until `ctx.shutdown` fires or an unrecoverable error occurs.
+    /// Captures until `ctx.shutdown` fires (`Ok`) or the first error.
     fn run(self: Box<Self>, ctx: CaptureContext) -> BoxFuture<'static, Result<(), CaptureError>>;
 }
 
@@ -82,37 +143,49 @@ pub struct CaptureContext {
     pub journal: SourceJournal,
     /// Fires when capture should stop.
     pub shutdown: Shutdown,
+    /// Tells the supervisor the source is capturing (connected, streaming).
+    pub capturing: Capturing,
 }
 
-/// Builds the capture for `cfg` without connecting to anything.
-pub fn build(cfg: &SourceConfig) -> Result<Box<dyn Source>, CaptureError> {
-    match cfg {
-        SourceConfig::Postgres { .. } => Ok(Box::new(postgres::PostgresSource::from_config(cfg)?)),
-        SourceConfig::Kafka {
-            name,
-            brokers,
-            topics,
-            groups,
-            sasl,
-            tls,
-        } => {
-            let conn = crate::kafka::Connection::new(brokers, sasl.clone(), *tls);
-            Ok(Box::new(kafka::KafkaSource::new(
-                name, conn, topics, groups,
-            )?))
-        }
-        SourceConfig::Redis { name, url } => Ok(Box::new(redis::RedisSource::new(name, url)?)),
-        // Each kind's capture arrives with its own issue; until then say so plainly.
-        _ => Err(CaptureError::NotAvailable {
-            name: cfg.name().to_string(),
-            kind: cfg.kind(),
-        }),
+/// The source's "I am capturing now" signal to its supervisor.
+#[derive(Clone)]
+pub struct Capturing(Arc<dyn Fn() + Send + Sync>);
+
+impl Capturing {
+    /// A signal that calls `f`.
+    pub fn new(f: impl Fn() + Send + Sync + 'static) -> Capturing {
+        Capturing(Arc::new(f))
+    }
+
+    /// A signal nobody listens to (one source outside a supervisor).
+    pub fn ignored() -> Capturing {
+        Capturing::new(|| {})
+    }
+
+    /// Called by the source once connected and streaming (again).
+    pub fn now(&self) {
+        (self.0)()
     }
 }
 
+/// How captures are built: the same for every source of one `run`.
+#[derive(Debug, Clone, Default)]
+pub struct CaptureOptions {
+    /// Connection timeouts.
+    pub timeouts: crate::config::Timeouts,
+    /// Take over server-side resources (replication slots) this journal did not
+    /// create (`run --take-over-slots`).
+    pub take_over_slots: bool,
+}
+
+/// Builds the capture for `cfg` without connecting to anything.
+pub fn build(cfg: &SourceConfig, opts: &CaptureOptions) -> Result<Box<dyn Source>, CaptureError> {
+    cfg.settings.capture(cfg.name(), opts)
+}
+
 /// Builds the capture for `cfg`, registers the source in `journal`, and returns its
-/// stop trigger and the future that runs it (spawn it on any runtime). For one
-/// source outside `tidemark run`: the demo, tests and benchmarks.
+/// stop trigger and the future that runs it once (no supervisor, no retries). For
+/// one source outside `tidemark run`: the demo, tests and benchmarks.
 pub fn start(
     journal: &Arc<Journal>,
     cfg: &SourceConfig,
@@ -123,31 +196,31 @@ pub fn start(
     ),
     CaptureError,
 > {
-    let source = build(cfg)?;
+    let source = build(cfg, &CaptureOptions::default())?;
     let id = journal.register_source(cfg.name(), cfg.kind())?;
     let (trigger, shutdown) = shutdown_pair();
     let ctx = CaptureContext {
         journal: SourceJournal::new(Arc::clone(journal), id, cfg.name().to_string()),
         shutdown,
+        capturing: Capturing::ignored(),
     };
     Ok((trigger, source.run(ctx)))
 }
 
 /// A [`Source::preflight`] for a check that blocks: runs it on the blocking pool and
 /// names the source in its error.
-pub fn preflight_blocking<E: std::fmt::Display + Send + 'static>(
+pub fn preflight_blocking<E: Fault>(
     name: &str,
     check: impl FnOnce() -> Result<(), E> + Send + 'static,
 ) -> BoxFuture<'static, Result<(), CaptureError>> {
     let name = name.to_string();
     Box::pin(async move {
-        let fail = |message: String| CaptureError::Source {
-            name: name.clone(),
-            message,
-        };
         match tokio::task::spawn_blocking(check).await {
-            Ok(checked) => checked.map_err(|e| fail(e.to_string())),
-            Err(e) => Err(fail(format!("preflight failed: {e}"))),
+            Ok(checked) => checked.map_err(|e| CaptureError::of(&name, e)),
+            Err(e) => Err(CaptureError::config(
+                &name,
+                format!("preflight failed: {e}"),
+            )),
         }
     })
 }
@@ -208,7 +281,24 @@ impl SourceJournal {
         self.journal.checkpoints(self.id)
     }
 
-    /// Starts a base image consistent with `position`.
+    /// Starts a base image consistent with `position`, written from async code: the
+    /// chunks go to a blocking thread that owns the writer, so no fsync runs on an
+    /// async worker.
+    pub async fn image_sink(
+        &self,
+        position: Position,
+        time: Timestamp,
+        format: &str,
+    ) -> Result<ImageSink, JournalError> {
+        let (journal, id, format) = (Arc::clone(&self.journal), self.id, format.to_string());
+        let writer =
+            tokio::task::spawn_blocking(move || journal.begin_image(id, position, time, &format))
+                .await
+                .map_err(|e| JournalError::Storage(format!("image task failed: {e}")))??;
+        Ok(ImageSink::start(writer))
+    }
+
+    /// Starts a base image consistent with `position` (for blocking callers).
     pub fn begin_image(
         &self,
         position: Position,
@@ -223,6 +313,58 @@ impl SourceJournal {
         Ok(self.journal.last_event(self.id)?.map(|e| e.event))
     }
 
+    /// The source's checkpoints as text (`pg 0/16B3748`), for messages.
+    pub fn position_text(&self) -> String {
+        match self.checkpoints() {
+            Ok(c) if c.is_empty() => "(start: nothing journaled yet)".to_string(),
+            Ok(c) => c
+                .iter()
+                .filter(|c| !c.position.is_kafka_state())
+                .map(|c| c.position.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            Err(e) => format!("(unknown: {e})"),
+        }
+    }
+
+    /// Checkpoints and coverage together: unchanged means the source gained nothing.
+    pub fn progress_key(&self) -> String {
+        let coverage = self
+            .journal
+            .source(&self.name)
+            .ok()
+            .and_then(|s| s.stats.coverage_us);
+        format!("{}|{coverage:?}", self.position_text())
+    }
+
+    /// Publishes the supervision state (JSON) for `status`.
+    pub fn set_supervision(&self, state: &serde_json::Value) -> Result<(), JournalError> {
+        self.journal.set_supervision(self.id, &state.to_string())
+    }
+
+    /// Durably records a note about the source (see [`Journal::set_note`]).
+    pub async fn set_note(&self, name: &str, value: &str) -> Result<(), JournalError> {
+        let (journal, id, name, value) = (
+            Arc::clone(&self.journal),
+            self.id,
+            name.to_string(),
+            value.to_string(),
+        );
+        tokio::task::spawn_blocking(move || journal.set_note(id, &name, &value))
+            .await
+            .map_err(|e| JournalError::Storage(format!("note task failed: {e}")))?
+    }
+
+    /// A note recorded with [`SourceJournal::set_note`].
+    pub fn note(&self, name: &str) -> Result<Option<String>, JournalError> {
+        self.journal.note(self.id, name)
+    }
+
+    /// The journal's identity (stable for its lifetime), for naming it on servers.
+    pub fn journal_id(&self) -> String {
+        self.journal.id()
+    }
+
     /// Publishes a health report (JSON) for `status`.
     pub fn set_health(&self, report: &serde_json::Value) -> Result<(), JournalError> {
         self.journal.set_health(self.id, &report.to_string())
@@ -232,6 +374,66 @@ impl SourceJournal {
     pub fn latest_image(&self) -> Result<Option<BaseImageMeta>, JournalError> {
         self.journal
             .image_at_or_before(self.id, crate::journal::ImageBound::Seq(u64::MAX))
+    }
+}
+
+/// A base image being written by a blocking thread; see [`SourceJournal::image_sink`].
+pub struct ImageSink {
+    tx: tokio::sync::mpsc::Sender<ImageMsg>,
+    done: tokio::task::JoinHandle<Result<Option<BaseImageMeta>, JournalError>>,
+}
+
+enum ImageMsg {
+    Chunk(Vec<u8>),
+    Finish(Progress),
+}
+
+impl ImageSink {
+    fn start(mut writer: ImageWriter) -> ImageSink {
+        // A few chunks in flight: the reader keeps going while one is written.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<ImageMsg>(4);
+        let done = tokio::task::spawn_blocking(move || {
+            while let Some(msg) = rx.blocking_recv() {
+                match msg {
+                    ImageMsg::Chunk(data) => writer.put_chunk(&data)?,
+                    ImageMsg::Finish(progress) => return writer.finish(&progress).map(Some),
+                }
+            }
+            // Dropped unfinished: the writer's chunks are removed at the next open.
+            Ok(None)
+        });
+        ImageSink { tx, done }
+    }
+
+    /// Adds a chunk. An error is the writer's (the journal failed).
+    pub async fn put(&mut self, chunk: Vec<u8>) -> Result<(), JournalError> {
+        if self.tx.send(ImageMsg::Chunk(chunk)).await.is_err() {
+            return Err(self.failure().await);
+        }
+        Ok(())
+    }
+
+    /// Seals the image with `progress` in one atomic write.
+    pub async fn finish(self, progress: Progress) -> Result<BaseImageMeta, JournalError> {
+        let ImageSink { tx, done } = self;
+        let _ = tx.send(ImageMsg::Finish(progress)).await;
+        drop(tx);
+        match done.await {
+            Ok(Ok(Some(meta))) => Ok(meta),
+            Ok(Ok(None)) => Err(JournalError::Storage(
+                "base image writer stopped before sealing".into(),
+            )),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(JournalError::Storage(format!("image task failed: {e}"))),
+        }
+    }
+
+    async fn failure(&mut self) -> JournalError {
+        match (&mut self.done).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => JournalError::Storage("base image writer stopped early".into()),
+            Err(e) => JournalError::Storage(format!("image task failed: {e}")),
+        }
     }
 }
 

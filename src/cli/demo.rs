@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::capture;
-use crate::config::SourceConfig;
-use crate::digest::postgres::digest_url;
+use crate::connectors::postgres::digest::digest_url;
 use crate::journal::{Journal, JournalOptions};
+use crate::restore::driver::{self, NoProgress, Outcome, Request};
 use crate::sandbox::Postgres;
 use crate::time::{TimeSpec, Timestamp};
 
@@ -77,15 +77,10 @@ pub fn demo(seconds: u64) -> Result<()> {
         JournalOptions::default(),
     )?);
     let url = pg.url("app");
-    let cfg = SourceConfig::Postgres {
-        name: "app".into(),
-        url: url.clone(),
-        slot: None,
-        publication: None,
-        tables: vec![],
-    };
+    let settings: toml::Table = toml::from_str(&format!("url = {url:?}"))?;
+    let cfg = crate::config::SourceConfig::parse_one("app", "postgres", settings)?;
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async {
+    let (moment, expected, later) = rt.block_on(async {
         let (trigger, run) = capture::start(&journal, &cfg)?;
         let task = tokio::spawn(async move {
             let r = run.await;
@@ -95,40 +90,81 @@ pub fn demo(seconds: u64) -> Result<()> {
             r
         });
         wait_coverage(&journal, "app", Timestamp::now(), &task).await?;
-        say(format!("capturing into a journal at {} (base image taken, streaming)", dir.path().display()));
+        say(format!(
+            "capturing into a journal at {} (base image taken, streaming)",
+            dir.path().display()
+        ));
 
         let pg_ref = &pg;
         let s = secs.clone();
         tokio::task::block_in_place(|| pgbench(pg_ref, &["-T", &s, "-c", "2", "-n", "app"]))?;
         let moment = Timestamp::now();
-        let expected = digest_url(&url).await.map_err(anyhow::Error::msg)?;
-        say(format!("ran pgbench for {seconds}s; the moment to restore is {moment}; source digest then: {}", expected.overall));
+        let expected = digest_url(&url).await?;
+        say(format!(
+            "ran pgbench for {seconds}s; the moment to restore is {moment}; source digest then: {}",
+            expected.overall
+        ));
         tokio::task::block_in_place(|| pgbench(pg_ref, &["-T", &s, "-c", "2", "-n", "app"]))?;
-        let later = digest_url(&url).await.map_err(anyhow::Error::msg)?;
-        say(format!("ran pgbench for {seconds}s more; source digest now: {}", later.overall));
+        let later = digest_url(&url).await?;
+        say(format!(
+            "ran pgbench for {seconds}s more; source digest now: {}",
+            later.overall
+        ));
         wait_coverage(&journal, "app", Timestamp::now(), &task).await?;
         trigger.fire();
         task.await.context("capture task")??;
         let info = journal.source("app")?;
-        say(format!("stopped capture: {} changes journaled, all acknowledged to the server", info.stats.event_count));
-
-        pg.try_psql("postgres", "CREATE DATABASE restored").map_err(anyhow::Error::msg)?;
-        let plan = crate::restore::plan(&journal, "app", TimeSpec::At(moment))?;
-        say(format!("restoring `app` as of {moment} into database `restored`: base image plus {} journaled changes", plan.events));
-        let target = pg.url("restored");
-        let summary = crate::restore::postgres::restore(&journal, &plan, &target, false).await?;
-        let got = digest_url(&target).await.map_err(anyhow::Error::msg)?;
         say(format!(
-            "restored {} tables, {} rows from the base image and {} transactions in {:.1}s; restored digest: {}",
-            summary.tables, summary.image_rows, summary.transactions, summary.seconds, got.overall
+            "stopped capture: {} changes journaled, all acknowledged to the server",
+            info.stats.event_count
         ));
-        if got != expected {
-            bail!("the restored database differs from the source at {moment}: {} != {}", got.overall, expected.overall);
-        }
-        if later == expected {
-            bail!("the workload after the moment changed nothing; the demo proves nothing");
-        }
-        say(format!("the restore equals the source at {moment} (and differs from the source now): PASS"));
-        Ok(())
-    })
+        Ok::<_, anyhow::Error>((moment, expected, later))
+    })?;
+
+    pg.try_psql("postgres", "CREATE DATABASE restored")
+        .map_err(anyhow::Error::msg)?;
+    let plan = crate::restore::plan(&journal, "app", TimeSpec::At(moment))?;
+    say(format!("restoring `app` as of {moment} into database `restored`: base image plus {} journaled changes", plan.events));
+    let target = pg.url("restored");
+    let request = Request {
+        journal: &journal,
+        plan: &plan,
+        target: &target,
+        options: &Default::default(),
+        force: false,
+        dry_run: false,
+        into_live_source: false,
+        live_sources: vec![("app".into(), url.clone())],
+        timeouts: Default::default(),
+    };
+    let Outcome::Done(summary) = driver::restore(request, &mut NoProgress)? else {
+        bail!("the restore did not run");
+    };
+    let got = summary.digest;
+    let counts: Vec<String> = summary
+        .applied
+        .counts
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    say(format!(
+        "restored {} in {:.1}s; restored digest: {}",
+        counts.join(", "),
+        summary.seconds,
+        got.overall
+    ));
+    if got != expected {
+        bail!(
+            "the restored database differs from the source at {moment}: {} != {}",
+            got.overall,
+            expected.overall
+        );
+    }
+    if later == expected {
+        bail!("the workload after the moment changed nothing; the demo proves nothing");
+    }
+    say(format!(
+        "the restore equals the source at {moment} (and differs from the source now): PASS"
+    ));
+    Ok(())
 }

@@ -12,9 +12,10 @@ mod status;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::Config;
+use crate::connectors::{self, KindOptions, OptionFor};
 use crate::journal::{Journal, JournalOptions};
 use crate::time::{TimeSpec, Timestamp};
 
@@ -33,8 +34,17 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Capture every configured source into the journal until SIGINT/SIGTERM.
-    Run,
+    /// Capture every configured source into the journal until SIGINT/SIGTERM. Each
+    /// source is supervised on its own: one failing source does not stop the others.
+    Run {
+        /// Stop every source (and exit non-zero) as soon as one fails permanently.
+        #[arg(long)]
+        fail_fast: bool,
+        /// Take over replication slots this journal did not create (their previous
+        /// owner's history ends there). Only when that owner is gone for good.
+        #[arg(long)]
+        take_over_slots: bool,
+    },
     /// Per-source position, coverage and counts.
     Status {
         /// Print JSON.
@@ -47,10 +57,10 @@ pub enum Command {
         #[arg(long)]
         source: Option<String>,
         /// From this time (RFC 3339, -5m, latest).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         since: Option<String>,
         /// Up to this time.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         until: Option<String>,
         /// At most this many events.
         #[arg(long)]
@@ -65,7 +75,7 @@ pub enum Command {
         #[arg(long)]
         source: String,
         /// The moment (RFC 3339, -5m, latest).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         at: String,
         /// Where to restore to (a URL of the source's kind).
         #[arg(long)]
@@ -73,12 +83,17 @@ pub enum Command {
         /// Print the plan and touch nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Restore into a target that already holds data.
+        /// Restore into a target that already holds data (what it does to that data
+        /// depends on the kind; the refusal without it says).
         #[arg(long)]
         force: bool,
-        /// Kafka: restore source topics under other names, `a=b,c=d`.
+        /// Allow a target that is one of the configured sources' own databases
+        /// (rolls the live database back and breaks its capture).
         #[arg(long)]
-        topic_map: Option<String>,
+        into_live_source: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print an order-independent digest of a live source (`postgres://...`,
     /// `redis://...`, `kafka://host:port`) to compare a restore with its source. Needs no
@@ -86,9 +101,6 @@ pub enum Command {
     Digest {
         /// What to digest; the scheme selects the kind.
         url: String,
-        /// Kafka: only these topics (names or ^regex), comma-separated.
-        #[arg(long, value_delimiter = ',')]
-        topics: Vec<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -121,21 +133,116 @@ pub enum ConfigAction {
     Validate,
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the default `info`.
+/// The command line with every connector's own options added to the commands
+/// they belong to (`--topic-map` on `restore`, `--topics` on `digest`).
+pub fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    for c in connectors::registry() {
+        for o in c.options() {
+            let sub = match o.command {
+                OptionFor::Restore => "restore",
+                OptionFor::Digest => "digest",
+            };
+            cmd = cmd.mut_subcommand(sub, |s| {
+                s.arg(
+                    clap::Arg::new(o.name)
+                        .long(o.name)
+                        .value_name("VALUE")
+                        .help(o.help),
+                )
+            });
+        }
+    }
+    cmd
+}
+
+/// The kind-specific options given to `sub`.
+fn kind_options(matches: &ArgMatches, sub: &str, command: OptionFor) -> KindOptions {
+    let mut out = KindOptions::default();
+    let Some(m) = matches.subcommand_matches(sub) else {
+        return out;
+    };
+    for c in connectors::registry() {
+        for o in c.options().iter().filter(|o| o.command == command) {
+            if let Ok(Some(v)) = m.try_get_one::<String>(o.name) {
+                out.0.insert(o.name.to_string(), v.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Parses the process's arguments, runs them, and returns the exit code. Errors
+/// print as one `error:` line.
+pub fn main() -> std::process::ExitCode {
+    let matches = command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    init_tracing();
+    if matches!(
+        cli.command,
+        Command::Status { .. }
+            | Command::Log { .. }
+            | Command::Digest { .. }
+            | Command::Config { .. }
+    ) {
+        // Commands that only print: `tidemark status | head -1` ends quietly, as
+        // other Unix tools do, instead of panicking on the closed pipe. (Not for
+        // `run` and `restore`: their sockets must never raise SIGPIPE.)
+        // SAFETY: setting a signal's disposition to the default is async-signal-safe
+        // and done before any other thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    match execute(cli, &matches) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return std::process::ExitCode::SUCCESS;
+            }
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default `info`. Colour only when
+/// stderr is a terminal (and `NO_COLOR` is unset).
 pub fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .try_init();
 }
 
-/// Runs a parsed command line.
-pub fn execute(cli: Cli) -> Result<()> {
+/// Runs a parsed command line (`matches` carries the connectors' own options).
+pub fn execute(cli: Cli, matches: &ArgMatches) -> Result<()> {
     // Commands that need no configuration file.
     match &cli.command {
-        Command::Digest { url, topics, json } => return digest::digest(url, topics, *json),
+        Command::Digest { url, json } => {
+            // A configuration is optional here: given, its [timeouts] apply.
+            let timeouts = match &cli.config {
+                Some(path) => Config::load(path)?.timeouts,
+                None => Default::default(),
+            };
+            let options = kind_options(matches, "digest", OptionFor::Digest);
+            return digest::digest(url, &options, &timeouts, *json);
+        }
         Command::Demo { seconds } => return demo::demo(*seconds),
         _ => {}
     }
@@ -156,7 +263,16 @@ pub fn execute(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Run => run::run(&cfg),
+        Command::Run {
+            fail_fast,
+            take_over_slots,
+        } => run::run(
+            &cfg,
+            run::Flags {
+                fail_fast,
+                take_over_slots,
+            },
+        ),
         Command::Status { json } => status::status(&cfg, json),
         Command::Log {
             source,
@@ -178,7 +294,8 @@ pub fn execute(cli: Cli) -> Result<()> {
             target,
             dry_run,
             force,
-            topic_map,
+            into_live_source,
+            json,
         } => restore::restore(
             &cfg,
             &source,
@@ -187,7 +304,9 @@ pub fn execute(cli: Cli) -> Result<()> {
             restore::Flags {
                 dry_run,
                 force,
-                topic_map,
+                into_live_source,
+                json,
+                options: kind_options(matches, "restore", OptionFor::Restore),
             },
         ),
         Command::Prune { dry_run } => prune::prune(&cfg, dry_run),

@@ -1,45 +1,75 @@
-//! `tidemark run`: capture every configured source until SIGINT/SIGTERM.
+//! `tidemark run`: capture every configured source until SIGINT/SIGTERM, each
+//! under its own supervisor (see [`crate::capture::supervisor`]).
+//!
+//! Start-up writes nothing until every check passed: every source is built and
+//! preflighted first. A configuration or permission problem refuses the start; an
+//! unreachable server starts its source in `retrying`. Exit status: non-zero when
+//! every source has stopped with an error, when any source stopped with an error by
+//! the time of a clean shutdown, or at the first failure with `--fail-fast`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use tokio::task::JoinSet;
 
-use crate::capture::{self, CaptureContext, SourceJournal};
+use crate::capture::supervisor::{self, Factory};
+use crate::capture::{self, CaptureError, CaptureOptions, SourceJournal};
 use crate::config::Config;
 use crate::time::Timestamp;
 
 /// How often retention runs while capturing.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-pub fn run(cfg: &Config) -> Result<()> {
-    // Build every capture before touching the journal: a source that cannot run
-    // stops start-up with nothing written.
+/// Flags of `run`.
+#[derive(Debug, Default)]
+pub struct Flags {
+    /// Stop everything at the first permanent failure.
+    pub fail_fast: bool,
+    /// Take over slots this journal did not create.
+    pub take_over_slots: bool,
+}
+
+pub fn run(cfg: &Config, flags: Flags) -> Result<()> {
+    let opts = CaptureOptions {
+        timeouts: cfg.timeouts,
+        take_over_slots: flags.take_over_slots,
+    };
+    // Build and preflight every capture before touching the journal.
     let mut built = Vec::new();
     for s in &cfg.sources {
-        built.push((s.name().to_string(), s.kind(), capture::build(s)?));
+        built.push((s, capture::build(s, &opts)?));
     }
     let retention = cfg.retention()?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let mut first_errors = Vec::new();
     rt.block_on(async {
-        for (_, _, source) in &built {
-            source.preflight().await?;
+        let checks = built.iter().map(|(_, source)| source.preflight());
+        for ((s, _), checked) in built.iter().zip(futures_util::future::join_all(checks).await) {
+            match checked {
+                Ok(()) => first_errors.push(None),
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(source = %s.name(), error = %e, "source unreachable at start-up; it starts in `retrying` and the others capture meanwhile");
+                    first_errors.push(Some(e));
+                }
+                Err(e) => return Err(anyhow::Error::new(e)),
+            }
         }
         Ok::<_, anyhow::Error>(())
     })?;
+    drop(built);
     let journal = Arc::new(super::open_for_write(cfg)?);
     rt.block_on(async move {
         let (trigger, shutdown) = capture::shutdown_pair();
         let mut tasks = JoinSet::new();
-        for (name, kind, source) in built {
-            let id = journal.register_source(&name, kind)?;
-            tracing::info!(source = %name, %kind, "capture starting");
-            let ctx = CaptureContext {
-                journal: SourceJournal::new(Arc::clone(&journal), id, name.clone()),
-                shutdown: shutdown.clone(),
-            };
-            let fut = source.run(ctx);
+        for (s, first_error) in cfg.sources.iter().zip(first_errors) {
+            let id = journal.register_source(s.name(), s.kind())?;
+            tracing::info!(source = %s.name(), kind = %s.kind(), "capture starting");
+            let sj = SourceJournal::new(Arc::clone(&journal), id, s.name().to_string());
+            let (settings, name, opts) = (Arc::clone(&s.settings), s.name().to_string(), opts.clone());
+            let factory: Factory = Box::new(move || settings.capture(&name, &opts));
+            let name = s.name().to_string();
+            let fut = supervisor::supervise(factory, sj, shutdown.clone(), first_error);
             tasks.spawn(async move { (name, fut.await) });
         }
         if let Some(window) = retention {
@@ -60,32 +90,48 @@ pub fn run(cfg: &Config) -> Result<()> {
                 }
             });
         }
-        let mut failure = None;
+        let total = tasks.len();
+        let mut failed: Vec<(String, CaptureError)> = Vec::new();
+        let mut signalled = false;
         let stop_signal = wait_for_signal();
         tokio::pin!(stop_signal);
         loop {
             tokio::select! {
                 r = &mut stop_signal, if !shutdown.is_fired() => {
                     r?;
+                    signalled = true;
                     tracing::info!("stopping: appending what is in flight and acknowledging it");
                     trigger.fire();
                 }
                 done = tasks.join_next() => match done {
                     None => break,
-                    Some(Ok((name, Ok(())))) => tracing::info!(source = %name, "capture stopped"),
+                    Some(Ok((_, Ok(())))) => {}
                     Some(Ok((name, Err(error)))) => {
-                        tracing::error!(source = %name, %error, "capture failed; stopping the others");
-                        failure.get_or_insert(anyhow::Error::new(error));
-                        trigger.fire();
+                        failed.push((name, error));
+                        if flags.fail_fast && !shutdown.is_fired() {
+                            tracing::error!("--fail-fast: stopping every source");
+                            trigger.fire();
+                        }
                     }
                     Some(Err(error)) => {
-                        failure.get_or_insert(anyhow::anyhow!("capture task panicked: {error}"));
+                        failed.push(("?".into(), CaptureError::config("?", format!("capture task panicked: {error}"))));
                         trigger.fire();
                     }
                 },
             }
         }
-        failure.map_or(Ok(()), Err)
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let list = failed
+            .iter()
+            .map(|(_, e)| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if failed.len() == total && !signalled {
+            bail!("every source stopped: {list}");
+        }
+        bail!("{} of {total} sources stopped with an error: {list}", failed.len())
     })
 }
 

@@ -28,26 +28,13 @@ kind = "kafka"
 brokers = ["k1:9092"]
 topics = ["orders", "^audit\\..*"]
 groups = ["billing"]
-
-[[source]]
-name = "catalog"
-kind = "mongodb"
-url = "mongodb://m:27017"
-
-[[source]]
-name = "k8s"
-kind = "kubernetes"
-namespaces = ["shop"]
 "#;
 
 #[test]
 fn accepts_every_kind() {
     let cfg = parse(GOOD).unwrap();
     let kinds: Vec<_> = cfg.sources.iter().map(|s| s.kind().as_str()).collect();
-    assert_eq!(
-        kinds,
-        ["postgres", "redis", "kafka", "mongodb", "kubernetes"]
-    );
+    assert_eq!(kinds, ["postgres", "redis", "kafka"]);
     assert_eq!(
         cfg.retention().unwrap(),
         Some(Duration::from_secs(7 * 86400))
@@ -89,10 +76,16 @@ fn key_of_another_kind_is_rejected() {
 fn env_expansion_and_missing_variable() {
     std::env::set_var("TIDEMARK_TEST_PW", "s3cret");
     let cfg = parse(&GOOD.replace("tm:secret", "tm:${TIDEMARK_TEST_PW}")).unwrap();
-    let SourceConfig::Postgres { url, .. } = &cfg.sources[0] else {
-        panic!()
-    };
-    assert_eq!(url, "postgres://tm:s3cret@db:5432/orders");
+    let pg = cfg.sources[0]
+        .settings
+        .as_any()
+        .downcast_ref::<crate::connectors::postgres::config::PostgresSettings>()
+        .unwrap();
+    assert_eq!(pg.url.expose(), "postgres://tm:s3cret@db:5432/orders");
+    assert!(
+        !format!("{cfg:?}").contains("s3cret"),
+        "Debug shows the password"
+    );
     let e = parse(&GOOD.replace("tm:secret", "tm:${TIDEMARK_TEST_UNSET_VAR}"))
         .unwrap_err()
         .to_string();
@@ -123,8 +116,16 @@ fn validation_names_the_field() {
             "source[0].tables[0]",
         ),
         (
-            GOOD.replace("name = \"k8s\"", "name = \"k 8s\""),
-            "source[4].name",
+            GOOD.replace("name = \"events\"", "name = \"ev ents\""),
+            "source[2].name",
+        ),
+        (GOOD.replace("db:5432", "db:99999"), "source[0].url"),
+        (
+            GOOD.replace(
+                "name = \"orders\"",
+                &format!("name = \"{}\"", "o".repeat(60)),
+            ),
+            "source[0].name",
         ),
     ];
     for (text, field) in cases {
@@ -147,4 +148,63 @@ fn errors_never_show_passwords() {
 fn no_sources_is_an_error() {
     let e = parse("[journal]\npath = \"/x\"\n").unwrap_err().to_string();
     assert!(e.contains("add at least one source"), "{e}");
+}
+
+#[test]
+fn kinds_this_build_cannot_capture_are_refused_by_name() {
+    let text = format!(
+        "{GOOD}\n[[source]]\nname = \"catalog\"\nkind = \"mongodb\"\nurl = \"mongodb://m:1\"\n"
+    );
+    let e = parse(&text).unwrap_err().to_string();
+    assert!(e.contains("catalog") && e.contains("not available"), "{e}");
+}
+
+#[test]
+fn sources_sharing_a_slot_are_refused() {
+    for (a, b) in [("db.a", "db_a"), ("Orders", "orders")] {
+        let text = format!(
+            "[journal]\npath = \"/x\"\n[[source]]\nname = \"{a}\"\nkind = \"postgres\"\nurl = \"postgres://u@h/d\"\n[[source]]\nname = \"{b}\"\nkind = \"postgres\"\nurl = \"postgres://u@h/e\"\n"
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("replication slot"), "{a}/{b}: {e}");
+    }
+    let text = "[journal]\npath = \"/x\"\n[[source]]\nname = \"a\"\nkind = \"postgres\"\nurl = \"postgres://u@h/d\"\nslot = \"s\"\n[[source]]\nname = \"b\"\nkind = \"postgres\"\nurl = \"postgres://u@h:5432/e\"\nslot = \"s\"\n";
+    assert!(parse(text)
+        .unwrap_err()
+        .to_string()
+        .contains("replication slot `s`"));
+    // The same slot name on two servers is fine.
+    let text = "[journal]\npath = \"/x\"\n[[source]]\nname = \"a\"\nkind = \"postgres\"\nurl = \"postgres://u@h1/d\"\n[[source]]\nname = \"a2\"\nkind = \"postgres\"\nurl = \"postgres://u@h2/d\"\nslot = \"tidemark_a\"\n";
+    parse(text).unwrap();
+}
+
+#[test]
+fn unknown_key_is_reported_at_its_own_line() {
+    let text = GOOD.replace(
+        "url = \"redis://cache:6379\"",
+        "url = \"redis://cache:6379\"\nurll = 1",
+    );
+    let line = text.lines().position(|l| l.starts_with("urll")).unwrap() + 1;
+    let e = parse(&text).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("line {line}")),
+        "expected line {line}: {e}"
+    );
+}
+
+#[test]
+fn timeouts_have_defaults_and_can_be_set() {
+    let cfg = parse(GOOD).unwrap();
+    assert_eq!(cfg.timeouts.connect, Duration::from_secs(10));
+    let cfg = parse(&format!(
+        "{GOOD}\n[timeouts]\nconnect = \"2s\"\nstall = \"1m\"\n"
+    ))
+    .unwrap();
+    assert_eq!(cfg.timeouts.connect, Duration::from_secs(2));
+    assert_eq!(cfg.timeouts.stall, Duration::from_secs(60));
+    assert_eq!(cfg.timeouts.read, Duration::from_secs(30));
+    let e = parse(&format!("{GOOD}\n[timeouts]\nconnect = \"0s\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("more than 0s"), "{e}");
 }

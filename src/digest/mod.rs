@@ -1,14 +1,7 @@
 //! Order-independent digests of a live source, so a restore can be compared with its
 //! source: `tidemark digest URL`. Equal digests mean equal content, whatever the
-//! physical order, layout or encoding of the data.
-//!
-//! - [`postgres`]: per table and overall;
-//! - [`redis`]: the whole dataset (every database, type, value and TTL);
-//! - [`kafka`]: per partition (keys, values, headers, timestamps; not offsets).
-
-pub mod kafka;
-pub mod postgres;
-pub mod redis;
+//! physical order, layout or encoding of the data. Each connector computes its own
+//! (`connectors/<kind>/digest.rs`) in the one shape defined here.
 
 use sha2::{Digest as _, Sha256};
 
@@ -23,27 +16,39 @@ pub struct PartDigest {
     pub digest: String,
 }
 
-/// The digest of a whole database: its parts and one overall value.
+/// The digest of a whole database (server, cluster): its parts and one overall
+/// value. Every kind reports this shape, for `digest --json` and `restore --json`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Digest {
+    /// What a part's `rows` counts: `rows`, `keys`, `records`.
+    pub unit: String,
     /// Per-part digests, sorted by name.
     pub parts: Vec<PartDigest>,
-    /// Digest over every part's name, row count and digest.
+    /// One value for the whole: equal overall digests mean equal content.
     pub overall: String,
 }
 
 impl Digest {
     /// Builds the overall value from the parts.
-    pub fn from_parts(mut parts: Vec<PartDigest>) -> Digest {
+    pub fn from_parts(unit: &str, mut parts: Vec<PartDigest>) -> Digest {
         parts.sort_by(|a, b| a.name.cmp(&b.name));
         let mut h = Sha256::new();
         for p in &parts {
             h.update(format!("{}\t{}\t{}\n", p.name, p.rows, p.digest));
         }
         Digest {
+            unit: unit.to_string(),
             parts,
             overall: hex(&h.finalize()[..16]),
         }
+    }
+
+    /// One line per part, `name unit=rows sha256=digest`, as `digest` prints it.
+    pub fn part_lines(&self) -> Vec<String> {
+        self.parts
+            .iter()
+            .map(|p| format!("{} {}={} sha256={}", p.name, self.unit, p.rows, p.digest))
+            .collect()
     }
 }
 

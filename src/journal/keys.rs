@@ -29,6 +29,8 @@ pub const ALL_CFS: [&str; 8] = [
 pub const META_FORMAT: &[u8] = b"format";
 /// Meta key prefix of the source registry: `source/<name>` → `(id u32, kind)`.
 pub const META_SOURCE_PREFIX: &[u8] = b"source/";
+/// Meta key of the journal's identity (random, made when first opened for writing).
+pub const META_JOURNAL_ID: &[u8] = b"journal_id";
 /// Meta key of the next image id.
 pub const META_NEXT_IMAGE: &[u8] = b"next_image_id";
 
@@ -36,6 +38,8 @@ pub const META_NEXT_IMAGE: &[u8] = b"next_image_id";
 const STATE_CHECKPOINT: u8 = b'c';
 const STATE_STATS: u8 = b's';
 const STATE_HEALTH: u8 = b'h';
+const STATE_SUPERVISION: u8 = b'v';
+const STATE_NOTE: u8 = b'n';
 
 /// Maps a signed time to an unsigned value with the same order.
 pub fn time_to_u64(t: i64) -> u64 {
@@ -114,6 +118,21 @@ pub fn stats(src: u32) -> [u8; 5] {
 pub fn health(src: u32) -> [u8; 5] {
     let mut k = [STATE_HEALTH; 5];
     k[1..].copy_from_slice(&src.to_be_bytes());
+    k
+}
+
+/// Key of a source's supervision state (starting, capturing, retrying, stopped).
+pub fn supervision(src: u32) -> [u8; 5] {
+    let mut k = [STATE_SUPERVISION; 5];
+    k[1..].copy_from_slice(&src.to_be_bytes());
+    k
+}
+
+/// Key of a durable note a connector keeps about its source (`name`).
+pub fn note(src: u32, name: &str) -> Vec<u8> {
+    let mut k = vec![STATE_NOTE];
+    k.extend_from_slice(&src.to_be_bytes());
+    k.extend_from_slice(name.as_bytes());
     k
 }
 

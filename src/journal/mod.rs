@@ -29,7 +29,7 @@ pub use retention::PruneReport;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock};
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
@@ -215,6 +215,13 @@ pub struct Appended {
     pub count: u64,
 }
 
+/// The readers' copy of the writer's state.
+#[derive(Default)]
+struct View {
+    next_seq: u64,
+    sources: HashMap<SourceId, SourceInfo>,
+}
+
 struct WriterState {
     next_seq: u64,
     next_image: u64,
@@ -229,6 +236,12 @@ pub struct Journal {
     read_only: bool,
     sync: bool,
     state: Mutex<WriterState>,
+    /// What readers see of `state`, published after each write: reads never wait
+    /// for the writer lock, which an append holds across its fsync.
+    view: RwLock<View>,
+    /// Random identity, stable for the journal's life; empty in a read-only open of
+    /// a journal that was never opened for writing by this version.
+    id: String,
 }
 
 impl Journal {
@@ -264,8 +277,9 @@ impl Journal {
             .iter()
             .map(|n| ColumnFamilyDescriptor::new(*n, db_options(opts.compression)));
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| open_error(path, e))?;
-        let journal = Journal::from_db(db, path, false, opts.sync == SyncPolicy::Always)?;
+        let mut journal = Journal::from_db(db, path, false, opts.sync == SyncPolicy::Always)?;
         journal.init_format()?;
+        journal.ensure_id()?;
         journal.remove_orphan_chunks()?;
         Ok(journal)
     }
@@ -314,10 +328,23 @@ impl Journal {
                 next_source: 1,
                 sources: HashMap::new(),
             }),
+            view: RwLock::new(View {
+                next_seq: 1,
+                sources: HashMap::new(),
+            }),
+            id: String::new(),
         };
+        if let Some(v) = journal
+            .db
+            .get_cf(journal.cf(keys::CF_META), keys::META_JOURNAL_ID)?
+        {
+            journal.id = String::from_utf8_lossy(record::open(&v, &|| "meta/journal_id".into())?)
+                .into_owned();
+        }
         if journal.try_cf(keys::CF_EVENTS).is_some() {
             let loaded = journal.load_state()?;
             journal.state = Mutex::new(loaded);
+            journal.publish(&journal.lock(), None);
         }
         Ok(journal)
     }
@@ -402,6 +429,39 @@ impl Journal {
         self.write(wb)
     }
 
+    /// Gives the journal its identity if it has none yet (journals made by older
+    /// versions get one on their first open for writing).
+    fn ensure_id(&mut self) -> Result<(), JournalError> {
+        if !self.id.is_empty() {
+            return Ok(());
+        }
+        let mut bytes = [0u8; 8];
+        let random = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+        if random.is_err() {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            bytes = (t ^ ((std::process::id() as u64) << 32)).to_be_bytes();
+        }
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let mut wb = WriteBatch::default();
+        wb.put_cf(
+            self.cf(keys::CF_META),
+            keys::META_JOURNAL_ID,
+            record::seal(id.as_bytes()),
+        );
+        self.write(wb)?;
+        self.id = id;
+        Ok(())
+    }
+
+    /// The journal's identity: 16 hex digits, stable for its lifetime.
+    pub fn id(&self) -> String {
+        self.id.clone()
+    }
+
     fn check_format(&self) -> Result<(), JournalError> {
         let Some(v) = self.db.get_cf(self.cf(keys::CF_META), keys::META_FORMAT)? else {
             return Err(JournalError::NotAJournal {
@@ -476,12 +536,13 @@ impl Journal {
                 stats: SourceStats::default(),
             },
         );
+        self.publish(&st, Some(id));
         Ok(id)
     }
 
     /// Every registered source, ordered by id.
     pub fn sources(&self) -> Vec<SourceInfo> {
-        let st = self.lock();
+        let st = self.view();
         let mut v: Vec<_> = st.sources.values().cloned().collect();
         v.sort_by_key(|s| s.id);
         v
@@ -489,7 +550,7 @@ impl Journal {
 
     /// The source named `name`.
     pub fn source(&self, name: &str) -> Result<SourceInfo, JournalError> {
-        let st = self.lock();
+        let st = self.view();
         if let Some(s) = st.sources.values().find(|s| s.name == name) {
             return Ok(s.clone());
         }
@@ -656,12 +717,13 @@ impl Journal {
         if let Some(info) = st.sources.get_mut(&src) {
             info.stats = stats;
         }
+        self.publish(&st, Some(src));
         Ok(Appended { first_seq, count })
     }
 
     /// Sequence number the next appended event will get.
     pub fn next_seq(&self) -> u64 {
-        self.lock().next_seq
+        self.view().next_seq
     }
 
     /// Bytes the journal occupies on disk.
@@ -697,6 +759,32 @@ impl Journal {
         wo.set_sync(self.sync);
         self.db.write_opt(wb, &wo)?;
         Ok(())
+    }
+
+    /// A write outside the event log (health, supervision state): no fsync, and no
+    /// writer lock, so it never waits behind another source's synced append.
+    fn write_unsynced(&self, wb: WriteBatch) -> Result<(), JournalError> {
+        if self.read_only {
+            return Err(JournalError::ReadOnly(self.path.clone()));
+        }
+        self.db.write_opt(wb, &WriteOptions::default())?;
+        Ok(())
+    }
+
+    /// Copies the writer's state for readers: one source's entry (`Some`), or all.
+    fn publish(&self, st: &WriterState, src: Option<SourceId>) {
+        let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+        view.next_seq = st.next_seq;
+        match src.and_then(|id| st.sources.get(&id).map(|s| (id, s))) {
+            Some((id, s)) => {
+                view.sources.insert(id, s.clone());
+            }
+            None => view.sources = st.sources.clone(),
+        }
+    }
+
+    fn view(&self) -> std::sync::RwLockReadGuard<'_, View> {
+        self.view.read().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, WriterState> {

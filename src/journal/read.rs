@@ -86,7 +86,7 @@ impl Journal {
     }
 
     fn name_of(&self, src: SourceId) -> String {
-        self.lock()
+        self.view()
             .sources
             .get(&src)
             .map(|s| s.name.clone())
@@ -275,9 +275,57 @@ impl Journal {
             keys::health(src),
             record::seal(json.as_bytes()),
         );
-        let _guard = self.lock_for_write()?;
-        self.db.write(wb)?;
-        Ok(())
+        self.write_unsynced(wb)
+    }
+
+    /// Records a source's supervision state (a JSON document: `starting`,
+    /// `capturing`, `retrying` with attempt and last error, `stopped` with its error).
+    /// Not part of the event log; not synced.
+    pub fn set_supervision(&self, src: SourceId, json: &str) -> Result<(), JournalError> {
+        let mut wb = rocksdb::WriteBatch::default();
+        wb.put_cf(
+            self.cf(keys::CF_STATE),
+            keys::supervision(src),
+            record::seal(json.as_bytes()),
+        );
+        self.write_unsynced(wb)
+    }
+
+    /// The latest supervision state of `src`, if any.
+    pub fn supervision(&self, src: SourceId) -> Result<Option<String>, JournalError> {
+        self.read_text(keys::supervision(src).to_vec(), || {
+            format!("state/supervision/{src}")
+        })
+    }
+
+    /// Durably records a connector's note about its source (e.g. "this journal
+    /// created replication slot S"): synced, like an append.
+    pub fn set_note(&self, src: SourceId, name: &str, value: &str) -> Result<(), JournalError> {
+        let mut wb = rocksdb::WriteBatch::default();
+        wb.put_cf(
+            self.cf(keys::CF_STATE),
+            keys::note(src, name),
+            record::seal(value.as_bytes()),
+        );
+        self.write(wb)
+    }
+
+    /// A note recorded with [`Journal::set_note`].
+    pub fn note(&self, src: SourceId, name: &str) -> Result<Option<String>, JournalError> {
+        self.read_text(keys::note(src, name), || format!("state/note/{src}/{name}"))
+    }
+
+    fn read_text(
+        &self,
+        key: Vec<u8>,
+        what: impl Fn() -> String,
+    ) -> Result<Option<String>, JournalError> {
+        match self.db.get_cf(self.cf(keys::CF_STATE), key)? {
+            Some(v) => Ok(Some(
+                String::from_utf8_lossy(record::open(&v, &what)?).into_owned(),
+            )),
+            None => Ok(None),
+        }
     }
 
     /// The latest health report of `src`, if any.

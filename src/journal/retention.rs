@@ -97,6 +97,7 @@ impl Journal {
             );
             self.write(wb)?;
             live.stats = stats;
+            self.publish(&st, Some(src));
             drop(st);
             tracing::info!(source = %info.name, events = report.events_dropped, images = report.images_dropped, "retention pruned history");
             reports.push(report);

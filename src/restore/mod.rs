@@ -3,27 +3,113 @@
 //! [`plan`] decides, from the journal alone, what a restore of one source to one
 //! moment needs: the newest base image at or before the moment, and the range of
 //! events after it up to the moment. It refuses moments the journal cannot vouch
-//! for: beyond the source's coverage, or before what retention kept. Each kind's
-//! restore target then applies the plan to a database of that kind.
+//! for: beyond the source's coverage, or before what retention kept. The one
+//! [`driver`] then hands the plan to the kind's [`Target`].
 //!
-//! # What every kind's restore target must guarantee
-//! - **Refuse to clobber.** A non-empty target is refused unless `--force`.
+//! # The restore target contract
+//! A [`Target`] rebuilds one source at one moment in a database (server, cluster)
+//! of its kind. The driver calls `occupied`, then (unless it holds data and
+//! `--force` was not given) `apply`, then `digest`. Every target guarantees:
+//! - **Refuse to clobber.** `occupied` only reads; a target holding data is refused
+//!   by the driver unless `--force`, and [`Target::force_effect`] says what `--force`
+//!   does to the data already there.
 //! - **Whole transactions, in order.** Events are applied in sequence order; a
-//!   transaction is applied entirely or not at all.
-//! - **Prove it.** It ends with a digest computed the same way as `tidemark digest`,
-//!   so the result can be compared with the source.
+//!   transaction is applied entirely or not at all (a moment inside one applies none
+//!   of it).
+//! - **Re-runs are stated.** [`Target::rerun`] says what running the same restore
+//!   again after a failure does, and the target does exactly that.
+//! - **Progress** goes through the one [`ProgressSink`] the driver gives it.
+//! - **Prove it.** `digest` is computed exactly as `tidemark digest` computes it for
+//!   that URL, so the result can be compared with the source at that moment.
 
-pub mod kafka;
-pub mod postgres;
-mod postgres_sql;
-pub mod redis;
+pub mod driver;
 
 use std::fmt;
 
 use crate::config::SourceKind;
+use crate::digest::Digest;
 use crate::event::BaseImageMeta;
 use crate::journal::{ImageBound, Journal, JournalError, SourceInfo};
 use crate::time::{TimeSpec, Timestamp};
+
+/// A database being rebuilt from the journal. See the module docs for the contract.
+pub trait Target {
+    /// The target for messages, secrets masked.
+    fn describe(&self) -> String;
+
+    /// What the target already holds (`"12 tables"`), or `None` if it is empty.
+    /// Reads only.
+    fn occupied(
+        &mut self,
+        journal: &Journal,
+        plan: &RestorePlan,
+    ) -> Result<Option<String>, RestoreError>;
+
+    /// What `--force` does to data already in the target.
+    fn force_effect(&self) -> &'static str;
+
+    /// What re-running the same restore after a failure does.
+    fn rerun(&self) -> Rerun;
+
+    /// Kind-specific lines for `--dry-run` (what would be created where).
+    fn preview(
+        &mut self,
+        _journal: &Journal,
+        _plan: &RestorePlan,
+    ) -> Result<Vec<String>, RestoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Applies `plan`: the base image, then the events. `force`: the target may
+    /// hold data (see [`Target::force_effect`]).
+    fn apply(
+        &mut self,
+        journal: &Journal,
+        plan: &RestorePlan,
+        force: bool,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Applied, RestoreError>;
+
+    /// The digest of the target as it is now, as `tidemark digest` computes it.
+    fn digest(&mut self) -> Result<Digest, RestoreError>;
+}
+
+/// What re-running a failed restore does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rerun {
+    /// Run it again with `--force`: the target is emptied and rebuilt from the
+    /// start, so the result is the same as a first run.
+    StartOverWithForce,
+    /// Delete what the failed run created first: `--force` would append after it.
+    CleanUpFirst,
+}
+
+impl fmt::Display for Rerun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Rerun::StartOverWithForce => "run the same restore again with --force: the target is emptied and rebuilt from the start",
+            Rerun::CleanUpFirst => "delete what the failed run wrote into the target, then run the restore again (with --force the new records would be appended after the partial ones)",
+        })
+    }
+}
+
+/// What a target reports having applied.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Applied {
+    /// Named counts, in display order (`("tables", 4), ("rows from the image", 1000)`).
+    pub counts: Vec<(String, u64)>,
+    /// Source position of the last change applied (or the image's).
+    pub final_position: Option<String>,
+    /// Further lines worth showing (topics created, group offsets set).
+    pub notes: Vec<String>,
+}
+
+/// Where a target reports progress.
+pub trait ProgressSink {
+    /// `done` units of `what` so far (`"rows"`, `"records"`), `total` if known.
+    fn update(&mut self, what: &str, done: u64, total: Option<u64>);
+}
 
 /// Why a restore cannot go ahead. Each message says what to do instead.
 #[derive(Debug, thiserror::Error)]
@@ -72,20 +158,38 @@ pub enum RestoreError {
     #[error("restore target: {0}")]
     Target(String),
     /// The target holds data and `--force` was not given.
-    #[error("target {target} already holds {keys} keys; restore into an empty server, or pass --force to empty it (FLUSHALL) first")]
-    TargetNotEmpty {
+    #[error("target {target} already holds {holds}; restore into an empty one, or pass --force to {effect}")]
+    Occupied {
         /// The target, password masked.
         target: String,
-        /// Keys found.
-        keys: u64,
+        /// What it holds.
+        holds: String,
+        /// What `--force` would do.
+        effect: &'static str,
     },
-    /// Talking to a Redis target failed.
-    #[error(transparent)]
-    Redis(#[from] crate::capture::redis::RedisError),
+    /// The target is a database the journal captures.
+    #[error("target {target} is the database that source `{source_name}` captures: restoring into it would roll the live database back and break its capture; restore into another database, or pass --into-live-source if rolling it back is really what you want")]
+    IntoLiveSource {
+        /// The target, password masked.
+        target: String,
+        /// The configured source it is.
+        source_name: String,
+    },
+    /// A kind-specific option is malformed or does not apply.
+    #[error("{0}")]
+    Options(String),
     /// The target refused what was written, or the journal holds something this
     /// version cannot apply.
     #[error("restore failed: {0}")]
     Apply(String),
+    /// Applying failed part-way.
+    #[error("{error}; to try again: {rerun}")]
+    Failed {
+        /// What failed.
+        error: Box<RestoreError>,
+        /// What a re-run does.
+        rerun: Rerun,
+    },
     /// No restore target for this kind in this build.
     #[error("restoring {0} sources is not available in this version of tidemark (see README, \"Status\"); --dry-run shows the plan")]
     NotAvailable(SourceKind),
@@ -149,7 +253,7 @@ impl fmt::Display for RestorePlan {
 
 /// Whether restores of `kind` start from a base image.
 pub fn kind_uses_images(kind: SourceKind) -> bool {
-    !matches!(kind, SourceKind::Kafka)
+    crate::connectors::for_kind(kind).is_none_or(|c| c.uses_images())
 }
 
 /// Plans a restore of `source` to `at`, from the journal alone.

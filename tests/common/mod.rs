@@ -6,7 +6,8 @@
 //!   the newest `/usr/lib/postgresql/*/bin`), started with `wal_level=logical`.
 //! - Redis: `$TIDEMARK_REDIS_SERVER` (default `redis-server` on `PATH`).
 //! - tansu (Kafka-compatible broker): `$TIDEMARK_TANSU`, else `tansu` on `PATH`;
-//!   `.ci/run` fetches it. Without either, Kafka tests print a SKIP line and pass.
+//!   `.ci/run` fetches it. Without either, Kafka tests print a SKIP line and pass,
+//!   except under `CI=true`, where any missing server fails the test.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod bin_client;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use ::tidemark::sandbox::{free_port, stop_child, wait_ready};
 
 pub mod pgcluster;
+pub mod run;
 
 /// A throwaway PostgreSQL server (the one `tidemark demo` uses).
 pub struct Postgres(pub ::tidemark::sandbox::Postgres);
@@ -82,6 +84,16 @@ impl Redis {
             .tempdir()
             .expect("temp dir");
         Redis::start_in(bin, args, dir, free_port().expect("free port"))
+    }
+
+    /// As [`Redis::start`] on a given port (a test that starts the server late).
+    pub fn start_on(port: u16) -> Redis {
+        let bin = std::env::var("TIDEMARK_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let dir = tempfile::Builder::new()
+            .prefix("tidemark-redis-")
+            .tempdir()
+            .expect("temp dir");
+        Redis::start_in(&bin, &[], dir, port)
     }
 
     /// Stops the server and starts the same binary again on the same port and
@@ -259,7 +271,7 @@ impl Tansu {
     /// available; CI always has one.
     pub fn start(test: &str) -> Option<Tansu> {
         let Some(bin) = tansu_bin() else {
-            eprintln!("SKIP {test}: no tansu broker; set TIDEMARK_TANSU to the tansu binary (.ci/run fetches it)");
+            skip(&format!("{test}: no tansu broker; set TIDEMARK_TANSU to the tansu binary (.ci/run fetches it)"));
             return None;
         };
         let dir = tempfile::Builder::new()
@@ -387,9 +399,13 @@ pub fn redis70() -> Option<String> {
 }
 
 /// Prints `SKIP: <why>` straight to the process's stderr, past libtest's output
-/// capture, so a skipped test is visible in a normal `cargo test` run.
-fn skip(why: &str) {
+/// capture, so a skipped test is visible in a normal `cargo test` run. Under CI
+/// (`CI=true`) a missing server is a failure: a green CI means every test ran.
+pub fn skip(why: &str) {
     use std::io::Write as _;
     let name = std::thread::current().name().unwrap_or("test").to_string();
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{name}: a server this test needs is missing, and CI=true forbids skipping: {why}");
+    }
     let _ = writeln!(std::io::stderr(), "SKIP: {name}: {why}");
 }

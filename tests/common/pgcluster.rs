@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tidemark::capture::postgres::repl;
+use tidemark::connectors::postgres::repl;
 
 /// How to configure the server.
 pub struct ClusterOptions {

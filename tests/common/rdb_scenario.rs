@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use tidemark::capture::redis::rdb::{StreamId, Value};
+use tidemark::connectors::redis::rdb::{StreamId, Value};
 
 use super::bin_client::{noise, now_ms, Client, Resp};
 

@@ -274,7 +274,8 @@ pub fn renamed(
 
 /// The configs the broker reports for `topic`, by name.
 pub fn topic_configs(addr: &str, topic: &str) -> BTreeMap<String, String> {
-    let conn = tidemark::kafka::Connection::from_url(&format!("kafka://{addr}")).unwrap();
+    let conn =
+        tidemark::connectors::kafka::Connection::from_url(&format!("kafka://{addr}")).unwrap();
     let admin = conn.admin().unwrap();
     conn.topic_configs(&admin, &[topic.to_string()])
         .unwrap()

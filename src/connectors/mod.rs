@@ -1,0 +1,190 @@
+//! Connectors: everything about one kind of source in one folder, `connectors/<kind>/`:
+//! its client and protocol code, capture, restore target, digest, identity probe and
+//! config section. The layers around them are kind-agnostic and reach a kind only
+//! through the [`Connector`] and [`SourceSettings`] contracts below and the
+//! [`registry`].
+//!
+//! # Adding a kind
+//! One new folder with a `Connector` implementation, and one line in [`registry`].
+//! The only other places that name a kind are the on-disk tag tables (the event
+//! payload and position oneofs, and [`SourceKind`]), which are never renumbered.
+
+pub mod kafka;
+pub mod postgres;
+pub mod redis;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::capture::{CaptureError, CaptureOptions, Source};
+use crate::config::{ConfigError, SourceKind, Timeouts};
+use crate::digest::Digest;
+use crate::journal::{Journal, SourceId};
+use crate::restore::{RestoreError, Target};
+
+/// Every connector of this build, one line per kind.
+pub fn registry() -> &'static [&'static dyn Connector] {
+    &[&postgres::Postgres, &redis::Redis, &kafka::Kafka]
+}
+
+/// The connector of `kind`, if this build has one.
+pub fn for_kind(kind: SourceKind) -> Option<&'static dyn Connector> {
+    registry().iter().copied().find(|c| c.kind() == kind)
+}
+
+/// The connector whose URL scheme `url` uses.
+pub fn for_url(url: &str) -> Option<&'static dyn Connector> {
+    let scheme = url.split_once("://")?.0;
+    registry()
+        .iter()
+        .copied()
+        .find(|c| c.schemes().contains(&scheme))
+}
+
+/// Every scheme of every connector, for error messages: `postgres://, redis://, ...`.
+pub fn known_schemes() -> String {
+    registry()
+        .iter()
+        .flat_map(|c| c.schemes())
+        .map(|s| format!("{s}://"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Which command a kind-specific option belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptionFor {
+    /// `tidemark restore`.
+    Restore,
+    /// `tidemark digest`.
+    Digest,
+}
+
+/// A command-line option a connector adds to a generic command (`--topic-map` on
+/// `restore`). Its value reaches the connector in [`KindOptions`]; giving it for a
+/// source of another kind is refused by name.
+#[derive(Debug, Clone, Copy)]
+pub struct KindOption {
+    /// The long flag without dashes, e.g. `topic-map`.
+    pub name: &'static str,
+    /// One line of help, shown by `--help`.
+    pub help: &'static str,
+    /// The command it applies to.
+    pub command: OptionFor,
+}
+
+/// Kind-specific option values given on the command line, by flag name.
+#[derive(Debug, Clone, Default)]
+pub struct KindOptions(pub BTreeMap<String, String>);
+
+impl KindOptions {
+    /// The value of `--name`, if given.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+}
+
+/// What a connector provides. Implementations are stateless values (one `static`
+/// per kind); everything they build connects to nothing until it is used.
+pub trait Connector: Sync {
+    /// The kind, as journaled with every source of it.
+    fn kind(&self) -> SourceKind;
+
+    /// URL schemes of this kind's live URLs (`digest`, restore targets); the first is
+    /// the one named in messages.
+    fn schemes(&self) -> &'static [&'static str];
+
+    /// Parses this kind's keys of source `name`'s `[[source]]` table (`name` and
+    /// `kind` already taken out), expands `${ENV}` in its secret-bearing fields, and
+    /// validates everything that can be known without connecting. `field` prefixes
+    /// field paths in errors (`source[1]`). Unknown keys are errors.
+    fn parse_source(
+        &self,
+        name: &str,
+        table: toml::Table,
+        field: &str,
+    ) -> Result<Arc<dyn SourceSettings>, ConfigError>;
+
+    /// Whether a restore of this kind starts from a base image (else it replays the
+    /// journal from its start).
+    fn uses_images(&self) -> bool;
+
+    /// Kind-specific flags of `restore` and `digest`.
+    fn options(&self) -> &'static [KindOption] {
+        &[]
+    }
+
+    /// A restore target for `url`, connecting to nothing yet.
+    fn target(
+        &self,
+        url: &str,
+        options: &KindOptions,
+        timeouts: &Timeouts,
+    ) -> Result<Box<dyn Target>, RestoreError>;
+
+    /// The digest of the live data at `url`, computed exactly as a restore target of
+    /// this kind reports its own (so the two compare). Blocking.
+    fn digest(
+        &self,
+        url: &str,
+        options: &KindOptions,
+        timeouts: &Timeouts,
+    ) -> Result<Digest, ConnectorError>;
+
+    /// A stable identity of the server and database at `url` (PostgreSQL: system
+    /// identifier and database; Redis: run id; Kafka: cluster id), so a restore can
+    /// refuse to write into a database it captures. Blocking, bounded by `timeouts`.
+    fn identity(&self, url: &str, timeouts: &Timeouts) -> Result<String, ConnectorError>;
+}
+
+/// One configured source of some kind: what the config section said, validated.
+/// `Debug` never shows a secret.
+pub trait SourceSettings: fmt::Debug + Send + Sync {
+    /// Builds the capture of source `name`; connects to nothing.
+    fn capture(&self, name: &str, opts: &CaptureOptions) -> Result<Box<dyn Source>, CaptureError>;
+
+    /// Server-side resources this source takes that no other source may share
+    /// (a replication slot on one server): `config validate` refuses two sources
+    /// claiming the same one.
+    fn claims(&self, _name: &str) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The live URL of what is captured, for identity checks; `None` if it has no
+    /// single URL.
+    fn url(&self) -> Option<String>;
+
+    /// Kind-specific figures for `status` (how far the journal trails the server),
+    /// bounded by `timeouts`; `None` when the kind has none.
+    fn probe(&self, _journal: &Journal, _id: SourceId, _timeouts: &Timeouts) -> Option<Probe> {
+        None
+    }
+
+    /// For callers that know the concrete kind (tests, the demo).
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// What a source's [`SourceSettings::probe`] adds to `status`.
+#[derive(Debug, Clone, Default)]
+pub struct Probe {
+    /// Keys merged into the source's row of `status --json`.
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// Text for `status`: a suffix of the source's line, then lines under it.
+    pub suffix: String,
+    /// Lines shown under the source's line.
+    pub lines: Vec<String>,
+}
+
+/// A connector's failure outside capture (digest, identity), already phrased for
+/// the operator with secrets masked.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConnectorError(pub String);
+
+impl ConnectorError {
+    /// From any error whose `Display` is operator-facing and secret-free.
+    pub fn from_display(e: impl fmt::Display) -> ConnectorError {
+        ConnectorError(e.to_string())
+    }
+}

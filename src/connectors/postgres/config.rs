@@ -1,0 +1,138 @@
+//! The `kind = "postgres"` section of a `[[source]]` table.
+
+use serde::Deserialize;
+
+use super::conn::ConnInfo;
+use crate::capture::{CaptureError, CaptureOptions, Source};
+use crate::config::{self, invalid, ConfigError};
+use crate::connectors::SourceSettings;
+use crate::redact::SecretUrl;
+
+/// A PostgreSQL source's settings. `Debug` masks the password.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSettings {
+    /// `postgres://user:password@host:port/database`.
+    pub url: SecretUrl,
+    /// Replication slot (created if missing). Default `tidemark_<name>`.
+    #[serde(default)]
+    pub slot: Option<String>,
+    /// Publication (created if missing, for all tables). Default `tidemark`.
+    #[serde(default)]
+    pub publication: Option<String>,
+    /// Restrict capture to these tables (`schema.table`).
+    #[serde(default)]
+    pub tables: Vec<String>,
+}
+
+/// The longest name PostgreSQL accepts for a slot (NAMEDATALEN - 1).
+const MAX_SLOT: usize = 63;
+
+impl PostgresSettings {
+    /// Parses and checks the section (`at` is `source[i]`).
+    pub fn parse(
+        name: &str,
+        table: toml::Table,
+        at: &str,
+    ) -> Result<PostgresSettings, ConfigError> {
+        let mut s: PostgresSettings = config::section(table, at)?;
+        let f = |k: &str| format!("{at}.{k}");
+        *s.url.expose_mut() = config::expand_env(s.url.expose(), &f("url"))?;
+        config::check_scheme(s.url.expose(), super::SCHEMES).map_err(|p| invalid(f("url"), p))?;
+        let conn = ConnInfo::parse(s.url.expose()).map_err(|e| invalid(f("url"), e.to_string()))?;
+        if conn.host.is_empty() {
+            return Err(invalid(
+                f("url"),
+                "names no host; use postgres://user:password@host:port/database",
+            ));
+        }
+        match &s.slot {
+            Some(slot) => check_slot(slot).map_err(|p| invalid(f("slot"), p))?,
+            None => check_slot(&default_slot(name)).map_err(|p| {
+                invalid(
+                    f("name"),
+                    format!("the default slot `tidemark_<name>` is unusable: {p}; shorten the name or set `slot`"),
+                )
+            })?,
+        }
+        if s.publication.as_deref() == Some("") {
+            return Err(invalid(
+                f("publication"),
+                "is empty; remove it for the default or name a publication",
+            ));
+        }
+        for (j, t) in s.tables.iter().enumerate() {
+            if t.is_empty() || t.split('.').count() > 2 || t.split('.').any(str::is_empty) {
+                return Err(invalid(
+                    f(&format!("tables[{j}]")),
+                    format!("`{t}` is not `schema.table` or `table`"),
+                ));
+            }
+        }
+        Ok(s)
+    }
+
+    /// The slot of source `name`: the configured one or `tidemark_<name>`.
+    pub fn slot_name(&self, name: &str) -> String {
+        self.slot.clone().unwrap_or_else(|| default_slot(name))
+    }
+
+    /// The publication: the configured one or `tidemark`.
+    pub fn publication_name(&self) -> String {
+        self.publication
+            .clone()
+            .unwrap_or_else(|| "tidemark".into())
+    }
+}
+
+/// `tidemark_<name>` with the name lower-cased and anything but a-z, 0-9 made `_`.
+pub fn default_slot(name: &str) -> String {
+    format!(
+        "tidemark_{}",
+        name.to_ascii_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect::<String>()
+    )
+}
+
+fn check_slot(slot: &str) -> Result<(), String> {
+    let ok = !slot.is_empty()
+        && slot.len() <= MAX_SLOT
+        && slot
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{slot}` is not a slot name: use only a-z, 0-9 and _, at most {MAX_SLOT} characters"
+        ))
+    }
+}
+
+impl SourceSettings for PostgresSettings {
+    fn capture(&self, name: &str, opts: &CaptureOptions) -> Result<Box<dyn Source>, CaptureError> {
+        Ok(Box::new(super::capture::PostgresSource::new(
+            name, self, opts,
+        )?))
+    }
+
+    fn claims(&self, name: &str) -> Vec<String> {
+        let server = ConnInfo::parse(self.url.expose())
+            .map(|c| format!("{}:{}", c.host.to_ascii_lowercase(), c.port))
+            .unwrap_or_default();
+        vec![format!(
+            "replication slot `{}` on {server}",
+            self.slot_name(name)
+        )]
+    }
+
+    fn url(&self) -> Option<String> {
+        Some(self.url.expose().to_string())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}

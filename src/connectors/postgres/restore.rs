@@ -1,0 +1,357 @@
+//! Restoring a PostgreSQL source into a database: the schema and rows of the base
+//! image (COPY), then every transaction committed up to the moment, whole and in
+//! commit order, then sequences brought up to the values their columns use.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use prost::Message as _;
+
+use super::conn::{db_error, ConnInfo};
+use super::image::{PgImageChunk, PgImagePart};
+use super::setup::{quote_ident, quote_literal};
+use super::PgError;
+use crate::config::Timeouts;
+use crate::digest::Digest;
+use crate::event::Payload;
+use crate::journal::Journal;
+use crate::position::PositionKind;
+use crate::restore::{Applied, ProgressSink, Rerun, RestoreError, RestorePlan, Target};
+
+/// Replayed SQL is sent in batches of whole transactions of about this size.
+const REPLAY_BATCH_BYTES: usize = 1 << 20;
+
+/// What a restore did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PgRestoreSummary {
+    /// Tables loaded from the base image.
+    pub tables: u64,
+    /// Rows loaded from the base image.
+    pub image_rows: u64,
+    /// Transactions replayed.
+    pub transactions: u64,
+    /// Row changes (and DDL/truncates) replayed.
+    pub changes: u64,
+    /// Commit LSN of the last transaction replayed (or the image's position).
+    pub final_lsn: String,
+    /// Seconds taken.
+    pub seconds: f64,
+}
+
+fn failed(message: String) -> RestoreError {
+    RestoreError::Target(message)
+}
+
+/// What the database at `client` holds: its user tables, if any.
+async fn occupied(
+    client: &tokio_postgres::Client,
+    conn: &ConnInfo,
+) -> Result<Option<String>, RestoreError> {
+    let existing: i64 = client
+        .query_one("SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')", &[])
+        .await
+        .map_err(|e| failed(PgError::query(&conn.display, &e).to_string()))?
+        .get(0);
+    Ok((existing > 0).then(|| format!("{existing} tables")))
+}
+
+/// Restores `plan` into the database at `conn`; `force`: drop what it holds first.
+pub async fn restore(
+    journal: &Journal,
+    plan: &RestorePlan,
+    conn: &ConnInfo,
+    force: bool,
+    progress: &mut dyn ProgressSink,
+) -> Result<PgRestoreSummary, RestoreError> {
+    let started = Instant::now();
+    let client = conn.connect().await.map_err(|e| failed(e.to_string()))?;
+    let q = |e: tokio_postgres::Error| failed(format!("{}: {}", conn.display, db_error(&e)));
+    if let Some(holds) = occupied(&client, conn).await? {
+        if !force {
+            return Err(failed(format!("target database {} already has {holds}; restore into an empty database, or pass --force to drop its contents first", conn.display)));
+        }
+        tracing::warn!(target = %conn.display, %holds, "--force: dropping the target's schemas");
+        client
+            .batch_execute(
+                "DO $$ DECLARE s text; BEGIN
+                   FOR s IN SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema' LOOP
+                     EXECUTE format('DROP SCHEMA %I CASCADE', s);
+                   END LOOP;
+                 END $$;
+                 CREATE SCHEMA public; ALTER SCHEMA public OWNER TO pg_database_owner; GRANT USAGE ON SCHEMA public TO PUBLIC;",
+            )
+            .await
+            .map_err(q)?;
+    }
+    let mut summary = PgRestoreSummary::default();
+    let image = plan
+        .image
+        .as_ref()
+        .ok_or_else(|| failed("a PostgreSQL restore needs a base image".into()))?;
+    if let Some(PositionKind::Postgres(p)) = image.position.as_ref().and_then(|p| p.kind.as_ref()) {
+        summary.final_lsn = crate::position::Position::postgres(p.lsn).to_string();
+    }
+    let mut image_bytes = 0u64;
+    let mut sink: Option<std::pin::Pin<Box<tokio_postgres::CopyInSink<Bytes>>>> = None;
+    for chunk in journal.image_chunks(image) {
+        let chunk = chunk?;
+        image_bytes += chunk.len() as u64;
+        progress.update("bytes of the base image", image_bytes, Some(image.bytes));
+        let part = PgImageChunk::decode(chunk.as_slice())
+            .map_err(|e| failed(format!("base image chunk undecodable: {e}")))?
+            .part;
+        if !matches!(part, Some(PgImagePart::CopyData(_))) {
+            if let Some(mut s) = sink.take() {
+                summary.image_rows += s.as_mut().finish().await.map_err(q)?;
+            }
+        }
+        match part {
+            Some(PgImagePart::Schema(sql)) => {
+                client
+                    .batch_execute(&sql)
+                    .await
+                    .map_err(|e| failed(format!("loading the schema: {}", db_error(&e))))?;
+                // pg_dump empties search_path for its own session; replay needs the default.
+                client.batch_execute("RESET search_path").await.map_err(q)?;
+            }
+            Some(PgImagePart::Table(t)) => {
+                let cols = t
+                    .columns
+                    .iter()
+                    .map(|c| quote_ident(c))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let stmt = format!(
+                    "COPY {}.{} ({cols}) FROM STDIN",
+                    quote_ident(&t.schema),
+                    quote_ident(&t.name)
+                );
+                sink = Some(Box::pin(client.copy_in(&stmt).await.map_err(q)?));
+                summary.tables += 1;
+            }
+            Some(PgImagePart::CopyData(data)) => match sink.as_mut() {
+                Some(s) => s.send(Bytes::from(data)).await.map_err(q)?,
+                None => return Err(failed("base image has rows before their table".into())),
+            },
+            Some(PgImagePart::Sequence(s)) => {
+                if let Some(v) = s.last_value {
+                    let name = format!("{}.{}", quote_ident(&s.schema), quote_ident(&s.name));
+                    client
+                        .batch_execute(&format!(
+                            "SELECT setval({}, {v}, true)",
+                            quote_literal(&name)
+                        ))
+                        .await
+                        .map_err(q)?;
+                }
+            }
+            None => return Err(failed("empty base image chunk".into())),
+        }
+    }
+    if let Some(mut s) = sink.take() {
+        summary.image_rows += s.as_mut().finish().await.map_err(q)?;
+    }
+    replay(journal, plan, &client, &mut summary, progress).await?;
+    client.batch_execute(SYNC_SEQUENCES).await.map_err(q)?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Replays whole transactions in journal order; a trailing transaction without its
+/// commit (cut by the moment, or journaled in part) is left out.
+async fn replay(
+    journal: &Journal,
+    plan: &RestorePlan,
+    client: &tokio_postgres::Client,
+    summary: &mut PgRestoreSummary,
+    progress: &mut dyn ProgressSink,
+) -> Result<(), RestoreError> {
+    if plan.events == 0 {
+        return Ok(());
+    }
+    let mut seen = 0u64;
+    let mut txn_sql = String::new();
+    let mut txn_changes = 0u64;
+    let mut batch = String::from("BEGIN;\n");
+    let (mut batch_txns, mut batch_changes) = (0u64, 0u64);
+    let mut last_lsn = None;
+    for entry in journal.events(plan.source.id, plan.first_seq, plan.last_seq) {
+        let e = entry?.event;
+        seen += 1;
+        progress.update("changes replayed", seen, Some(plan.events));
+        let Some(Payload::Postgres(change)) = &e.payload else {
+            continue;
+        };
+        let stmt = super::restore_sql::statement(change).map_err(|e| failed(e.to_string()))?;
+        if !stmt.is_empty() {
+            txn_sql.push_str(&stmt);
+            txn_sql.push_str(";\n");
+        }
+        txn_changes += 1;
+        if e.txn.as_ref().is_some_and(|t| t.commit) {
+            batch.push_str(&txn_sql);
+            txn_sql.clear();
+            batch_txns += 1;
+            batch_changes += txn_changes;
+            txn_changes = 0;
+            if let Some(PositionKind::Postgres(p)) =
+                e.position.as_ref().and_then(|p| p.kind.as_ref())
+            {
+                last_lsn = Some(p.lsn);
+            }
+            if batch.len() >= REPLAY_BATCH_BYTES {
+                run_batch(client, &mut batch).await?;
+                summary.transactions += std::mem::take(&mut batch_txns);
+                summary.changes += std::mem::take(&mut batch_changes);
+            }
+        }
+    }
+    if batch_txns > 0 {
+        run_batch(client, &mut batch).await?;
+        summary.transactions += batch_txns;
+        summary.changes += batch_changes;
+    }
+    if let Some(lsn) = last_lsn {
+        summary.final_lsn = crate::position::Position::postgres(lsn).to_string();
+    }
+    Ok(())
+}
+
+async fn run_batch(
+    client: &tokio_postgres::Client,
+    batch: &mut String,
+) -> Result<(), RestoreError> {
+    batch.push_str("COMMIT;");
+    if let Err(e) = client.batch_execute(batch).await {
+        return Err(failed(format!(
+            "replaying changes: {}{}",
+            db_error(&e),
+            first_failing(client, batch).await
+        )));
+    }
+    batch.clear();
+    batch.push_str("BEGIN;\n");
+    Ok(())
+}
+
+/// Finds the statement of a failed batch that fails, by running the batch one
+/// statement at a time in a transaction that is rolled back; returns it for the error.
+async fn first_failing(client: &tokio_postgres::Client, batch: &str) -> String {
+    if client.batch_execute("ROLLBACK; BEGIN").await.is_err() {
+        return String::new();
+    }
+    let mut found = String::new();
+    for stmt in crate::connectors::postgres::ddl::split_statements(batch) {
+        if matches!(stmt, "BEGIN" | "COMMIT") {
+            continue;
+        }
+        if client.batch_execute(stmt).await.is_err() {
+            found = format!(
+                " in statement: {}",
+                stmt.chars().take(300).collect::<String>()
+            );
+            break;
+        }
+    }
+    let _ = client.batch_execute("ROLLBACK").await;
+    found
+}
+
+/// pgoutput does not carry sequence advances (PostgreSQL 15): bring each sequence
+/// owned by a column up to the largest value that column holds.
+const SYNC_SEQUENCES: &str = r#"
+DO $$
+DECLARE r record; m bigint;
+BEGIN
+  FOR r IN
+    SELECT s.oid::regclass AS seq, c.oid::regclass AS tbl, a.attname
+    FROM pg_class s
+    JOIN pg_depend d ON d.objid = s.oid AND d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+    JOIN pg_class c ON c.oid = d.refobjid
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = d.refobjsubid
+    WHERE s.relkind = 'S' AND d.deptype IN ('a', 'i')
+  LOOP
+    EXECUTE format('SELECT max(%I)::bigint FROM %s', r.attname, r.tbl) INTO m;
+    IF m IS NOT NULL THEN
+      PERFORM setval(r.seq, greatest(m, (SELECT coalesce(last_value, m) FROM pg_sequences
+                                        WHERE format('%I.%I', schemaname, sequencename)::regclass = r.seq)));
+    END IF;
+  END LOOP;
+END $$;
+"#;
+
+/// A PostgreSQL database as a restore target. Re-running a failed restore with
+/// `--force` drops every schema of the target and starts over.
+pub struct PgTarget {
+    conn: ConnInfo,
+    rt: tokio::runtime::Runtime,
+}
+
+impl PgTarget {
+    /// A target for `url` (connects to nothing yet).
+    pub fn new(url: &str, timeouts: &Timeouts) -> Result<PgTarget, RestoreError> {
+        let conn = ConnInfo::parse(url)
+            .map_err(|e| failed(e.to_string()))?
+            .with_timeouts(timeouts);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| failed(format!("cannot start the async runtime: {e}")))?;
+        Ok(PgTarget { conn, rt })
+    }
+}
+
+impl Target for PgTarget {
+    fn describe(&self) -> String {
+        self.conn.display.clone()
+    }
+
+    fn occupied(&mut self, _: &Journal, _: &RestorePlan) -> Result<Option<String>, RestoreError> {
+        let conn = &self.conn;
+        self.rt.block_on(async {
+            let client = conn.connect().await.map_err(|e| failed(e.to_string()))?;
+            occupied(&client, conn).await
+        })
+    }
+
+    fn force_effect(&self) -> &'static str {
+        "drop every schema in it (and all it holds) first"
+    }
+
+    fn rerun(&self) -> Rerun {
+        Rerun::StartOverWithForce
+    }
+
+    fn apply(
+        &mut self,
+        journal: &Journal,
+        plan: &RestorePlan,
+        force: bool,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Applied, RestoreError> {
+        let s = self
+            .rt
+            .block_on(restore(journal, plan, &self.conn, force, progress))?;
+        Ok(Applied {
+            counts: vec![
+                ("tables".into(), s.tables),
+                ("rows from the base image".into(), s.image_rows),
+                ("transactions replayed".into(), s.transactions),
+                ("changes".into(), s.changes),
+            ],
+            final_position: Some(s.final_lsn),
+            notes: Vec::new(),
+        })
+    }
+
+    fn digest(&mut self) -> Result<Digest, RestoreError> {
+        let conn = &self.conn;
+        self.rt.block_on(async {
+            let client = conn.connect().await.map_err(|e| failed(e.to_string()))?;
+            super::digest::digest(&client, &conn.display)
+                .await
+                .map_err(|e| failed(e.to_string()))
+        })
+    }
+}

@@ -1,0 +1,70 @@
+//! The `kind = "redis"` section of a `[[source]]` table.
+
+use serde::Deserialize;
+
+use super::resp::RedisUrl;
+use crate::capture::{CaptureError, CaptureOptions, Source};
+use crate::config::{self, invalid, ConfigError, Timeouts};
+use crate::connectors::{Probe, SourceSettings};
+use crate::journal::{Journal, SourceId};
+use crate::redact::SecretUrl;
+
+/// A Redis source's settings. `Debug` masks the password.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port`.
+    pub url: SecretUrl,
+}
+
+impl RedisSettings {
+    /// Parses and checks the section (`at` is `source[i]`).
+    pub fn parse(table: toml::Table, at: &str) -> Result<RedisSettings, ConfigError> {
+        let mut s: RedisSettings = config::section(table, at)?;
+        let field = format!("{at}.url");
+        *s.url.expose_mut() = config::expand_env(s.url.expose(), &field)?;
+        config::check_scheme(s.url.expose(), super::SCHEMES).map_err(|p| invalid(&field, p))?;
+        RedisUrl::parse(s.url.expose()).map_err(|e| invalid(&field, e.to_string()))?;
+        Ok(s)
+    }
+}
+
+impl SourceSettings for RedisSettings {
+    fn capture(&self, name: &str, opts: &CaptureOptions) -> Result<Box<dyn Source>, CaptureError> {
+        Ok(Box::new(super::RedisSource::new(
+            name,
+            self.url.expose(),
+            opts,
+        )?))
+    }
+
+    fn url(&self) -> Option<String> {
+        Some(self.url.expose().to_string())
+    }
+
+    fn probe(&self, journal: &Journal, id: SourceId, timeouts: &Timeouts) -> Option<Probe> {
+        let x = super::probe::lag(self.url.expose(), journal, id, timeouts);
+        let suffix = if x["lag_bytes"].is_u64() {
+            format!(
+                "  trails primary by {} bytes ({:.1}% of repl-backlog-size)",
+                x["lag_bytes"],
+                x["lag_backlog_ratio"].as_f64().unwrap_or(0.0) * 100.0
+            )
+        } else if let Some(e) = x["error"].as_str() {
+            format!("  primary: {e}")
+        } else {
+            String::new()
+        };
+        let mut fields = serde_json::Map::new();
+        fields.insert("redis".into(), x);
+        Some(Probe {
+            fields,
+            suffix,
+            lines: Vec::new(),
+        })
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}

@@ -1,0 +1,374 @@
+//! One replica session after another: handshake, `PSYNC`, full sync into a base
+//! image when the primary asks for one, then the command stream until the link
+//! drops (reconnect, `PSYNC` from the journal's checkpoint) or shutdown.
+//!
+//! Everything here is blocking I/O on a thread of the blocking pool: the RDB
+//! parser reads a `BufRead`, and a synced append is a blocking call anyway.
+
+use std::io::{BufRead, Read, Write};
+use std::time::Instant;
+
+use super::image::{self, ChunkBuilder};
+use super::rdb::RdbParser;
+use super::resp::{self, Conn, RedisUrl};
+use super::RedisError;
+use crate::capture::{CaptureContext, SourceJournal};
+use crate::config::Timeouts;
+use crate::event::Payload;
+use crate::journal::Progress;
+use crate::position::{Position, PositionKind};
+use crate::time::Timestamp;
+
+/// Where the replication stream stands.
+#[derive(Debug, Clone)]
+pub(super) struct Cursor {
+    pub(super) replid: String,
+    /// Replication offset of everything consumed so far.
+    pub(super) offset: u64,
+    /// Database selected at `offset`.
+    pub(super) db: u32,
+}
+
+/// One replica session: captures until shutdown (`Ok`) or the first failure; the
+/// supervisor decides whether to start another (which resumes with `PSYNC` from
+/// the journal's checkpoint).
+pub fn run(url: &RedisUrl, mut ctx: CaptureContext, timeouts: &Timeouts) -> Result<(), RedisError> {
+    let mut cursor = resume_point(&ctx.journal)?;
+    if ctx.shutdown.is_fired() {
+        return Ok(());
+    }
+    match session(url, &mut ctx, &mut cursor, timeouts) {
+        Ok(()) | Err(RedisError::Stopped) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The journal's resume point: the checkpoint written last (ties go to the
+/// history of the newest base image), with the database its last command ran in.
+fn resume_point(journal: &SourceJournal) -> Result<Option<Cursor>, RedisError> {
+    let image_replid = journal
+        .latest_image()?
+        .and_then(|m| redis_pos(m.position.as_ref()).map(|(r, _)| r));
+    let best = journal.checkpoints()?.into_iter().max_by_key(|c| {
+        let same = redis_pos(Some(&c.position)).map(|(r, _)| r) == image_replid;
+        (c.seq, same)
+    });
+    let Some(cp) = best else { return Ok(None) };
+    let Some((replid, offset)) = redis_pos(Some(&cp.position)) else {
+        return Ok(None);
+    };
+    let mut db = 0;
+    if let Some(ev) = journal.event_at(cp.seq)? {
+        if ev.position.as_ref() == Some(&cp.position) {
+            if let Some(Payload::Redis(c)) = ev.payload {
+                db = c.db;
+            }
+        }
+    }
+    Ok(Some(Cursor { replid, offset, db }))
+}
+
+fn redis_pos(p: Option<&Position>) -> Option<(String, u64)> {
+    match p?.kind.as_ref()? {
+        PositionKind::Redis(r) => Some((r.replid.clone(), r.offset)),
+        _ => None,
+    }
+}
+
+fn session(
+    url: &RedisUrl,
+    ctx: &mut CaptureContext,
+    cursor: &mut Option<Cursor>,
+    timeouts: &Timeouts,
+) -> Result<(), RedisError> {
+    // Reads during the handshake and a full sync: the primary sends a newline every
+    // second while it prepares the RDB, so `read` bounds a silent primary.
+    let mut conn = Conn::connect(url, timeouts.connect)?;
+    conn.stream()
+        .set_read_timeout(Some(timeouts.read))
+        .map_err(|e| RedisError::io(conn.addr(), e))?;
+    check_primary(&mut conn)?;
+    let port = conn
+        .stream()
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or_default();
+    conn.call(&["REPLCONF", "listening-port", &port.to_string()])?;
+    conn.call(&["REPLCONF", "capa", "eof", "capa", "psync2"])?;
+    let (id, off) = match cursor {
+        Some(c) => (c.replid.clone(), (c.offset + 1).to_string()),
+        None => ("?".to_string(), "-1".to_string()),
+    };
+    conn.send_raw(&{
+        let mut b = Vec::new();
+        resp::encode_command(&["PSYNC", id.as_str(), off.as_str()], &mut b);
+        b
+    })?;
+    let reply = loop {
+        let line = conn.read_line()?;
+        if !line.is_empty() {
+            break String::from_utf8_lossy(&line).into_owned();
+        }
+    };
+    let words: Vec<&str> = reply.split_whitespace().collect();
+    match words.as_slice() {
+        ["+FULLRESYNC", replid, offset] => {
+            let offset = offset.parse::<u64>().map_err(|_| RedisError::Protocol {
+                addr: conn.addr().to_string(),
+                detail: format!("bad offset in `{reply}`"),
+            })?;
+            if let Some(old) = cursor.as_ref() {
+                tracing::warn!(source = %ctx.journal.name(), old = %format!("{}:{}", old.replid, old.offset), new = %format!("{replid}:{offset}"),
+                    "the primary cannot continue from the journal's position (restart, failover or backlog exceeded); taking a new base image");
+            }
+            ctx.capturing.now();
+            full_sync(&mut conn, ctx, replid, offset)?;
+            *cursor = Some(Cursor {
+                replid: replid.to_string(),
+                offset,
+                db: 0,
+            });
+        }
+        ["+CONTINUE", rest @ ..] => {
+            ctx.capturing.now();
+            let Some(c) = cursor.as_mut() else {
+                return Err(RedisError::Protocol {
+                    addr: conn.addr().to_string(),
+                    detail: "+CONTINUE to a full-sync request".into(),
+                });
+            };
+            if let Some(new_id) = rest.first() {
+                if *new_id != c.replid {
+                    tracing::info!(source = %ctx.journal.name(), old = %c.replid, new = %new_id, "the primary's replication id changed; offsets continue");
+                    c.replid = new_id.to_string();
+                }
+            }
+            tracing::info!(source = %ctx.journal.name(), replid = %c.replid, offset = c.offset, "resumed replication (PSYNC continue)");
+        }
+        _ => {
+            return Err(RedisError::Server {
+                addr: conn.addr().to_string(),
+                command: "PSYNC".into(),
+                detail: reply,
+            })
+        }
+    }
+    let c = cursor.as_mut().ok_or(RedisError::Stopped)?;
+    super::stream::stream(conn, ctx, c, timeouts.stall)
+}
+
+/// Refuses a replica: it would hand us a history that is not the primary's.
+/// Connects, authenticates and checks that the server is a primary, changing
+/// nothing: what `run` checks before it opens the journal.
+pub fn preflight(url: &RedisUrl, timeouts: &Timeouts) -> Result<(), RedisError> {
+    let mut conn = Conn::connect(url, timeouts.connect)?;
+    check_primary(&mut conn)
+}
+
+fn check_primary(conn: &mut Conn) -> Result<(), RedisError> {
+    let Ok(info) = conn.call(&["INFO", "replication"]) else {
+        return Ok(()); // INFO not granted to this ACL user: PSYNC decides
+    };
+    let text = info.text().unwrap_or_default();
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+    };
+    if field("role:").as_deref() == Some("slave") {
+        return Err(RedisError::NotPrimary {
+            addr: conn.addr().to_string(),
+            primary: format!(
+                "{}:{}",
+                field("master_host:").unwrap_or_default(),
+                field("master_port:").unwrap_or_default()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Reads the RDB that follows `+FULLRESYNC` into a new base image.
+fn full_sync(
+    conn: &mut Conn,
+    ctx: &mut CaptureContext,
+    replid: &str,
+    offset: u64,
+) -> Result<(), RedisError> {
+    let started = Instant::now();
+    let time = Timestamp::now();
+    let addr = conn.addr().to_string();
+    let proto = |detail: String| RedisError::Protocol {
+        addr: addr.clone(),
+        detail,
+    };
+    let header = loop {
+        let line = conn.read_line()?;
+        if !line.is_empty() {
+            break line; // empty lines are keepalives while the primary forks
+        }
+    };
+    let mark = if let Some(m) = header.strip_prefix(b"$EOF:") {
+        if m.len() != 40 {
+            return Err(proto("diskless EOF mark is not 40 bytes".into()));
+        }
+        Some(m.to_vec())
+    } else {
+        None
+    };
+    let mut writer =
+        ctx.journal
+            .begin_image(Position::redis(replid, offset), time, image::FORMAT)?;
+    let mut chunks = ChunkBuilder::default();
+    let shutdown = ctx.shutdown.clone();
+    let mut put = |reader: &mut dyn BufRead| -> Result<(), RedisError> {
+        let mut parser = RdbParser::new(reader);
+        let mut n = 0u64;
+        while let Some(item) = parser.next_item().map_err(|source| match source {
+            super::rdb::RdbError::BadMagic { found } => RedisError::UnsupportedRdbFormat {
+                addr: addr.clone(),
+                header: String::from_utf8_lossy(&found).into_owned(),
+            },
+            super::rdb::RdbError::UnsupportedType {
+                type_id,
+                type_name,
+                key,
+                ..
+            } => RedisError::UnsupportedValue {
+                addr: addr.clone(),
+                key,
+                type_id,
+                type_name,
+            },
+            source => RedisError::Rdb {
+                addr: addr.clone(),
+                source,
+            },
+        })? {
+            n += 1;
+            if n.is_multiple_of(4096) && shutdown.is_fired() {
+                return Err(RedisError::Stopped);
+            }
+            if let Some(bytes) = image::record_of(item).and_then(|r| chunks.push(r)) {
+                writer.put_chunk(&bytes)?;
+            }
+        }
+        Ok(())
+    };
+    match &mark {
+        Some(mark) => {
+            put(&mut conn.reader)?;
+            let mut tail = [0u8; 40];
+            conn.reader
+                .read_exact(&mut tail)
+                .map_err(|e| RedisError::io(&addr, e))?;
+            if tail.as_slice() != mark.as_slice() {
+                return Err(proto(
+                    "the diskless RDB does not end with its EOF mark".into(),
+                ));
+            }
+        }
+        None => {
+            let len = std::str::from_utf8(header.strip_prefix(b"$").unwrap_or(b"x"))
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    proto(format!(
+                        "expected the RDB length, got `{}`",
+                        String::from_utf8_lossy(&header)
+                    ))
+                })?;
+            let mut limited = (&mut conn.reader).take(len);
+            put(&mut limited)?;
+            if limited.limit() != 0 {
+                return Err(proto(format!(
+                    "{} bytes follow the RDB checksum in the payload",
+                    limited.limit()
+                )));
+            }
+        }
+    }
+    if let Some(bytes) = chunks.finish() {
+        writer.put_chunk(&bytes)?;
+    }
+    let meta = writer.finish(&Progress {
+        checkpoint: Vec::new(),
+        coverage: Some(time),
+    })?;
+    tracing::info!(source = %ctx.journal.name(), image = meta.id, keys = chunks.keys, bytes = meta.bytes,
+        seconds = started.elapsed().as_secs_f64(), "base image taken from a full sync");
+    // Valkey starts the stream only once it hears an ACK after the transfer.
+    send_ack(conn.reader.get_mut(), offset, &addr)?;
+    Ok(())
+}
+
+pub(super) fn send_ack(
+    sock: &mut std::net::TcpStream,
+    offset: u64,
+    addr: &str,
+) -> Result<(), RedisError> {
+    let mut b = Vec::with_capacity(64);
+    resp::encode_command(&["REPLCONF", "ACK", &offset.to_string()], &mut b);
+    sock.write_all(&b).map_err(|e| RedisError::io(addr, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::SourceKind;
+    use crate::event::{ChangeEvent, Payload, RedisCommand};
+    use crate::journal::{Journal, JournalOptions};
+
+    fn command(replid: &str, offset: u64, db: u32) -> ChangeEvent {
+        ChangeEvent {
+            position: Some(Position::redis(replid, offset)),
+            capture_time_us: offset as i64,
+            payload: Some(Payload::Redis(RedisCommand {
+                db,
+                args: vec![b"SET".to_vec(), b"k".to_vec(), b"v".to_vec()],
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn resumes_after_the_newest_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Arc::new(Journal::open(&dir.path().join("j"), JournalOptions::default()).unwrap());
+        let id = j.register_source("c", SourceKind::Redis).unwrap();
+        let sj = SourceJournal::new(Arc::clone(&j), id, "c".into());
+        assert!(resume_point(&sj).unwrap().is_none());
+
+        let w = sj
+            .begin_image(
+                Position::redis("A", 100),
+                Timestamp::from_micros(1),
+                image::FORMAT,
+            )
+            .unwrap();
+        w.finish(&Progress::default()).unwrap();
+        let c = resume_point(&sj).unwrap().unwrap();
+        assert_eq!((c.replid.as_str(), c.offset, c.db), ("A", 100, 0));
+
+        sj.append_blocking(
+            &[command("A", 120, 0), command("A", 150, 3)],
+            &Progress::default(),
+        )
+        .unwrap();
+        let c = resume_point(&sj).unwrap().unwrap();
+        assert_eq!((c.replid.as_str(), c.offset, c.db), ("A", 150, 3));
+
+        // A full resync to history B with no command yet: B wins the tie on seq.
+        let w = sj
+            .begin_image(
+                Position::redis("B", 7),
+                Timestamp::from_micros(2),
+                image::FORMAT,
+            )
+            .unwrap();
+        w.finish(&Progress::default()).unwrap();
+        let c = resume_point(&sj).unwrap().unwrap();
+        assert_eq!((c.replid.as_str(), c.offset, c.db), ("B", 7, 0));
+    }
+}

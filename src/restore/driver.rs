@@ -1,0 +1,227 @@
+//! The one restore driver for every kind: checks, then the kind's [`Target`], then
+//! its digest. The order is the contract of [`super`]:
+//!
+//! 1. the target URL must be of the source's kind, and every kind-specific option
+//!    must be one the kind declares;
+//! 2. `--dry-run` stops here, having touched nothing (not even connected);
+//! 3. the target must not be one of the journal's own live sources (same server
+//!    identity and database) unless `--into-live-source`;
+//! 4. a target that holds data is refused unless `--force`;
+//! 5. apply, reporting progress; a failure says what a re-run does;
+//! 6. the digest of the target, as `tidemark digest` computes it.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use super::{Applied, ProgressSink, RestoreError, RestorePlan, Target};
+use crate::config::{redact_url, Timeouts};
+use crate::connectors::{self, Connector, KindOptions, OptionFor};
+use crate::digest::Digest;
+use crate::journal::Journal;
+
+/// One restore, as the command line asked for it.
+pub struct Request<'a> {
+    /// The journal.
+    pub journal: &'a Journal,
+    /// What to restore (from [`super::plan`]).
+    pub plan: &'a RestorePlan,
+    /// Where to.
+    pub target: &'a str,
+    /// Kind-specific options given.
+    pub options: &'a KindOptions,
+    /// The target may hold data.
+    pub force: bool,
+    /// Plan only.
+    pub dry_run: bool,
+    /// The target may be a captured database.
+    pub into_live_source: bool,
+    /// `(name, url)` of every configured source of the plan's kind.
+    pub live_sources: Vec<(String, String)>,
+    /// Connection timeouts.
+    pub timeouts: Timeouts,
+}
+
+/// What a finished restore reports (`restore --json` prints it).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreSummary {
+    /// The source restored.
+    pub source: String,
+    /// Its kind.
+    pub kind: String,
+    /// The moment restored to.
+    pub at: String,
+    /// The target, password masked.
+    pub target: String,
+    /// Base image used, if any.
+    pub image: Option<u64>,
+    /// Events in the plan.
+    pub events: u64,
+    /// What the target applied.
+    pub applied: Applied,
+    /// Wall time of apply plus digest.
+    pub seconds: f64,
+    /// The target's digest after the restore.
+    pub digest: Digest,
+}
+
+/// What `restore` produced.
+pub enum Outcome {
+    /// `--dry-run`: the kind's preview lines; nothing was touched.
+    DryRun(Vec<String>),
+    /// The restore ran.
+    Done(RestoreSummary),
+}
+
+/// Runs one restore; see the module docs for the order of checks.
+pub fn restore(req: Request<'_>, progress: &mut dyn ProgressSink) -> Result<Outcome, RestoreError> {
+    let kind = req.plan.source.kind;
+    let connector = connectors::for_kind(kind).ok_or(RestoreError::NotAvailable(kind))?;
+    check_target_url(connector, req.target)?;
+    check_options(connector, req.options)?;
+    let mut target = connector.target(req.target, req.options, &req.timeouts)?;
+    if req.dry_run {
+        return Ok(Outcome::DryRun(target.preview(req.journal, req.plan)?));
+    }
+    if !req.into_live_source {
+        refuse_live_source(connector, &req)?;
+    }
+    if let Some(holds) = target.occupied(req.journal, req.plan)? {
+        if !req.force {
+            return Err(RestoreError::Occupied {
+                target: target.describe(),
+                holds,
+                effect: target.force_effect(),
+            });
+        }
+        tracing::warn!(target = %target.describe(), %holds, "--force: {}", target.force_effect());
+    }
+    let started = Instant::now();
+    let applied = target
+        .apply(req.journal, req.plan, req.force, progress)
+        .map_err(|error| RestoreError::Failed {
+            error: Box::new(error),
+            rerun: target.rerun(),
+        })?;
+    let digest = target.digest()?;
+    Ok(Outcome::Done(RestoreSummary {
+        source: req.plan.source.name.clone(),
+        kind: kind.to_string(),
+        at: req.plan.at.to_rfc3339(),
+        target: target.describe(),
+        image: req.plan.image.as_ref().map(|m| m.id),
+        events: req.plan.events,
+        applied,
+        seconds: started.elapsed().as_secs_f64(),
+        digest,
+    }))
+}
+
+/// The target must use one of the kind's schemes.
+pub fn check_target_url(connector: &dyn Connector, url: &str) -> Result<(), RestoreError> {
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    if scheme.is_some_and(|s| connector.schemes().contains(&s)) {
+        return Ok(());
+    }
+    Err(RestoreError::Options(format!(
+        "--target `{}` is not a {} URL; use {}://...",
+        redact_url(url),
+        connector.kind(),
+        connector.schemes()[0]
+    )))
+}
+
+/// Every option given must be one the kind declares for `restore`.
+fn check_options(connector: &dyn Connector, options: &KindOptions) -> Result<(), RestoreError> {
+    for name in options.0.keys() {
+        let declared = connector
+            .options()
+            .iter()
+            .any(|o| o.name == name && o.command == OptionFor::Restore);
+        if !declared {
+            let owners: Vec<String> = connectors::registry()
+                .iter()
+                .filter(|c| c.options().iter().any(|o| o.name == name))
+                .map(|c| c.kind().to_string())
+                .collect();
+            return Err(RestoreError::Options(format!(
+                "--{name} applies to {} sources only, not to {} sources; remove it",
+                owners.join(" and "),
+                connector.kind()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a target whose identity is that of a configured source of the kind.
+fn refuse_live_source(connector: &dyn Connector, req: &Request<'_>) -> Result<(), RestoreError> {
+    if req.live_sources.is_empty() {
+        return Ok(());
+    }
+    let target_id = connector
+        .identity(req.target, &req.timeouts)
+        .map_err(|e| RestoreError::Target(e.to_string()))?;
+    for (name, url) in &req.live_sources {
+        match connector.identity(url, &req.timeouts) {
+            Ok(id) if id == target_id => {
+                return Err(RestoreError::IntoLiveSource {
+                    target: redact_url(req.target),
+                    source_name: name.clone(),
+                })
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(source = %name, %error, "cannot reach the source to check that the target is not it")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Progress on stderr while it is a terminal, at most a few times a second.
+pub struct TerminalProgress {
+    show: bool,
+    last: Instant,
+    shown: bool,
+}
+
+impl Default for TerminalProgress {
+    fn default() -> Self {
+        TerminalProgress {
+            show: std::io::stderr().is_terminal(),
+            last: Instant::now(),
+            shown: false,
+        }
+    }
+}
+
+impl ProgressSink for TerminalProgress {
+    fn update(&mut self, what: &str, done: u64, total: Option<u64>) {
+        if !self.show || self.last.elapsed() < Duration::from_millis(250) {
+            return;
+        }
+        self.last = Instant::now();
+        self.shown = true;
+        let of = total.map_or(String::new(), |t| format!(" of {t}"));
+        eprint!("\r\x1b[Krestoring: {done}{of} {what}");
+        let _ = std::io::stderr().flush();
+    }
+}
+
+impl Drop for TerminalProgress {
+    fn drop(&mut self) {
+        if self.shown {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+/// Progress nobody sees (`--json`, tests).
+pub struct NoProgress;
+
+impl ProgressSink for NoProgress {
+    fn update(&mut self, _: &str, _: u64, _: Option<u64>) {}
+}
+
+/// The target's boxed trait object, for callers holding one (tests, the demo).
+pub type BoxedTarget = Box<dyn Target>;
