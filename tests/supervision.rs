@@ -172,13 +172,9 @@ fn a_poison_pill_stops_its_source_after_bounded_tries() {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    for needle in [
-        "attempts",
-        "position",
-        "public.notes",
-        "column body",
-        "UTF-8",
-    ] {
+    // The server refuses to convert the value; where our own decoder finds it, the
+    // table and column are named too (unit-tested in pgoutput's decoder).
+    for needle in ["attempts", "position", "UTF-8", "invalid byte sequence"] {
         assert!(error.contains(needle), "expected `{needle}` in: {error}");
     }
     assert!(started.elapsed() < Duration::from_secs(80));

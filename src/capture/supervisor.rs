@@ -113,11 +113,15 @@ pub async fn supervise(
             };
             repeats = Some((message.clone(), key, tries));
             if tries >= POISON_TRIES {
+                let inner = match &error {
+                    CaptureError::Source { error, .. } => error.to_string(),
+                    other => other.to_string(),
+                };
                 let error = CaptureError::Poisoned {
                     name: name.clone(),
                     tries,
                     position,
-                    error: message,
+                    error: inner,
                 };
                 return stop(&journal, Err(error));
             }

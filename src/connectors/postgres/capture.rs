@@ -430,6 +430,14 @@ impl PostgresSource {
                 "{}: {message}: replication slot `{}` was dropped while capturing; changes after the journal's checkpoint cannot be recovered from the server. Capture the database under a new source name to start a new history",
                 self.conn.display, self.slot
             )),
+            // Data exceptions (22xxx: a value the server cannot convert to UTF-8, as
+            // in a SQL_ASCII database): the same change fails every time; the
+            // supervisor stops the source after a bounded number of tries.
+            Some((code, message)) if code.starts_with("22") => self.fail(PgError::Undecodable {
+                position: "the first position after the journal's checkpoint".into(),
+                location: String::new(),
+                detail: format!("the server cannot send it as UTF-8: {message} (SQLSTATE {code}; a database with encoding SQL_ASCII can hold such bytes)"),
+            }),
             _ => self.fail(e),
         }
     }
