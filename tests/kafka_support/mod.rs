@@ -243,19 +243,18 @@ pub fn digest(url: &str, topics: &[&str]) -> BTreeMap<(String, i32), (u64, Strin
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["partitions"]
+    assert_eq!(v["unit"], "records", "{v}");
+    v["parts"]
         .as_array()
         .unwrap()
         .iter()
         .map(|p| {
+            let (topic, partition) = p["name"].as_str().unwrap().rsplit_once('/').unwrap();
             (
+                (topic.to_string(), partition.parse().unwrap()),
                 (
-                    p["topic"].as_str().unwrap().to_string(),
-                    p["partition"].as_i64().unwrap() as i32,
-                ),
-                (
-                    p["records"].as_u64().unwrap(),
-                    p["sha256"].as_str().unwrap().to_string(),
+                    p["rows"].as_u64().unwrap(),
+                    p["digest"].as_str().unwrap().to_string(),
                 ),
             )
         })
