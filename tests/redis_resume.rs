@@ -274,11 +274,32 @@ fn bad_inputs_fail_with_one_clear_line() {
         &["is a replica", &format!("127.0.0.1:{port}")],
         "\u{0}",
     );
-    run_fails(
-        "redis://127.0.0.1:1",
-        &["cannot connect to Redis at 127.0.0.1:1"],
-        "\u{0}",
-    );
+    // An unreachable server is not a configuration error: the source starts in
+    // `retrying`, naming the reason, and `run` keeps going.
+    let mut tm = Tidemark::new("redis://127.0.0.1:1");
+    tm.start();
+    let start = std::time::Instant::now();
+    loop {
+        let out = tm.cli(&["status", "--json"]);
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let row = &doc["sources"][0];
+        if row["state"] == "retrying" {
+            let e = row["supervision"]["last_error"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(
+                e.contains("cannot connect to Redis at 127.0.0.1:1"),
+                "{row}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not retrying: {doc}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tm.stop();
     run_fails(
         "rediss://127.0.0.1:1",
         &["TLS", "not supported yet"],

@@ -243,7 +243,7 @@ fn a_stream_that_goes_silent_mid_run_is_detected_and_resumed() {
     let proxy = common::run::Proxy::start(pg.port);
     let url = format!("postgres://postgres@127.0.0.1:{}/app", proxy.port);
     let body = format!(
-        "[timeouts]\nconnect = \"2s\"\nread = \"2s\"\nstall = \"3s\"\n\n{}",
+        "[timeouts]\nconnect = \"2s\"\nread = \"10s\"\nstall = \"3s\"\n\n{}",
         source("app", &url)
     );
     let mut run = Run::new(&body);

@@ -157,11 +157,6 @@ impl Capturing {
         Capturing(Arc::new(f))
     }
 
-    /// A signal nobody listens to (one source outside a supervisor).
-    pub fn ignored() -> Capturing {
-        Capturing::new(|| {})
-    }
-
     /// Called by the source once connected and streaming (again).
     pub fn now(&self) {
         (self.0)()
@@ -183,9 +178,10 @@ pub fn build(cfg: &SourceConfig, opts: &CaptureOptions) -> Result<Box<dyn Source
     cfg.settings.capture(cfg.name(), opts)
 }
 
-/// Builds the capture for `cfg`, registers the source in `journal`, and returns its
-/// stop trigger and the future that runs it once (no supervisor, no retries). For
-/// one source outside `tidemark run`: the demo, tests and benchmarks.
+/// Registers `cfg`'s source in `journal` and returns its stop trigger and the
+/// future that captures it under a [`supervisor`] (retrying transient failures, as
+/// `run` does; it ends with `Ok` on shutdown or with the permanent failure). For one
+/// source outside `tidemark run`: the demo, tests and benchmarks.
 pub fn start(
     journal: &Arc<Journal>,
     cfg: &SourceConfig,
@@ -196,15 +192,18 @@ pub fn start(
     ),
     CaptureError,
 > {
-    let source = build(cfg, &CaptureOptions::default())?;
+    // Settings problems surface here, before anything is registered.
+    drop(build(cfg, &CaptureOptions::default())?);
     let id = journal.register_source(cfg.name(), cfg.kind())?;
     let (trigger, shutdown) = shutdown_pair();
-    let ctx = CaptureContext {
-        journal: SourceJournal::new(Arc::clone(journal), id, cfg.name().to_string()),
-        shutdown,
-        capturing: Capturing::ignored(),
-    };
-    Ok((trigger, source.run(ctx)))
+    let sj = SourceJournal::new(Arc::clone(journal), id, cfg.name().to_string());
+    let (settings, name) = (Arc::clone(&cfg.settings), cfg.name().to_string());
+    let factory: supervisor::Factory =
+        Box::new(move || settings.capture(&name, &CaptureOptions::default()));
+    Ok((
+        trigger,
+        Box::pin(supervisor::supervise(factory, sj, shutdown, None)),
+    ))
 }
 
 /// A [`Source::preflight`] for a check that blocks: runs it on the blocking pool and
