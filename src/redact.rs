@@ -72,9 +72,7 @@ fn mask_params(s: &str) -> String {
     let mut rest = s;
     while let Some(eq) = rest.find('=') {
         let before = &rest[..eq];
-        let name_start = before
-            .rfind(|c: char| matches!(c, '?' | '&' | ';' | ' ' | ','))
-            .map_or(0, |i| i + 1);
+        let name_start = before.rfind(['?', '&', ';', ' ', ',']).map_or(0, |i| i + 1);
         let name = before[name_start..].trim().to_ascii_lowercase();
         out.push_str(&rest[..=eq]);
         let value = &rest[eq + 1..];

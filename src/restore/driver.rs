@@ -69,7 +69,7 @@ pub enum Outcome {
     /// `--dry-run`: the kind's preview lines; nothing was touched.
     DryRun(Vec<String>),
     /// The restore ran.
-    Done(RestoreSummary),
+    Done(Box<RestoreSummary>),
 }
 
 /// Runs one restore; see the module docs for the order of checks.
@@ -103,7 +103,7 @@ pub fn restore(req: Request<'_>, progress: &mut dyn ProgressSink) -> Result<Outc
             rerun: target.rerun(),
         })?;
     let digest = target.digest()?;
-    Ok(Outcome::Done(RestoreSummary {
+    Ok(Outcome::Done(Box::new(RestoreSummary {
         source: req.plan.source.name.clone(),
         kind: kind.to_string(),
         at: req.plan.at.to_rfc3339(),
@@ -113,7 +113,7 @@ pub fn restore(req: Request<'_>, progress: &mut dyn ProgressSink) -> Result<Outc
         applied,
         seconds: started.elapsed().as_secs_f64(),
         digest,
-    }))
+    })))
 }
 
 /// The target must use one of the kind's schemes.

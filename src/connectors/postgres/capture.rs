@@ -528,13 +528,13 @@ struct StreamState {
     oldest_pending: Option<Instant>,
 }
 
+/// A WAL position query: `(flushed WAL end, server clock µs)`.
+type SampleTask = tokio::task::JoinHandle<Result<(u64, i64), PgError>>;
+
 /// The WAL position query in flight, if any, and when it started.
 #[derive(Default)]
 struct Sampler {
-    pending: Option<(
-        tokio::task::JoinHandle<Result<(u64, i64), PgError>>,
-        Instant,
-    )>,
+    pending: Option<(SampleTask, Instant)>,
 }
 
 impl StreamState {
