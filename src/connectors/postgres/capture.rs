@@ -242,7 +242,7 @@ impl PostgresSource {
                         last_rx = Instant::now();
                         st.received = st.received.max(x.wal_end.as_u64());
                         let msg = repl::pgoutput::decode(&x.data).map_err(|e| self.undecodable(&st, &x.data, x.wal_start, e))?;
-                        let step = st.builder.apply(msg, Timestamp::now().as_micros()).map_err(|detail| self.fail(PgError::Undecodable { position: Lsn(x.wal_start.as_u64()).to_string(), location: String::new(), detail }))?;
+                        let step = st.builder.apply(msg, Timestamp::now().as_micros()).map_err(|detail| self.fail(PgError::Undecodable { position: Lsn(x.wal_start.as_u64()).to_string(), location: String::new(), detail: detail.to_string() }))?;
                         match step {
                             Step::Event(e) => {
                                 if let Some(prev) = st.held.replace(*e) {

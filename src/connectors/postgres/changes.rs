@@ -6,6 +6,7 @@
 //! message. The last event of each transaction is marked `commit`: the capture loop
 //! keeps it back until the Commit message arrives.
 
+use super::error::Malformed;
 use std::collections::HashMap;
 
 use super::repl::pgoutput::{ColumnValue, Message, OldTuple, Relation};
@@ -81,7 +82,7 @@ impl ChangeBuilder {
     }
 
     /// Interprets one decoded message.
-    pub fn apply(&mut self, msg: Message, capture_time_us: i64) -> Result<Step, String> {
+    pub fn apply(&mut self, msg: Message, capture_time_us: i64) -> Result<Step, Malformed> {
         match msg {
             Message::Begin(b) => {
                 let final_lsn = b.final_lsn.as_u64();
@@ -175,7 +176,7 @@ impl ChangeBuilder {
         new: Vec<ColumnValue>,
         old: Option<OldTuple>,
         capture_time_us: i64,
-    ) -> Result<Step, String> {
+    ) -> Result<Step, Malformed> {
         let r = self
             .relations
             .get(&oid)
@@ -204,7 +205,7 @@ impl ChangeBuilder {
         self.event(change, capture_time_us)
     }
 
-    fn event(&mut self, change: PgChange, capture_time_us: i64) -> Result<Step, String> {
+    fn event(&mut self, change: PgChange, capture_time_us: i64) -> Result<Step, Malformed> {
         let txn = self.txn.as_mut().ok_or("change outside a transaction")?;
         let index = txn.index;
         txn.index += 1;

@@ -7,6 +7,8 @@
 //! string into statements and keeps the `n`-th DDL statement, so replay runs each
 //! DDL statement once, in its place between the changes around it.
 
+use super::error::Malformed;
+
 /// Splits SQL text into statements at top-level semicolons, honouring quotes,
 /// quoted identifiers, dollar quoting and comments. Empty statements are dropped.
 pub fn split_statements(sql: &str) -> Vec<&str> {
@@ -122,7 +124,7 @@ fn is_ddl(stmt: &str) -> bool {
 }
 
 /// Turns a trigger message into the statement to replay (with its search_path).
-pub fn statement_from_message(content: &str) -> Result<String, String> {
+pub fn statement_from_message(content: &str) -> Result<String, Malformed> {
     let mut parts = content.splitn(3, '\n');
     let (n, search_path, query) = match (parts.next(), parts.next(), parts.next()) {
         (Some(n), Some(p), Some(q)) => (

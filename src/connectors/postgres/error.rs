@@ -153,3 +153,21 @@ impl Fault for PgError {
         PgError::is_transient(self)
     }
 }
+
+/// A message from the server, or a record from the journal, that does not have the
+/// shape it must have; the text says what and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Malformed(pub String);
+
+impl From<String> for Malformed {
+    fn from(s: String) -> Self {
+        Malformed(s)
+    }
+}
+
+impl From<&str> for Malformed {
+    fn from(s: &str) -> Self {
+        Malformed(s.to_string())
+    }
+}

@@ -2,6 +2,7 @@
 //! forms (DateStyle ISO, TimeZone UTC, extra_float_digits 3), written as untyped
 //! literals that PostgreSQL coerces to each column's type.
 
+use super::error::Malformed;
 use crate::connectors::postgres::setup::{quote_ident, quote_literal};
 use crate::event::{PgChange, PgOp, PgValue, PgValueKind};
 
@@ -19,7 +20,7 @@ fn table(c: &PgChange) -> String {
 }
 
 /// The row-identifying condition of an update or delete.
-fn identity(c: &PgChange) -> Result<String, String> {
+fn identity(c: &PgChange) -> Result<String, Malformed> {
     let col = |i: usize| {
         c.columns
             .get(i)
@@ -56,7 +57,8 @@ fn identity(c: &PgChange) -> Result<String, String> {
         return Err(format!(
             "table {} has no replica identity: its updates and deletes cannot be replayed",
             table(c)
-        ));
+        )
+        .into());
     }
     let mut conds = Vec::new();
     for &k in &c.key {
@@ -71,7 +73,7 @@ fn identity(c: &PgChange) -> Result<String, String> {
 }
 
 /// One SQL statement reproducing `c`.
-pub fn statement(c: &PgChange) -> Result<String, String> {
+pub fn statement(c: &PgChange) -> Result<String, Malformed> {
     let op = PgOp::try_from(c.op).map_err(|_| format!("unknown PostgreSQL operation {}", c.op))?;
     Ok(match op {
         PgOp::Insert => {
@@ -196,6 +198,6 @@ mod tests {
         let mut c = change(PgOp::Update);
         c.key.clear();
         c.new_tuple = vec![text("1"), text("x")];
-        assert!(statement(&c).unwrap_err().contains("no replica identity"));
+        assert!(statement(&c).unwrap_err().0.contains("no replica identity"));
     }
 }
