@@ -227,3 +227,73 @@ async fn capture_survives_a_source_restart() {
     let journal = cap.stop().await;
     assert_eq!(restore_into(&pg, &journal, end, "restored").await, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_created_from_queries_restore_with_their_rows_once() {
+    let pg = Postgres::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql("app", "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 50) g");
+    let cap = Capture::start(&pg.url("app")).await;
+    pg.psql("app", "CREATE SCHEMA \"odd schema\"");
+    // Rows from random(): replaying the query would give other rows; the journal's count.
+    pg.psql("app", "CREATE TABLE \"odd schema\".\"Copy 1\" AS SELECT id, v, random() AS r FROM t WHERE id <= 30");
+    pg.psql(
+        "app",
+        "SELECT id, upper(v) AS v INTO t_into FROM t WHERE id > 40",
+    );
+    pg.psql(
+        "app",
+        "CREATE TABLE empty_copy AS SELECT * FROM t WITH NO DATA",
+    );
+    pg.psql("app", "BEGIN; INSERT INTO t VALUES (51, 'x'); CREATE TABLE t_tx AS TABLE t; UPDATE t_tx SET v = 'changed' WHERE id = 51; COMMIT");
+    let end = cap.moment().await;
+    let expected = digest_url(&pg.url("app")).await.unwrap();
+    let journal = cap.stop().await;
+    assert_eq!(restore_into(&pg, &journal, end, "restored").await, expected);
+    assert_eq!(
+        pg.psql("restored", "SELECT count(*) FROM \"odd schema\".\"Copy 1\""),
+        "30"
+    );
+    assert_eq!(
+        pg.psql("restored", "SELECT v FROM t_tx WHERE id = 51"),
+        "changed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_ddl_function_is_updated_without_journaling_it() {
+    let pg = Postgres::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    // What an older version installed: a function that knows only CREATE TABLE.
+    pg.psql("app", "CREATE SCHEMA tidemark; CREATE FUNCTION tidemark.capture_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM 1; END $$; CREATE EVENT TRIGGER tidemark_ddl ON ddl_command_end EXECUTE FUNCTION tidemark.capture_ddl()");
+    let cap = Capture::start(&pg.url("app")).await;
+    let src = pg.psql(
+        "app",
+        "SELECT prosrc FROM pg_proc WHERE proname = 'capture_ddl'",
+    );
+    assert!(src.contains("'CREATE TABLE AS'"), "not updated: {src}");
+    // Keyless tables made from queries get REPLICA IDENTITY FULL: the application's
+    // UPDATEs on them keep working.
+    pg.psql("app", "CREATE TABLE made AS SELECT g AS id FROM generate_series(1, 5) g; UPDATE made SET id = id + 10");
+    assert_eq!(
+        pg.psql(
+            "app",
+            "SELECT relreplident FROM pg_class WHERE relname = 'made'"
+        ),
+        "f"
+    );
+    let end = cap.moment().await;
+    let expected = digest_url(&pg.url("app")).await.unwrap();
+    let journal = cap.stop().await;
+    let id = journal.source("app").unwrap().id;
+    let replaced = journal
+        .events(id, 1, u64::MAX)
+        .filter_map(|e| e.ok())
+        .filter_map(|e| match e.event.payload {
+            Some(tidemark::event::Payload::Postgres(c)) => Some(c.ddl),
+            _ => None,
+        })
+        .any(|ddl| ddl.contains("capture_ddl"));
+    assert!(!replaced, "the function's replacement was journaled as DDL");
+    assert_eq!(restore_into(&pg, &journal, end, "restored").await, expected);
+}

@@ -10,6 +10,7 @@ use prost::Message as _;
 
 use super::conn::{db_error, ConnInfo};
 use super::image::{PgImageChunk, PgImagePart};
+use super::restore_sql::Replayed;
 use super::setup::{quote_ident, quote_literal};
 use super::PgError;
 use crate::config::Timeouts;
@@ -171,7 +172,7 @@ async fn replay(
         return Ok(());
     }
     let mut seen = 0u64;
-    let mut txn_sql = String::new();
+    let mut txn: Vec<Replayed> = Vec::new();
     let mut txn_changes = 0u64;
     let mut batch = String::from("BEGIN;\n");
     let (mut batch_txns, mut batch_changes) = (0u64, 0u64);
@@ -185,13 +186,19 @@ async fn replay(
         };
         let stmt = super::restore_sql::statement(change).map_err(|e| failed(e.to_string()))?;
         if !stmt.is_empty() {
-            txn_sql.push_str(&stmt);
-            txn_sql.push_str(";\n");
+            let op = crate::event::PgOp::try_from(change.op).ok();
+            txn.push(Replayed {
+                inserts_into: (op == Some(crate::event::PgOp::Insert))
+                    .then(|| (change.schema.clone(), change.table.clone())),
+                sql: stmt,
+            });
         }
         txn_changes += 1;
         if e.txn.as_ref().is_some_and(|t| t.commit) {
-            batch.push_str(&txn_sql);
-            txn_sql.clear();
+            for r in super::restore_sql::created_from_query_first(std::mem::take(&mut txn)) {
+                batch.push_str(&r.sql);
+                batch.push_str(";\n");
+            }
             batch_txns += 1;
             batch_changes += txn_changes;
             txn_changes = 0;

@@ -33,7 +33,7 @@ BEGIN
   END IF;
   PERFORM set_config('tidemark.in_ddl', 'on', true);
   FOR r IN SELECT objid FROM pg_event_trigger_ddl_commands()
-           WHERE command_tag = 'CREATE TABLE' AND object_type = 'table' LOOP
+           WHERE command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO') AND object_type = 'table' LOOP
     IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = r.objid AND indisprimary)
        AND (SELECT relreplident FROM pg_class WHERE oid = r.objid) = 'd' THEN
       EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', r.objid::regclass);
@@ -137,7 +137,9 @@ pub async fn prepare(
         .await
         .map_err(q)?
         .is_some();
-    if !has_trigger {
+    if has_trigger {
+        update_ddl_function(client, target).await?;
+    } else {
         let install = async {
             client.batch_execute(DDL_FUNCTION).await?;
             client
@@ -156,6 +158,33 @@ pub async fn prepare(
         }
     }
     Ok(warnings)
+}
+
+/// Replaces a DDL function installed by an older version, inside a transaction
+/// that the function itself skips (so the replacement is not journaled as DDL).
+async fn update_ddl_function(client: &Client, target: &str) -> Result<(), PgError> {
+    let q = |e: tokio_postgres::Error| PgError::query(target, &e);
+    let installed: Option<String> = client
+        .query_opt(
+            "SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE n.nspname = 'tidemark' AND p.proname = 'capture_ddl'",
+            &[],
+        )
+        .await
+        .map_err(q)?
+        .map(|r| r.get(0));
+    let ours = DDL_FUNCTION.split("$fn$").nth(1).unwrap_or_default();
+    if installed.as_deref() == Some(ours) {
+        return Ok(());
+    }
+    client
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL tidemark.in_ddl = 'on'; {DDL_FUNCTION}; COMMIT"
+        ))
+        .await
+        .map_err(q)?;
+    tracing::info!("updated the DDL capture function tidemark.capture_ddl()");
+    Ok(())
 }
 
 /// A replication slot as the server reports it.
