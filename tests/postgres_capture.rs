@@ -297,3 +297,41 @@ async fn an_older_ddl_function_is_updated_without_journaling_it() {
     assert!(!replaced, "the function's replacement was journaled as DDL");
     assert_eq!(restore_into(&pg, &journal, end, "restored").await, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latin1_database_restores_byte_exact() {
+    let pg = Postgres::start();
+    let create = |db: &str| {
+        format!(
+            "CREATE DATABASE {db} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+        )
+    };
+    pg.psql("postgres", &create("app"));
+    // psql's client encoding follows the database: send the bytes as LATIN1.
+    pg.psql("app", "SET client_encoding = 'UTF8'; CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'café'), (2, 'naïve')");
+    let cap = Capture::start(&pg.url("app")).await;
+    pg.psql("app", "SET client_encoding = 'UTF8'; INSERT INTO t VALUES (3, 'über'); UPDATE t SET v = v || ' é' WHERE id = 1");
+    let end = cap.moment().await;
+    let expected = digest_url(&pg.url("app")).await.unwrap();
+    let journal = cap.stop().await;
+    pg.psql("postgres", &create("restored"));
+    let plan = restore::plan(&journal, "app", TimeSpec::At(end)).unwrap();
+    let conn = connectors::postgres::conn::ConnInfo::parse(&pg.url("restored")).unwrap();
+    connectors::postgres::restore::restore(&journal, &plan, &conn, false, &mut NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(digest_url(&pg.url("restored")).await.unwrap(), expected);
+    let bytes = "SELECT string_agg(encode(convert_to(v, 'LATIN1'), 'hex'), ',' ORDER BY id) FROM t";
+    assert_eq!(pg.psql("restored", bytes), pg.psql("app", bytes));
+    // A target of another encoding is refused by name.
+    pg.psql(
+        "postgres",
+        "CREATE DATABASE utf8_target ENCODING 'UTF8' TEMPLATE template0",
+    );
+    let conn = connectors::postgres::conn::ConnInfo::parse(&pg.url("utf8_target")).unwrap();
+    let e = connectors::postgres::restore::restore(&journal, &plan, &conn, false, &mut NoProgress)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("LATIN1") && e.contains("UTF8"), "{e}");
+}

@@ -57,6 +57,33 @@ async fn occupied(
     Ok((existing > 0).then(|| format!("{existing} tables")))
 }
 
+/// Refuses a target whose encoding is not the source's (named by the dump's
+/// `SET client_encoding`): its text could not hold the same bytes.
+async fn check_encoding(
+    client: &tokio_postgres::Client,
+    conn: &ConnInfo,
+    schema: &str,
+) -> Result<(), RestoreError> {
+    let Some(source) = schema.lines().find_map(|l| {
+        l.strip_prefix("SET client_encoding = '")
+            .and_then(|r| r.strip_suffix("';"))
+    }) else {
+        return Ok(());
+    };
+    let target: String = client
+        .query_one("SHOW server_encoding", &[])
+        .await
+        .map_err(|e| failed(PgError::query(&conn.display, &e).to_string()))?
+        .get(0);
+    if !target.eq_ignore_ascii_case(source) {
+        return Err(failed(format!(
+            "target database {} has encoding {target}, the source's is {source}: restore into a database created with ENCODING '{source}' (and TEMPLATE template0)",
+            conn.display
+        )));
+    }
+    Ok(())
+}
+
 /// Restores `plan` into the database at `conn`; `force`: drop what it holds first.
 pub async fn restore(
     journal: &Journal,
@@ -109,12 +136,17 @@ pub async fn restore(
         }
         match part {
             Some(PgImagePart::Schema(sql)) => {
+                check_encoding(&client, conn, &sql).await?;
                 client
                     .batch_execute(&sql)
                     .await
                     .map_err(|e| failed(format!("loading the schema: {}", db_error(&e))))?;
-                // pg_dump empties search_path for its own session; replay needs the default.
-                client.batch_execute("RESET search_path").await.map_err(q)?;
+                // pg_dump empties search_path and sets the dump's client encoding for
+                // its session; the image's rows and the replayed changes are UTF-8.
+                client
+                    .batch_execute("RESET search_path; SET client_encoding = 'UTF8'")
+                    .await
+                    .map_err(q)?;
             }
             Some(PgImagePart::Table(t)) => {
                 let cols = t
