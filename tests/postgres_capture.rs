@@ -300,17 +300,26 @@ async fn an_older_ddl_function_is_updated_without_journaling_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_latin1_database_restores_byte_exact() {
+    restores_byte_exact_in("LATIN1", &["café", "naïve", "über"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_euc_jp_database_restores_byte_exact() {
+    restores_byte_exact_in("EUC_JP", &["日本語", "ｶﾀｶﾅ", "漢字"]).await;
+}
+
+/// A database in `encoding` holding `words` (non-ASCII), captured, changed, and
+/// restored into a database of the same encoding: same digest, same bytes.
+async fn restores_byte_exact_in(encoding: &str, words: &[&str]) {
     let pg = Postgres::start();
     let create = |db: &str| {
-        format!(
-            "CREATE DATABASE {db} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
-        )
+        format!("CREATE DATABASE {db} ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
     };
     pg.psql("postgres", &create("app"));
-    // psql's client encoding follows the database: send the bytes as LATIN1.
-    pg.psql("app", "SET client_encoding = 'UTF8'; CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'café'), (2, 'naïve')");
+    // The statements are UTF-8; the server stores the text in its own encoding.
+    pg.psql("app", &format!("SET client_encoding = 'UTF8'; CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, '{}'), (2, '{}')", words[0], words[1]));
     let cap = Capture::start(&pg.url("app")).await;
-    pg.psql("app", "SET client_encoding = 'UTF8'; INSERT INTO t VALUES (3, 'über'); UPDATE t SET v = v || ' é' WHERE id = 1");
+    pg.psql("app", &format!("SET client_encoding = 'UTF8'; INSERT INTO t VALUES (3, '{}'); UPDATE t SET v = v || ' {}' WHERE id = 1", words[2], words[2]));
     let end = cap.moment().await;
     let expected = digest_url(&pg.url("app")).await.unwrap();
     let journal = cap.stop().await;
@@ -321,17 +330,14 @@ async fn a_latin1_database_restores_byte_exact() {
         .await
         .unwrap();
     assert_eq!(digest_url(&pg.url("restored")).await.unwrap(), expected);
-    let bytes = "SELECT string_agg(encode(convert_to(v, 'LATIN1'), 'hex'), ',' ORDER BY id) FROM t";
-    assert_eq!(pg.psql("restored", bytes), pg.psql("app", bytes));
+    let bytes = format!("SELECT string_agg(encode(convert_to(v, '{encoding}'), 'hex'), ',' ORDER BY id) FROM t");
+    assert_eq!(pg.psql("restored", &bytes), pg.psql("app", &bytes));
     // A target of another encoding is refused by name.
-    pg.psql(
-        "postgres",
-        "CREATE DATABASE utf8_target ENCODING 'UTF8' TEMPLATE template0",
-    );
+    pg.psql("postgres", "CREATE DATABASE utf8_target ENCODING 'UTF8' TEMPLATE template0");
     let conn = connectors::postgres::conn::ConnInfo::parse(&pg.url("utf8_target")).unwrap();
     let e = connectors::postgres::restore::restore(&journal, &plan, &conn, false, &mut NoProgress)
         .await
         .unwrap_err()
         .to_string();
-    assert!(e.contains("LATIN1") && e.contains("UTF8"), "{e}");
+    assert!(e.contains(encoding) && e.contains("UTF8"), "{e}");
 }
