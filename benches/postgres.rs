@@ -172,7 +172,10 @@ async fn p1_drain(pg: &Postgres, txns: u64) {
 
 async fn p5_lag(pg: &Postgres) {
     // A new journal: the slot P1's journal created is not its to take.
-    pg.psql("postgres", "SELECT pg_drop_replication_slot('tidemark_app')");
+    pg.psql(
+        "postgres",
+        "SELECT pg_drop_replication_slot('tidemark_app')",
+    );
     let dir = tempfile::tempdir().unwrap();
     let journal =
         Arc::new(Journal::open(&dir.path().join("j"), JournalOptions::default()).unwrap());

@@ -330,10 +330,15 @@ async fn restores_byte_exact_in(encoding: &str, words: &[&str]) {
         .await
         .unwrap();
     assert_eq!(digest_url(&pg.url("restored")).await.unwrap(), expected);
-    let bytes = format!("SELECT string_agg(encode(convert_to(v, '{encoding}'), 'hex'), ',' ORDER BY id) FROM t");
+    let bytes = format!(
+        "SELECT string_agg(encode(convert_to(v, '{encoding}'), 'hex'), ',' ORDER BY id) FROM t"
+    );
     assert_eq!(pg.psql("restored", &bytes), pg.psql("app", &bytes));
     // A target of another encoding is refused by name.
-    pg.psql("postgres", "CREATE DATABASE utf8_target ENCODING 'UTF8' TEMPLATE template0");
+    pg.psql(
+        "postgres",
+        "CREATE DATABASE utf8_target ENCODING 'UTF8' TEMPLATE template0",
+    );
     let conn = connectors::postgres::conn::ConnInfo::parse(&pg.url("utf8_target")).unwrap();
     let e = connectors::postgres::restore::restore(&journal, &plan, &conn, false, &mut NoProgress)
         .await
