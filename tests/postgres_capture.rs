@@ -316,10 +316,29 @@ async fn restores_byte_exact_in(encoding: &str, words: &[&str]) {
         format!("CREATE DATABASE {db} ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
     };
     pg.psql("postgres", &create("app"));
-    // The statements are UTF-8; the server stores the text in its own encoding.
-    pg.psql("app", &format!("SET client_encoding = 'UTF8'; CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, '{}'), (2, '{}')", words[0], words[1]));
+    // The words travel as UTF-8 bytes and the server converts them into its own
+    // encoding (the SQL text itself stays ASCII, whatever psql's client encoding).
+    let w = |s: &str| {
+        let hex: String = s.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("convert_from('\\x{hex}'::bytea, 'UTF8')")
+    };
+    pg.psql(
+        "app",
+        &format!(
+            "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, {}), (2, {})",
+            w(words[0]),
+            w(words[1])
+        ),
+    );
     let cap = Capture::start(&pg.url("app")).await;
-    pg.psql("app", &format!("SET client_encoding = 'UTF8'; INSERT INTO t VALUES (3, '{}'); UPDATE t SET v = v || ' {}' WHERE id = 1", words[2], words[2]));
+    pg.psql(
+        "app",
+        &format!(
+            "INSERT INTO t VALUES (3, {}); UPDATE t SET v = v || {} WHERE id = 1",
+            w(words[2]),
+            w(words[2])
+        ),
+    );
     let end = cap.moment().await;
     let expected = digest_url(&pg.url("app")).await.unwrap();
     let journal = cap.stop().await;
