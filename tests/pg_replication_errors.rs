@@ -133,11 +133,9 @@ async fn wal_level_replica_gives_clear_error() {
 
 #[tokio::test]
 async fn unreachable_host_is_reported() {
-    // Bind then drop a listener so the port is (almost certainly) closed.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    // Port 1: privileged, nothing listens there. (A port freed by a dropped listener
+    // can be taken meanwhile by a server another test starts.)
+    let port = 1;
     let mut cfg = tidemark::connectors::postgres::repl::Config::new("127.0.0.1", "u", "db");
     cfg.port = port;
     cfg.password = Some("never-shown".into());
