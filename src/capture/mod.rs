@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::config::{SourceConfig, SourceKind};
+use crate::config::SourceConfig;
 use crate::event::{BaseImageMeta, ChangeEvent};
 use crate::journal::{
     Appended, Checkpoint, ImageWriter, Journal, JournalError, Progress, SourceId,
@@ -56,14 +56,6 @@ pub trait Fault: std::error::Error + Send + Sync + 'static {
 /// Why capture of a source stopped (or paused).
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    /// This build has no capture for the kind.
-    #[error("source `{name}`: capture of {kind} sources is not available in this version of tidemark (see README, \"Status\"); remove the source or upgrade")]
-    NotAvailable {
-        /// Source name.
-        name: String,
-        /// Its kind.
-        kind: SourceKind,
-    },
     /// The journal failed.
     #[error(transparent)]
     Journal(#[from] JournalError),
@@ -357,11 +349,6 @@ impl SourceJournal {
     /// A note recorded with [`SourceJournal::set_note`].
     pub fn note(&self, name: &str) -> Result<Option<String>, JournalError> {
         self.journal.note(self.id, name)
-    }
-
-    /// The journal's identity (stable for its lifetime), for naming it on servers.
-    pub fn journal_id(&self) -> String {
-        self.journal.id()
     }
 
     /// Publishes a health report (JSON) for `status`.

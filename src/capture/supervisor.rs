@@ -105,11 +105,9 @@ pub async fn supervise(
             let message = error.to_string();
             let position = journal.position_text();
             let key = journal.progress_key();
-            let same = matches!(&repeats, Some((m, k, _)) if *m == message && *k == key);
-            let tries = if same {
-                repeats.as_ref().map_or(1, |r| r.2 + 1)
-            } else {
-                1
+            let tries = match &repeats {
+                Some((m, k, n)) if *m == message && *k == key => n + 1,
+                _ => 1,
             };
             repeats = Some((message.clone(), key, tries));
             if tries >= POISON_TRIES {

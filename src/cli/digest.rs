@@ -16,14 +16,8 @@ pub fn digest(url: &str, options: &KindOptions, timeouts: &Timeouts, as_json: bo
             connectors::known_schemes()
         );
     };
-    for name in options.0.keys() {
-        if !connector.options().iter().any(|o| o.name == name) {
-            bail!(
-                "--{name} does not apply to {} URLs; remove it",
-                connector.kind()
-            );
-        }
-    }
+    connectors::check_options(connector, options, connectors::OptionFor::Digest)
+        .map_err(anyhow::Error::msg)?;
     let d = connector.digest(url, options, timeouts)?;
     if as_json {
         let mut doc = serde_json::to_value(&d)?;

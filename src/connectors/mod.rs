@@ -85,6 +85,35 @@ impl KindOptions {
     }
 }
 
+/// Every option in `options` must be one `connector` declares for `command`; the
+/// error names the kinds it belongs to.
+pub fn check_options(
+    connector: &dyn Connector,
+    options: &KindOptions,
+    command: OptionFor,
+) -> Result<(), String> {
+    for name in options.0.keys() {
+        let declared = |c: &dyn Connector| {
+            c.options()
+                .iter()
+                .any(|o| o.name == name && o.command == command)
+        };
+        if !declared(connector) {
+            let owners: Vec<String> = registry()
+                .iter()
+                .filter(|c| declared(**c))
+                .map(|c| c.kind().to_string())
+                .collect();
+            return Err(format!(
+                "--{name} applies to {} only, not to {}; remove it",
+                owners.join(" and "),
+                connector.kind()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What a connector provides. Implementations are stateless values (one `static`
 /// per kind); everything they build connects to nothing until it is used.
 pub trait Connector: Sync {

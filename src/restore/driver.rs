@@ -1,4 +1,4 @@
-//! The one restore driver for every kind: checks, then the kind's [`Target`], then
+//! The one restore driver for every kind: checks, then the kind's [`Target`](super::Target), then
 //! its digest. The order is the contract of [`super`]:
 //!
 //! 1. the target URL must be of the source's kind, and every kind-specific option
@@ -13,7 +13,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use super::{Applied, ProgressSink, RestoreError, RestorePlan, Target};
+use super::{Applied, ProgressSink, RestoreError, RestorePlan};
 use crate::config::{redact_url, Timeouts};
 use crate::connectors::{self, Connector, KindOptions, OptionFor};
 use crate::digest::Digest;
@@ -77,7 +77,8 @@ pub fn restore(req: Request<'_>, progress: &mut dyn ProgressSink) -> Result<Outc
     let kind = req.plan.source.kind;
     let connector = connectors::for_kind(kind).ok_or(RestoreError::NotAvailable(kind))?;
     check_target_url(connector, req.target)?;
-    check_options(connector, req.options)?;
+    connectors::check_options(connector, req.options, OptionFor::Restore)
+        .map_err(RestoreError::Options)?;
     let mut target = connector.target(req.target, req.options, &req.timeouts)?;
     if req.dry_run {
         return Ok(Outcome::DryRun(target.preview(req.journal, req.plan)?));
@@ -117,40 +118,15 @@ pub fn restore(req: Request<'_>, progress: &mut dyn ProgressSink) -> Result<Outc
 }
 
 /// The target must use one of the kind's schemes.
-pub fn check_target_url(connector: &dyn Connector, url: &str) -> Result<(), RestoreError> {
-    let scheme = url.split_once("://").map(|(s, _)| s);
-    if scheme.is_some_and(|s| connector.schemes().contains(&s)) {
-        return Ok(());
-    }
-    Err(RestoreError::Options(format!(
-        "--target `{}` is not a {} URL; use {}://...",
-        redact_url(url),
-        connector.kind(),
-        connector.schemes()[0]
-    )))
-}
-
-/// Every option given must be one the kind declares for `restore`.
-fn check_options(connector: &dyn Connector, options: &KindOptions) -> Result<(), RestoreError> {
-    for name in options.0.keys() {
-        let declared = connector
-            .options()
-            .iter()
-            .any(|o| o.name == name && o.command == OptionFor::Restore);
-        if !declared {
-            let owners: Vec<String> = connectors::registry()
-                .iter()
-                .filter(|c| c.options().iter().any(|o| o.name == name))
-                .map(|c| c.kind().to_string())
-                .collect();
-            return Err(RestoreError::Options(format!(
-                "--{name} applies to {} sources only, not to {} sources; remove it",
-                owners.join(" and "),
-                connector.kind()
-            )));
-        }
-    }
-    Ok(())
+fn check_target_url(connector: &dyn Connector, url: &str) -> Result<(), RestoreError> {
+    crate::config::check_scheme(url, connector.schemes()).map_err(|_| {
+        RestoreError::Options(format!(
+            "--target `{}` is not a {} URL; use {}://...",
+            redact_url(url),
+            connector.kind(),
+            connector.schemes()[0]
+        ))
+    })
 }
 
 /// Refuses a target whose identity is that of a configured source of the kind.
@@ -222,6 +198,3 @@ pub struct NoProgress;
 impl ProgressSink for NoProgress {
     fn update(&mut self, _: &str, _: u64, _: Option<u64>) {}
 }
-
-/// The target's boxed trait object, for callers holding one (tests, the demo).
-pub type BoxedTarget = Box<dyn Target>;

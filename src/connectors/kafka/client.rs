@@ -190,18 +190,26 @@ impl Connection {
         }
     }
 
+    /// The cluster's metadata (brokers, topics); a cluster that does not answer
+    /// within [`CONNECT_TIMEOUT`] is [`KafkaError::Unreachable`].
+    pub fn metadata(
+        &self,
+        client: &BaseConsumer,
+    ) -> Result<rdkafka::metadata::Metadata, KafkaError> {
+        client
+            .fetch_metadata(None, CONNECT_TIMEOUT)
+            .map_err(|e| KafkaError::Unreachable {
+                brokers: self.brokers.clone(),
+                timeout: CONNECT_TIMEOUT,
+                detail: e.to_string(),
+            })
+    }
+
     /// Every topic of the cluster with its partition count, in name order. The
     /// first call against a cluster is also the reachability check.
     pub fn topics(&self, client: &BaseConsumer) -> Result<BTreeMap<String, i32>, KafkaError> {
-        let md =
-            client
-                .fetch_metadata(None, CONNECT_TIMEOUT)
-                .map_err(|e| KafkaError::Unreachable {
-                    brokers: self.brokers.clone(),
-                    timeout: CONNECT_TIMEOUT,
-                    detail: e.to_string(),
-                })?;
-        Ok(md
+        Ok(self
+            .metadata(client)?
             .topics()
             .iter()
             .filter(|t| t.error().is_none() && !t.partitions().is_empty())

@@ -104,14 +104,13 @@ impl Connector for Kafka {
         use rdkafka::consumer::Consumer;
         // The cluster id alone is not enough: some brokers (tansu) report the same
         // default id for every cluster. The brokers the cluster advertises are.
-        conn.topics(&client).map_err(ConnectorError::from_display)?; // names unreachable brokers
+        let md = conn
+            .metadata(&client)
+            .map_err(ConnectorError::from_display)?;
         let id = client
             .client()
             .fetch_cluster_id(CONNECT_TIMEOUT)
             .unwrap_or_default();
-        let md = client
-            .fetch_metadata(None, CONNECT_TIMEOUT)
-            .map_err(|e| ConnectorError(conn.request_error("metadata", e).to_string()))?;
         let mut brokers: Vec<String> = md
             .brokers()
             .iter()
