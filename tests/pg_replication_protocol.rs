@@ -14,7 +14,7 @@ use tidemark::connectors::postgres::repl::{
 };
 
 fn t(s: &str) -> ColumnValue {
-    ColumnValue::Text(s.to_string())
+    ColumnValue::Text(bytes::Bytes::copy_from_slice(s.as_bytes()))
 }
 
 /// Reads frames until `commits` Commit messages were decoded, answering

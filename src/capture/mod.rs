@@ -346,6 +346,31 @@ impl SourceJournal {
             .map_err(|e| JournalError::Storage(format!("note task failed: {e}")))?
     }
 
+    /// Durably records a break in the source's history (see
+    /// [`crate::journal::Break`]): the old history ends at the coverage it has now,
+    /// the new one begins now.
+    pub async fn record_break(&self, reason: &str) -> Result<(), JournalError> {
+        let (journal, id, name, reason) = (
+            Arc::clone(&self.journal),
+            self.id,
+            self.name.clone(),
+            reason.to_string(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let covered = journal.source(&name)?.stats.coverage_us.unwrap_or(0);
+            journal.add_break(
+                id,
+                crate::journal::Break {
+                    covered_until_us: covered,
+                    new_history_from_us: crate::time::Timestamp::now().as_micros(),
+                    reason,
+                },
+            )
+        })
+        .await
+        .map_err(|e| JournalError::Storage(format!("break task failed: {e}")))?
+    }
+
     /// A note recorded with [`SourceJournal::set_note`].
     pub fn note(&self, name: &str) -> Result<Option<String>, JournalError> {
         self.journal.note(self.id, name)

@@ -112,6 +112,13 @@ pub enum Command {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// End a source's history with a break and start a new one (a new replication
+    /// slot and base image) at its next `run`: after its slot or publication was lost.
+    /// Restores before the break stay exact; none crosses it.
+    Resync {
+        /// The configured source.
+        source: String,
+    },
     /// Apply the configured retention now.
     Prune {
         /// Report what would be dropped; change nothing.
@@ -310,6 +317,7 @@ pub fn execute(cli: Cli, matches: &ArgMatches) -> Result<()> {
             },
         ),
         Command::Prune { dry_run } => prune::prune(&cfg, dry_run),
+        Command::Resync { source } => prune::resync(&cfg, &source),
         Command::Digest { .. } | Command::Demo { .. } => Ok(()), // handled above, without a configuration
     }
 }

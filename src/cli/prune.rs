@@ -1,4 +1,5 @@
-//! `tidemark prune`: apply the configured retention now.
+//! `tidemark prune`: apply the configured retention now; `tidemark resync`: end a
+//! source's history with a break.
 
 use anyhow::{bail, Result};
 
@@ -27,5 +28,35 @@ pub fn prune(cfg: &Config, dry_run: bool) -> Result<()> {
             ),
         }
     }
+    Ok(())
+}
+
+/// Leaves the note that makes the source's next capture start a new history.
+pub fn resync(cfg: &Config, source: &str) -> Result<()> {
+    let Some(src) = cfg.sources.iter().find(|s| s.name == source) else {
+        bail!(
+            "no source named `{source}` in the configuration (configured: {})",
+            cfg.sources
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let supported = crate::connectors::for_kind(src.kind).is_some_and(|c| c.resyncs());
+    if !supported {
+        bail!(
+            "source `{source}` is a {} source, which starts a new base image by itself when its history breaks: there is nothing to resync",
+            src.kind
+        );
+    }
+    let journal = super::open_for_write(cfg).map_err(|e| {
+        e.context("cannot open the journal for writing (is `tidemark run` running? stop it first)")
+    })?;
+    let id = journal.source(source)?.id;
+    journal.set_note(id, crate::journal::RESYNC_NOTE, "`tidemark resync` was run")?;
+    println!(
+        "{source}: at its next start, capture records a break in the history (restores before it stay exact, none crosses it), drops its old replication slot if there is one, and starts a new history from a new base image; restart `tidemark run`"
+    );
     Ok(())
 }

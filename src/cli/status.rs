@@ -26,6 +26,20 @@ pub fn status(cfg: &Config, as_json: bool) -> Result<()> {
         };
         let health = parse(journal.health(s.id)?);
         let supervision = parse(journal.supervision(s.id)?);
+        let breaks: Vec<serde_json::Value> = journal
+            .breaks(s.id)?
+            .iter()
+            .map(|b| {
+                json!({
+                    "covered_until": fmt_time(Some(b.covered_until_us)),
+                    "new_history_from": fmt_time(Some(b.new_history_from_us)),
+                    "reason": b.reason,
+                })
+            })
+            .collect();
+        let resync_pending = journal
+            .note(s.id, crate::journal::RESYNC_NOTE)?
+            .is_some_and(|n| !n.is_empty());
         let mut row = json!({
             "name": s.name,
             "kind": s.kind.as_str(),
@@ -40,6 +54,8 @@ pub fn status(cfg: &Config, as_json: bool) -> Result<()> {
             "retained_from": s.stats.floor_us.map(|_| fmt_time(s.stats.floor_us)),
             "configured": configured.is_some(),
             "health": health,
+            "breaks": breaks,
+            "resync_pending": resync_pending,
         });
         let probe = configured.and_then(|c| c.settings.probe(&journal, s.id, &cfg.timeouts));
         if let (Some(p), Some(obj)) = (&probe, row.as_object_mut()) {
@@ -92,6 +108,22 @@ pub fn status(cfg: &Config, as_json: bool) -> Result<()> {
         }
         if let Some(w) = r["health"]["warning"].as_str() {
             println!("    warning: {w}");
+        }
+        for b in r["breaks"].as_array().into_iter().flatten() {
+            println!(
+                "    break in the history: captured up to {}, new history from {} ({})",
+                b["covered_until"].as_str().unwrap_or("?"),
+                b["new_history_from"].as_str().unwrap_or("?"),
+                b["reason"].as_str().unwrap_or("?")
+            );
+        }
+        if r["resync_pending"] == true {
+            println!(
+                "    resync pending: the next start records a break and takes a new base image"
+            );
+        }
+        for n in r["health"]["not_captured"].as_array().into_iter().flatten() {
+            println!("    not captured: {}", n.as_str().unwrap_or("?"));
         }
         for l in lines {
             println!("{l}");

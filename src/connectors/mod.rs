@@ -161,6 +161,14 @@ pub trait Connector: Sync {
         timeouts: &Timeouts,
     ) -> Result<Digest, ConnectorError>;
 
+    /// Whether `tidemark resync` can end a source's history with a break and start
+    /// a new one (a connector that supports it reads [`crate::journal::RESYNC_NOTE`]
+    /// when its capture starts). Kinds that resynchronise by themselves (Redis full
+    /// resyncs, Kafka) do not need it.
+    fn resyncs(&self) -> bool {
+        false
+    }
+
     /// A stable identity of the server and database at `url` (PostgreSQL: system
     /// identifier and database; Redis: run id; Kafka: cluster id), so a restore can
     /// refuse to write into a database it captures. Blocking, bounded by `timeouts`.

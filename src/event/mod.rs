@@ -102,6 +102,10 @@ pub enum PgOp {
     Truncate = 4,
     /// A DDL statement, in `ddl`, in transaction order.
     Ddl = 5,
+    /// Sequences' values as sampled on the source (sequence advances are not
+    /// transactional and logical decoding does not send them): `ddl` holds the
+    /// `setval` calls that set them.
+    Sequence = 6,
 }
 
 impl PgOp {
@@ -114,6 +118,7 @@ impl PgOp {
             PgOp::Delete => "DELETE",
             PgOp::Truncate => "TRUNCATE",
             PgOp::Ddl => "DDL",
+            PgOp::Sequence => "SEQUENCE",
         }
     }
 }
@@ -152,6 +157,11 @@ pub struct PgChange {
     /// it holds only the key columns.
     #[prost(bool, tag = "10")]
     pub old_is_full: bool,
+    /// DDL that ran inside a `DO` block or a function: `ddl` is the whole top-level
+    /// statement; replay runs it once and refuses it if it changes rows (they are
+    /// journaled as row changes of their own).
+    #[prost(bool, tag = "11")]
+    pub nested: bool,
 }
 
 /// How a PostgreSQL column value was sent.

@@ -17,12 +17,14 @@
 //! Appends are serialised by one mutex (the order of sequence numbers is the order of
 //! durability); reads go straight to RocksDB and never block appends.
 
+mod breaks;
 mod image;
 mod keys;
 mod read;
 mod record;
 mod retention;
 
+pub use breaks::{Break, RESYNC_NOTE};
 pub use image::{ImageBound, ImageWriter};
 pub use read::{Checkpoint, LogEntry};
 pub use retention::PruneReport;

@@ -142,6 +142,21 @@ pub enum RestoreError {
         /// Oldest restorable moment.
         floor: Timestamp,
     },
+    /// The moment lies in a break of the source's history, or the replay to it
+    /// would cross one.
+    #[error("source `{source_name}` has a break in its history: it was captured up to {covered_until}, and a new history (after {reason}) begins with the base image taken after {new_from}; {at} lies between, where nothing was captured: choose --at up to {covered_until}, or from the new history's first base image on")]
+    InBreak {
+        /// Source name.
+        source_name: String,
+        /// Requested moment.
+        at: Timestamp,
+        /// The old history's coverage.
+        covered_until: Timestamp,
+        /// When the new history began.
+        new_from: Timestamp,
+        /// Why it broke.
+        reason: String,
+    },
     /// The kind needs a base image and there is none early enough.
     #[error(
         "source `{source_name}` has no base image at or before {at}{earliest}; choose a later --at"
@@ -283,6 +298,20 @@ pub fn plan(journal: &Journal, source: &str, at: TimeSpec) -> Result<RestorePlan
         }
     }
     let image = journal.image_at_or_before(info.id, ImageBound::Time(at))?;
+    for b in journal.breaks(info.id)? {
+        let image_before_break = image
+            .as_ref()
+            .is_none_or(|m| m.time_us < b.new_history_from_us);
+        if at.as_micros() > b.covered_until_us && image_before_break {
+            return Err(RestoreError::InBreak {
+                source_name: info.name,
+                at,
+                covered_until: Timestamp::from_micros(b.covered_until_us),
+                new_from: Timestamp::from_micros(b.new_history_from_us),
+                reason: b.reason,
+            });
+        }
+    }
     if image.is_none() && kind_uses_images(info.kind) {
         let earliest = match journal.images(info.id)?.first() {
             Some(m) => format!(

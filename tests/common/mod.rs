@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use ::tidemark::sandbox::{free_port, stop_child, wait_ready};
 
+pub mod pgcapture;
 pub mod pgcluster;
 pub mod run;
 

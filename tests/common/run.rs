@@ -90,6 +90,13 @@ impl Run {
         }
     }
 
+    /// SIGKILL, then reaps it.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// Waits for `run` to exit by itself; its status and log.
     pub fn wait_exit(&mut self, within: Duration) -> (bool, String) {
         let mut child = self.child.take().expect("running");

@@ -18,19 +18,19 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::changes::{ChangeBuilder, Step};
-use super::config::PostgresSettings;
+use super::config::{self, PostgresSettings};
 use super::conn::ConnInfo;
 use super::repl::{
     Lsn, ReplicationConnection, ReplicationMessage, ReplicationOptions, ReplicationStream,
     SnapshotAction, StandbyStatusUpdate,
 };
 use super::setup::SlotInfo;
-use super::{image, repl, setup, PgError};
+use super::{image, repl, sequences, setup, PgError};
 use crate::capture::{
     BoxFuture, CaptureContext, CaptureError, CaptureOptions, Source, SourceJournal,
 };
 use crate::event::ChangeEvent;
-use crate::journal::Progress;
+use crate::journal::{Progress, RESYNC_NOTE};
 use crate::position::{Position, PositionKind};
 use crate::time::Timestamp;
 
@@ -53,6 +53,8 @@ pub struct PostgresSource {
     slot: String,
     publication: String,
     tables: Vec<String>,
+    /// `resync = "auto"`: a lost history starts a new one instead of stopping.
+    resync_auto: bool,
     opts: CaptureOptions,
 }
 
@@ -72,6 +74,7 @@ impl PostgresSource {
             slot: settings.slot_name(name),
             publication: settings.publication_name(),
             tables: settings.tables.clone(),
+            resync_auto: settings.resync == Some(config::Resync::Auto),
             opts: opts.clone(),
         })
     }
@@ -116,41 +119,48 @@ impl PostgresSource {
             )
             .await
             .map_err(|e| self.fail(e))?;
+        let resync = journal.note(RESYNC_NOTE)?.filter(|r| !r.is_empty());
         let start = match (checkpoint, slot) {
+            (Some(_), existing) if resync.is_some() => {
+                let reason = resync.unwrap_or_default();
+                self.new_history(&mut repl, journal, existing, &reason)
+                    .await?
+            }
             (Some(lsn), Some(info)) => {
                 if let Some(confirmed) = info.confirmed_flush.filter(|c| *c > lsn) {
-                    return Err(self.history(format!(
-                        "replication slot `{}` on {target} says changes up to {} were confirmed, but this journal holds the source only up to {}: something else consumed that WAL from the slot (another journal, a take-over, pg_replication_slot_advance), and the changes in between are not in this journal; capture stops rather than resume with a gap. Restores up to {} remain exact; to go on, capture the database under a new source name (and slot)",
-                        self.slot, Lsn(confirmed), Lsn(lsn), Lsn(lsn)
-                    )));
+                    let reason = format!(
+                        "replication slot `{}` on {target} says changes up to {} were confirmed, but this journal holds the source only up to {}: something else consumed that WAL from the slot (another journal, a take-over, pg_replication_slot_advance), and the changes in between are not in this journal",
+                        self.slot, Lsn(confirmed), Lsn(lsn)
+                    );
+                    if self.resync_auto {
+                        self.new_history(&mut repl, journal, Some(info), &reason)
+                            .await?
+                    } else {
+                        return Err(self.history(format!(
+                            "{reason}; capture stops rather than resume with a gap. Restores up to {} remain exact; to go on, run `tidemark resync {}` (a new slot and base image, with a break recorded in the history)",
+                            Lsn(lsn), self.name
+                        )));
+                    }
+                } else {
+                    tracing::info!(source = %self.name, slot = %self.slot, position = %Lsn(lsn), "resuming from the journal's checkpoint");
+                    Lsn(lsn)
                 }
-                tracing::info!(source = %self.name, slot = %self.slot, position = %Lsn(lsn), "resuming from the journal's checkpoint");
-                Lsn(lsn)
             }
             (Some(lsn), None) => {
-                return Err(self.history(format!(
-                    "replication slot `{}` no longer exists on {target}, but the journal holds this source up to {}: changes after that may be lost and cannot be recovered from the server; to start a new history, capture the database under a new source name",
+                let reason = format!(
+                    "replication slot `{}` no longer exists on {target}, but the journal holds this source up to {}: changes after that cannot be recovered from the server",
                     self.slot,
                     Lsn(lsn)
-                )))
-            }
-            (None, existing) => {
-                if let Some(info) = existing {
-                    self.may_drop(journal, &info)?;
-                    tracing::warn!(source = %self.name, slot = %self.slot, "dropping the slot this journal created before its base image was sealed, to take a consistent one");
-                    repl.drop_replication_slot(&self.slot, false).await.map_err(|e| self.fail(e))?;
+                );
+                if !self.resync_auto {
+                    return Err(self.history(format!(
+                        "{reason}; restores up to that point remain exact. To go on, run `tidemark resync {}` (a new slot and base image, with a break recorded in the history)",
+                        self.name
+                    )));
                 }
-                // Recorded (durably) before the slot exists: a crash between the two
-                // leaves a note without a slot, never a slot without its note.
-                journal.set_note(SLOT_NOTE, &self.slot_note()).await?;
-                let created = repl.create_replication_slot(&self.slot, false, SnapshotAction::Export).await.map_err(|e| self.fail(e))?;
-                tracing::info!(source = %self.name, slot = %self.slot, position = %created.consistent_point, "created replication slot; taking the base image");
-                let snapshot = created.snapshot_name.ok_or_else(|| self.history("the server exported no snapshot".into()))?;
-                image::take(&self.conn, journal, &self.publication, &snapshot, created.consistent_point)
-                    .await
-                    .map_err(|e| self.fail(e))?;
-                created.consistent_point
+                self.new_history(&mut repl, journal, None, &reason).await?
             }
+            (None, existing) => self.first_history(&mut repl, journal, existing).await?,
         };
         // A transaction the journal holds only in part is resent whole: skip what is there.
         let partial =
@@ -168,6 +178,60 @@ impl PostgresSource {
             .await
             .map_err(|e| self.fail(e))?;
         Ok((stream, start, partial, client))
+    }
+
+    /// Creates the slot (dropping `existing` if this journal may) and takes the base
+    /// image the history starts from; returns the slot's consistent point.
+    async fn first_history(
+        &self,
+        repl: &mut ReplicationConnection,
+        journal: &SourceJournal,
+        existing: Option<SlotInfo>,
+    ) -> Result<Lsn, CaptureError> {
+        if let Some(info) = existing {
+            self.may_drop(journal, &info)?;
+            tracing::warn!(source = %self.name, slot = %self.slot, "dropping the slot this journal created before its base image was sealed, to take a consistent one");
+            repl.drop_replication_slot(&self.slot, false)
+                .await
+                .map_err(|e| self.fail(e))?;
+        }
+        // Recorded (durably) before the slot exists: a crash between the two
+        // leaves a note without a slot, never a slot without its note.
+        journal.set_note(SLOT_NOTE, &self.slot_note()).await?;
+        let created = repl
+            .create_replication_slot(&self.slot, false, SnapshotAction::Export)
+            .await
+            .map_err(|e| self.fail(e))?;
+        tracing::info!(source = %self.name, slot = %self.slot, position = %created.consistent_point, "created replication slot; taking the base image");
+        let snapshot = created
+            .snapshot_name
+            .ok_or_else(|| self.history("the server exported no snapshot".into()))?;
+        image::take(
+            &self.conn,
+            journal,
+            &self.publication,
+            &snapshot,
+            created.consistent_point,
+        )
+        .await
+        .map_err(|e| self.fail(e))?;
+        Ok(created.consistent_point)
+    }
+
+    /// Ends the journal's history of this source with a break and starts a new one
+    /// (new slot, new base image); the break is recorded before anything else.
+    async fn new_history(
+        &self,
+        repl: &mut ReplicationConnection,
+        journal: &SourceJournal,
+        existing: Option<SlotInfo>,
+        reason: &str,
+    ) -> Result<Lsn, CaptureError> {
+        tracing::warn!(source = %self.name, %reason, "resync: recording a break in the history and starting a new one");
+        journal.record_break(reason).await?;
+        let start = self.first_history(repl, journal, existing).await?;
+        journal.set_note(RESYNC_NOTE, "").await?;
+        Ok(start)
     }
 
     /// What the journal notes when it creates the slot: its identity and the slot.
@@ -236,7 +300,7 @@ impl PostgresSource {
                     tracing::info!(source = %self.name, position = %Lsn(st.durable), "capture stopped; everything received is journaled and acknowledged");
                     return Ok(());
                 }
-                frame = stream.next() => match frame.map_err(|e| self.stream_error(e))? {
+                frame = stream.next() => match self.checked(&ctx.journal, frame).await? {
                     None => return Err(self.fail(PgError::Connect { target: self.conn.display.clone(), detail: "the server ended the replication stream".into() })),
                     Some(ReplicationMessage::XLogData(x)) => {
                         last_rx = Instant::now();
@@ -390,7 +454,8 @@ impl PostgresSource {
                     detail: format!("WAL position query task failed: {e}"),
                 })
             })?;
-            let (lsn, t) = sample.map_err(|e| self.fail(e))?;
+            let (lsn, t, sequences) = sample.map_err(|e| self.fail(e))?;
+            sampler.sequences = sequences;
             st.flush_samples.push_back((lsn, t));
             // Keepalives pass samples in order; a long catch-up keeps a bounded tail.
             while st.flush_samples.len() > 600 {
@@ -398,6 +463,7 @@ impl PostgresSource {
             }
         }
         let (client, target) = (std::sync::Arc::clone(client), self.conn.display.clone());
+        let (previous, source) = (sampler.sequences.clone(), self.name.clone());
         let task = tokio::spawn(async move {
             let row = client
                 .query_one("SELECT pg_current_wal_flush_lsn()::text, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint", &[])
@@ -409,10 +475,35 @@ impl PostgresSource {
                 detail: format!("unexpected WAL position `{lsn}`"),
                 code: None,
             })?;
-            Ok((lsn.as_u64(), t))
+            let sequences = sequences::sample(&client, &target, &source, previous).await?;
+            Ok((lsn.as_u64(), t, sequences))
         });
         sampler.pending = Some((task, Instant::now()));
         Ok(())
+    }
+
+    /// A frame, or the stream's error; with `resync = "auto"`, a history that cannot
+    /// go on (slot or publication dropped) is noted for a new history on the next
+    /// attempt.
+    async fn checked<T>(
+        &self,
+        journal: &SourceJournal,
+        frame: Result<T, repl::Error>,
+    ) -> Result<T, CaptureError> {
+        let e = match frame {
+            Ok(f) => return Ok(f),
+            Err(e) => e,
+        };
+        let lost = e.server_error().is_some_and(|s| {
+            s.code == "42704" && (s.message.contains("publication") || s.message.contains("slot"))
+        });
+        let error = self.stream_error(e);
+        if !(lost && self.resync_auto) {
+            return Err(error);
+        }
+        let reason = error.to_string();
+        journal.set_note(RESYNC_NOTE, &reason).await?;
+        Err(self.fail(PgError::Resyncing(reason)))
     }
 
     /// A replication stream error, with what to do where PostgreSQL's own message
@@ -423,20 +514,20 @@ impl PostgresSource {
             .map(|s| (s.code.clone(), s.message.clone()));
         match server {
             Some((code, message)) if code == "42704" && message.contains("publication") => self.history(format!(
-                "{}: {message}: publication `{}` was dropped (or never covered this point) while the slot still holds WAL decoded with it; PostgreSQL keeps refusing this WAL even if the publication is created again. Capture of this source cannot continue: capture the database under a new source name (a new slot and publication)",
-                self.conn.display, self.publication
+                "{}: {message}: publication `{}` was dropped (or never covered this point) while the slot still holds WAL decoded with it; PostgreSQL keeps refusing this WAL even if the publication is created again. This history cannot continue: run `tidemark resync {}` to start a new one (new slot, publication and base image; restores before this point stay exact)",
+                self.conn.display, self.publication, self.name
             )),
             Some((code, message)) if code == "42704" && message.contains("slot") => self.history(format!(
-                "{}: {message}: replication slot `{}` was dropped while capturing; changes after the journal's checkpoint cannot be recovered from the server. Capture the database under a new source name to start a new history",
-                self.conn.display, self.slot
+                "{}: {message}: replication slot `{}` was dropped while capturing; changes after the journal's checkpoint cannot be recovered from the server. Run `tidemark resync {}` to start a new history (restores before this point stay exact)",
+                self.conn.display, self.slot, self.name
             )),
-            // Data exceptions (22xxx: a value the server cannot convert to UTF-8, as
-            // in a SQL_ASCII database): the same change fails every time; the
+            // Data exceptions (22xxx: a value the server cannot convert to the
+            // connection's encoding): the same change fails every time; the
             // supervisor stops the source after a bounded number of tries.
             Some((code, message)) if code.starts_with("22") => self.fail(PgError::Undecodable {
                 position: "the first position after the journal's checkpoint".into(),
                 location: String::new(),
-                detail: format!("the server cannot send it as UTF-8: {message} (SQLSTATE {code}; a database with encoding SQL_ASCII can hold such bytes)"),
+                detail: format!("the server cannot send it in the connection's encoding: {message} (SQLSTATE {code})"),
             }),
             _ => self.fail(e),
         }
@@ -450,14 +541,12 @@ impl PostgresSource {
         at: Lsn,
         e: repl::pgoutput::DecodeError,
     ) -> CaptureError {
-        let location = match (&e, data.first()) {
-            (repl::pgoutput::DecodeError::BadText { column, .. }, Some(b'I' | b'U' | b'D'))
-                if data.len() >= 5 =>
-            {
+        let location = match data.first() {
+            Some(b'I' | b'U' | b'D') if data.len() >= 5 => {
                 let oid = u32::from_be_bytes([data[1], data[2], data[3], data[4]]);
-                match st.builder.column_name(oid, *column) {
-                    Some((table, col)) => format!(" (table {table}, column {col})"),
-                    None => format!(" (relation {oid}, column {})", column + 1),
+                match st.builder.table_name(oid) {
+                    Some(table) => format!(" (table {table})"),
+                    None => format!(" (relation {oid})"),
                 }
             }
             _ => String::new(),
@@ -478,6 +567,15 @@ impl PostgresSource {
                 setup::slot_lag(client, &self.conn.display, &self.slot),
             )
             .await;
+        let not_captured = self
+            .conn
+            .bounded(
+                "to a catalog query",
+                self.opts.timeouts.read,
+                setup::not_captured(client, &self.conn.display),
+            )
+            .await
+            .unwrap_or_default();
         let report = match lag {
             Ok(Some((lag, retained))) => {
                 let warning = (retained > RETAINED_WAL_WARNING).then(|| {
@@ -486,7 +584,7 @@ impl PostgresSource {
                 if let Some(w) = &warning {
                     tracing::warn!(source = %self.name, "{w}");
                 }
-                json!({ "slot": self.slot, "slot_lag_bytes": lag, "retained_wal_bytes": retained, "warning": warning, "at": Timestamp::now().to_rfc3339() })
+                json!({ "slot": self.slot, "slot_lag_bytes": lag, "retained_wal_bytes": retained, "warning": warning, "not_captured": not_captured, "at": Timestamp::now().to_rfc3339() })
             }
             Ok(None) => json!({ "slot": self.slot, "warning": "replication slot missing" }),
             Err(e) => json!({ "slot": self.slot, "error": e.to_string() }),
@@ -528,13 +626,15 @@ struct StreamState {
     oldest_pending: Option<Instant>,
 }
 
-/// A WAL position query: `(flushed WAL end, server clock µs)`.
-type SampleTask = tokio::task::JoinHandle<Result<(u64, i64), PgError>>;
+/// A WAL position query: `(flushed WAL end, server clock µs, sequences written)`.
+type SampleTask = tokio::task::JoinHandle<Result<(u64, i64, sequences::State), PgError>>;
 
-/// The WAL position query in flight, if any, and when it started.
+/// The WAL position query in flight, if any, and when it started; what was last
+/// written of the sequences.
 #[derive(Default)]
 struct Sampler {
     pending: Option<(SampleTask, Instant)>,
+    sequences: sequences::State,
 }
 
 impl StreamState {

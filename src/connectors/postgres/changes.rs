@@ -69,11 +69,10 @@ impl ChangeBuilder {
         }
     }
 
-    /// `schema.table` and column name of column `column` of relation `oid`, if known.
-    pub fn column_name(&self, oid: u32, column: usize) -> Option<(String, String)> {
+    /// `schema.table` of relation `oid`, if known.
+    pub fn table_name(&self, oid: u32) -> Option<String> {
         let r = self.relations.get(&oid)?;
-        let c = r.columns.get(column)?;
-        Some((format!("{}.{}", r.namespace, r.name), c.name.clone()))
+        Some(format!("{}.{}", r.namespace, r.name))
     }
 
     /// True while a transaction's changes are arriving.
@@ -157,10 +156,25 @@ impl ChangeBuilder {
             Message::LogicalMessage(m) if m.prefix == DDL_PREFIX && m.transactional() => {
                 let content = String::from_utf8(m.content.to_vec())
                     .map_err(|_| "DDL message is not UTF-8")?;
-                let ddl = super::ddl::statement_from_message(&content)?;
+                let Some(ddl) = super::ddl::statement_from_message(&content)? else {
+                    return Ok(Step::Nothing);
+                };
                 let change = PgChange {
                     op: PgOp::Ddl as i32,
-                    ddl,
+                    ddl: ddl.sql,
+                    nested: ddl.nested,
+                    ..Default::default()
+                };
+                self.event(change, capture_time_us)
+            }
+            Message::LogicalMessage(m)
+                if m.prefix == super::sequences::PREFIX && m.transactional() =>
+            {
+                let content = String::from_utf8(m.content.to_vec())
+                    .map_err(|_| "sequence message is not UTF-8")?;
+                let change = PgChange {
+                    op: PgOp::Sequence as i32,
+                    ddl: super::sequences::statement_from_message(&content)?,
                     ..Default::default()
                 };
                 self.event(change, capture_time_us)
@@ -238,7 +252,7 @@ fn value(v: ColumnValue) -> PgValue {
         },
         ColumnValue::Text(s) => PgValue {
             kind: PgValueKind::Text as i32,
-            data: s.into_bytes(),
+            data: s.to_vec(),
         },
         ColumnValue::Binary(b) => PgValue {
             kind: PgValueKind::Binary as i32,

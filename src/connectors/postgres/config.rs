@@ -23,6 +23,19 @@ pub struct PostgresSettings {
     /// Restrict capture to these tables (`schema.table`).
     #[serde(default)]
     pub tables: Vec<String>,
+    /// What to do when the history cannot go on (slot or publication dropped, WAL
+    /// consumed elsewhere): unset, stop and wait for `tidemark resync`; `"auto"`,
+    /// record a break and start a new history at once.
+    #[serde(default)]
+    pub resync: Option<Resync>,
+}
+
+/// The `resync` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resync {
+    /// Start a new history by itself.
+    Auto,
 }
 
 /// The longest name PostgreSQL accepts for a slot (NAMEDATALEN - 1).

@@ -129,7 +129,7 @@ impl ConnInfo {
                 }
             });
             client
-                .batch_execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET extra_float_digits = 3; SET client_encoding = 'UTF8'")
+                .batch_execute(&format!("SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET extra_float_digits = 3; {SESSION_ENCODING}"))
                 .await
                 .map_err(|e| PgError::query(&self.display, &e))?;
             Ok(client)
@@ -169,6 +169,12 @@ impl ConnInfo {
         env
     }
 }
+
+/// Sets the session's `client_encoding` to the encoding of journaled text: UTF-8
+/// (the server converts), except in a `SQL_ASCII` database, whose bytes are carried
+/// as stored (the server cannot convert them, and refuses to send or take bytes
+/// above 0x7F as UTF-8).
+pub const SESSION_ENCODING: &str = "SELECT set_config('client_encoding', CASE current_setting('server_encoding') WHEN 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END, false)";
 
 /// A server error's message (with its hint) or the client error.
 pub fn db_error(e: &tokio_postgres::Error) -> String {

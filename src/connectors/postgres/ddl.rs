@@ -123,8 +123,20 @@ fn is_ddl(stmt: &str) -> bool {
     )
 }
 
-/// Turns a trigger message into the statement to replay (with its search_path).
-pub fn statement_from_message(content: &str) -> Result<String, Malformed> {
+/// A DDL statement to replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ddl {
+    /// The statement, after a `SET LOCAL search_path` line.
+    pub sql: String,
+    /// The DDL ran inside a `DO` block or a function: `sql` is the whole top-level
+    /// statement, which replay must run once and only if it changes no rows.
+    pub nested: bool,
+}
+
+/// Turns a trigger message into the statement to replay (with its search_path);
+/// `None` when an earlier message of the same statement already carries it (the
+/// second and later DDL commands of one `DO` block or function call).
+pub fn statement_from_message(content: &str) -> Result<Option<Ddl>, Malformed> {
     let mut parts = content.splitn(3, '\n');
     let (n, search_path, query) = match (parts.next(), parts.next(), parts.next()) {
         (Some(n), Some(p), Some(q)) => (
@@ -137,22 +149,29 @@ pub fn statement_from_message(content: &str) -> Result<String, Malformed> {
         _ => return Err("malformed DDL message".into()),
     };
     let statements = split_statements(query);
-    let chosen = if statements.len() == 1 {
-        statements[0]
+    let (chosen, nested) = if statements.len() == 1 {
+        let nested = !is_ddl(statements[0]);
+        if nested && n > 1 {
+            return Ok(None);
+        }
+        (statements[0], nested)
     } else {
         match statements
             .iter()
             .filter(|s| is_ddl(s))
             .nth(n.saturating_sub(1))
         {
-            Some(s) => s,
+            Some(s) => (*s, false),
             None => {
                 tracing::warn!(query, "cannot tell which statement of a multi-statement DDL string ran; journaling the whole string");
-                query
+                (query, false)
             }
         }
     };
-    Ok(format!("SET LOCAL search_path TO {search_path};\n{chosen}"))
+    Ok(Some(Ddl {
+        sql: format!("SET LOCAL search_path TO {search_path};\n{chosen}"),
+        nested,
+    }))
 }
 
 #[cfg(test)]
@@ -176,12 +195,31 @@ mod tests {
         let msg = "2\n\"$user\", public\nCREATE TABLE t (k int); INSERT INTO t VALUES (1); ALTER TABLE t ADD v int; UPDATE t SET v = 1";
         assert_eq!(
             statement_from_message(msg).unwrap(),
-            "SET LOCAL search_path TO \"$user\", public;\nALTER TABLE t ADD v int"
+            Some(Ddl {
+                sql: "SET LOCAL search_path TO \"$user\", public;\nALTER TABLE t ADD v int".into(),
+                nested: false
+            })
         );
         let one = "1\npublic\nALTER TABLE t DROP COLUMN v";
-        assert!(statement_from_message(one)
-            .unwrap()
-            .ends_with("ALTER TABLE t DROP COLUMN v"));
+        let ddl = statement_from_message(one).unwrap().unwrap();
+        assert!(ddl.sql.ends_with("ALTER TABLE t DROP COLUMN v") && !ddl.nested);
         assert!(statement_from_message("garbage").is_err());
+    }
+
+    #[test]
+    fn ddl_inside_a_block_or_function_is_the_whole_statement_once() {
+        let block = "DO $$ BEGIN CREATE TABLE a (x int); CREATE TABLE b (y int); END $$";
+        let first = statement_from_message(&format!("1\npublic\n{block}"))
+            .unwrap()
+            .unwrap();
+        assert!(first.nested && first.sql.ends_with(block), "{first:?}");
+        assert_eq!(
+            statement_from_message(&format!("2\npublic\n{block}")).unwrap(),
+            None
+        );
+        let call = statement_from_message("1\npublic\nSELECT make_partitions(2026)")
+            .unwrap()
+            .unwrap();
+        assert!(call.nested);
     }
 }

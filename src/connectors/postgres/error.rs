@@ -77,6 +77,9 @@ pub enum PgError {
     /// Journal history and the server's slot disagree: continuing would lose data.
     #[error("{0}")]
     History(String),
+    /// `resync = "auto"`: the history ended and a new one starts on the next attempt.
+    #[error("{0}; resync = \"auto\": starting a new history (new slot and base image)")]
+    Resyncing(String),
     /// A change capture cannot represent.
     #[error("cannot capture the change at {position}{location}: {detail}")]
     Undecodable {
@@ -120,6 +123,7 @@ impl PgError {
             PgError::Connect { .. }
             | PgError::Timeout { .. }
             | PgError::Stalled { .. }
+            | PgError::Resyncing(_)
             | PgError::Undecodable { .. } => true,
             PgError::Query { code, .. } => code.as_deref().is_none_or(transient_sqlstate),
             PgError::Replication(e) => replication_transient(e),

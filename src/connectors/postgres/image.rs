@@ -24,7 +24,7 @@ const CHUNK_BYTES: usize = 1 << 20;
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PgImageChunk {
     /// What the chunk holds.
-    #[prost(oneof = "PgImagePart", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "PgImagePart", tags = "1, 2, 3, 4, 5")]
     pub part: Option<PgImagePart>,
 }
 
@@ -44,6 +44,10 @@ pub enum PgImagePart {
     /// A sequence's value.
     #[prost(message, tag = "4")]
     Sequence(PgImageSequence),
+    /// Something the database held that the image (and logical decoding) cannot
+    /// carry, named for the restore's report.
+    #[prost(string, tag = "5")]
+    NotCaptured(String),
 }
 
 /// A table in the image.
@@ -154,7 +158,13 @@ async fn dump_schema(conn: &ConnInfo, snapshot: &str) -> Result<String, PgError>
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(strip_own_objects(&String::from_utf8_lossy(&out.stdout)))
+    let dump = String::from_utf8(out.stdout).map_err(|e| {
+        PgError::Tool(format!(
+            "the schema holds bytes that are not UTF-8 (at byte {} of pg_dump --schema-only, as in a SQL_ASCII database with non-ASCII names, defaults or comments): tidemark carries schemas as UTF-8 and will not change them; make the definitions ASCII or UTF-8",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    Ok(strip_own_objects(&dump))
 }
 
 /// Copies the database as of the exported `snapshot` into a base image at
@@ -251,6 +261,9 @@ pub async fn take(
         .map_err(q)?
     {
         image.put(encode(PgImagePart::Sequence(PgImageSequence { schema: s.get(0), name: s.get(1), last_value: s.get(2) }))).await?;
+    }
+    for what in super::setup::not_captured(&client, &conn.display).await? {
+        image.put(encode(PgImagePart::NotCaptured(what))).await?;
     }
     client.batch_execute("COMMIT").await.map_err(q)?;
     progress.finish_and_clear();

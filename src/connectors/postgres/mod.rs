@@ -4,7 +4,8 @@
 //! - [`conn`]: the URL and the SQL connection; [`error`]: what can go wrong;
 //! - [`config`]: the `[[source]]` section;
 //! - [`setup`], [`ddl`], [`image`], [`capture`]: preparing the source, DDL capture,
-//!   the base image and the streaming loop;
+//!   the base image and the streaming loop; [`sequences`]: sequence values in the
+//!   stream;
 //! - [`restore`]: the restore target; [`digest`]: the per-table digest.
 
 pub mod capture;
@@ -18,6 +19,7 @@ pub mod image;
 pub mod repl;
 pub mod restore;
 mod restore_sql;
+pub mod sequences;
 pub mod setup;
 
 use std::sync::Arc;
@@ -78,6 +80,10 @@ impl Connector for Postgres {
 
     fn identity(&self, url: &str, timeouts: &Timeouts) -> Result<String, ConnectorError> {
         block_on(identity(url, timeouts))
+    }
+
+    fn resyncs(&self) -> bool {
+        true
     }
 }
 

@@ -38,6 +38,8 @@ pub struct PgRestoreSummary {
     pub final_lsn: String,
     /// Seconds taken.
     pub seconds: f64,
+    /// What the restore could not bring back, or did besides (for the report).
+    pub notes: Vec<String>,
 }
 
 fn failed(message: String) -> RestoreError {
@@ -80,6 +82,76 @@ async fn check_encoding(
             "target database {} has encoding {target}, the source's is {source}: restore into a database created with ENCODING '{source}' (and TEMPLATE template0)",
             conn.display
         )));
+    }
+    Ok(())
+}
+
+/// Refuses a target on an older major version than the source's (named by the
+/// dump's header): its schema may use what the older server lacks.
+async fn check_version(
+    client: &tokio_postgres::Client,
+    conn: &ConnInfo,
+    schema: &str,
+) -> Result<(), RestoreError> {
+    let Some(source) = schema.lines().find_map(|l| {
+        l.strip_prefix("-- Dumped from database version ")
+            .and_then(|v| v.split(['.', ' ']).next())
+            .and_then(|m| m.parse::<u32>().ok())
+    }) else {
+        return Ok(());
+    };
+    let target: String = client
+        .query_one("SHOW server_version_num", &[])
+        .await
+        .map_err(|e| failed(PgError::query(&conn.display, &e).to_string()))?
+        .get(0);
+    let target = target.parse::<u32>().unwrap_or(0) / 10000;
+    if target < source {
+        return Err(failed(format!(
+            "target database {} runs PostgreSQL {target}, the source ran PostgreSQL {source}: restore into a server of major version {source} or newer",
+            conn.display
+        )));
+    }
+    Ok(())
+}
+
+/// After the replay: refreshes materialized views from the restored tables (their
+/// contents are not in the stream) and names unlogged tables, restored empty.
+async fn finish(
+    client: &tokio_postgres::Client,
+    conn: &ConnInfo,
+    summary: &mut PgRestoreSummary,
+) -> Result<(), RestoreError> {
+    let q = |e: tokio_postgres::Error| failed(PgError::query(&conn.display, &e).to_string());
+    let rows = client
+        .query(
+            "SELECT c.relkind::text, format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE (c.relkind = 'm' OR (c.relkind IN ('r', 'p') AND c.relpersistence = 'u')) AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+             ORDER BY c.oid",
+            &[],
+        )
+        .await
+        .map_err(q)?;
+    for r in rows {
+        let (kind, name): (String, String) = (r.get(0), r.get(1));
+        if kind != "m" {
+            summary.notes.push(format!(
+                "unlogged table {name} restored empty: logical decoding does not carry its rows"
+            ));
+            continue;
+        }
+        match client
+            .batch_execute(&format!("REFRESH MATERIALIZED VIEW {name}"))
+            .await
+        {
+            Ok(()) => summary.notes.push(format!(
+                "materialized view {name} refreshed from the restored tables"
+            )),
+            Err(e) => summary.notes.push(format!(
+                "materialized view {name} left unpopulated: refreshing it failed: {}",
+                db_error(&e)
+            )),
+        }
     }
     Ok(())
 }
@@ -137,14 +209,19 @@ pub async fn restore(
         match part {
             Some(PgImagePart::Schema(sql)) => {
                 check_encoding(&client, conn, &sql).await?;
+                check_version(&client, conn, &sql).await?;
                 client
                     .batch_execute(&sql)
                     .await
                     .map_err(|e| failed(format!("loading the schema: {}", db_error(&e))))?;
                 // pg_dump empties search_path and sets the dump's client encoding for
-                // its session; the image's rows and the replayed changes are UTF-8.
+                // its session; the image's rows and the replayed changes are in the
+                // encoding of journaled text.
                 client
-                    .batch_execute("RESET search_path; SET client_encoding = 'UTF8'")
+                    .batch_execute(&format!(
+                        "RESET search_path; {}",
+                        super::conn::SESSION_ENCODING
+                    ))
                     .await
                     .map_err(q)?;
             }
@@ -179,24 +256,67 @@ pub async fn restore(
                         .map_err(q)?;
                 }
             }
+            Some(PgImagePart::NotCaptured(what)) => {
+                // Unlogged tables are reported from the target at the end.
+                if !what.starts_with("rows of unlogged table") {
+                    summary.notes.push(format!(
+                        "not restored (logical decoding does not carry it): {what}"
+                    ));
+                }
+            }
             None => return Err(failed("empty base image chunk".into())),
         }
     }
     if let Some(mut s) = sink.take() {
         summary.image_rows += s.as_mut().finish().await.map_err(q)?;
     }
-    replay(journal, plan, &client, &mut summary, progress).await?;
+    replay(journal, plan, &client, conn, &mut summary, progress).await?;
     client.batch_execute(SYNC_SEQUENCES).await.map_err(q)?;
+    finish(&client, conn, &mut summary).await?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
 
+/// One journaled transaction, ready to replay.
+struct TxnReplay {
+    stmts: Vec<Replayed>,
+    /// Changes it holds (statements, DDL and truncates).
+    changes: u64,
+    /// Its commit position and time, for messages.
+    lsn: u64,
+    time_us: i64,
+}
+
+impl TxnReplay {
+    fn describe(&self) -> String {
+        format!(
+            "the transaction committed at {} (LSN {})",
+            crate::time::Timestamp::from_micros(self.time_us),
+            super::repl::Lsn(self.lsn)
+        )
+    }
+}
+
+/// Whole transactions sent to the target as one server transaction.
+#[derive(Default)]
+struct Batch {
+    txns: Vec<TxnReplay>,
+    bytes: usize,
+}
+
 /// Replays whole transactions in journal order; a trailing transaction without its
 /// commit (cut by the moment, or journaled in part) is left out.
+///
+/// Transactions go to the target in batches of about [`REPLAY_BATCH_BYTES`], one
+/// server transaction each. If the target refuses a statement, the batch is rolled
+/// back and its transactions are applied one at a time up to the one refused: the
+/// target is left holding the source exactly as it was before that transaction,
+/// and the error names it.
 async fn replay(
     journal: &Journal,
     plan: &RestorePlan,
     client: &tokio_postgres::Client,
+    conn: &ConnInfo,
     summary: &mut PgRestoreSummary,
     progress: &mut dyn ProgressSink,
 ) -> Result<(), RestoreError> {
@@ -206,9 +326,7 @@ async fn replay(
     let mut seen = 0u64;
     let mut txn: Vec<Replayed> = Vec::new();
     let mut txn_changes = 0u64;
-    let mut batch = String::from("BEGIN;\n");
-    let (mut batch_txns, mut batch_changes) = (0u64, 0u64);
-    let mut last_lsn = None;
+    let mut batch = Batch::default();
     for entry in journal.events(plan.source.id, plan.first_seq, plan.last_seq) {
         let e = entry?.event;
         seen += 1;
@@ -216,85 +334,175 @@ async fn replay(
         let Some(Payload::Postgres(change)) = &e.payload else {
             continue;
         };
-        let stmt = super::restore_sql::statement(change).map_err(|e| failed(e.to_string()))?;
-        if !stmt.is_empty() {
+        let stmt = super::restore_sql::statement(change).map_err(|err| {
+            failed(format!(
+                "cannot replay the change at {} to {}.{}: {err}",
+                e.position
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                change.schema,
+                change.table
+            ))
+        })?;
+        if !stmt.sql.is_empty() {
             let op = crate::event::PgOp::try_from(change.op).ok();
             txn.push(Replayed {
                 inserts_into: (op == Some(crate::event::PgOp::Insert))
                     .then(|| (change.schema.clone(), change.table.clone())),
-                sql: stmt,
+                sql: stmt.sql,
+                raw: stmt.raw,
             });
         }
         txn_changes += 1;
         if e.txn.as_ref().is_some_and(|t| t.commit) {
-            for r in super::restore_sql::created_from_query_first(std::mem::take(&mut txn)) {
-                batch.push_str(&r.sql);
-                batch.push_str(";\n");
-            }
-            batch_txns += 1;
-            batch_changes += txn_changes;
-            txn_changes = 0;
-            if let Some(PositionKind::Postgres(p)) =
-                e.position.as_ref().and_then(|p| p.kind.as_ref())
-            {
-                last_lsn = Some(p.lsn);
-            }
-            if batch.len() >= REPLAY_BATCH_BYTES {
-                run_batch(client, &mut batch).await?;
-                summary.transactions += std::mem::take(&mut batch_txns);
-                summary.changes += std::mem::take(&mut batch_changes);
+            let lsn = match e.position.as_ref().and_then(|p| p.kind.as_ref()) {
+                Some(PositionKind::Postgres(p)) => p.lsn,
+                _ => 0,
+            };
+            let stmts = super::restore_sql::created_from_query_first(std::mem::take(&mut txn));
+            batch.bytes += stmts.iter().map(|r| r.sql.len() + 2).sum::<usize>();
+            batch.txns.push(TxnReplay {
+                stmts,
+                changes: std::mem::take(&mut txn_changes),
+                lsn,
+                time_us: e.time_us(),
+            });
+            if batch.bytes >= REPLAY_BATCH_BYTES {
+                apply_batch(client, conn, std::mem::take(&mut batch), summary).await?;
             }
         }
     }
-    if batch_txns > 0 {
-        run_batch(client, &mut batch).await?;
-        summary.transactions += batch_txns;
-        summary.changes += batch_changes;
-    }
-    if let Some(lsn) = last_lsn {
-        summary.final_lsn = crate::position::Position::postgres(lsn).to_string();
+    if !batch.txns.is_empty() {
+        apply_batch(client, conn, batch, summary).await?;
     }
     Ok(())
 }
 
-async fn run_batch(
+/// Sends `txns` as one server transaction.
+async fn send(
     client: &tokio_postgres::Client,
-    batch: &mut String,
-) -> Result<(), RestoreError> {
-    batch.push_str("COMMIT;");
-    if let Err(e) = client.batch_execute(batch).await {
-        return Err(failed(format!(
-            "replaying changes: {}{}",
-            db_error(&e),
-            first_failing(client, batch).await
-        )));
+    txns: &[TxnReplay],
+) -> Result<(), tokio_postgres::Error> {
+    let mut sql = String::from("BEGIN;\n");
+    for r in txns.iter().flat_map(|t| &t.stmts) {
+        if r.raw.is_empty() {
+            sql.push_str(&r.sql);
+            sql.push_str(";\n");
+        } else {
+            client.batch_execute(&sql).await?;
+            sql.clear();
+            client
+                .execute_raw(r.sql.as_str(), r.raw.iter().map(|v| RawText(v)))
+                .await?;
+        }
     }
-    batch.clear();
-    batch.push_str("BEGIN;\n");
+    sql.push_str("COMMIT;");
+    client.batch_execute(&sql).await
+}
+
+async fn apply_batch(
+    client: &tokio_postgres::Client,
+    conn: &ConnInfo,
+    batch: Batch,
+    summary: &mut PgRestoreSummary,
+) -> Result<(), RestoreError> {
+    let q = |e: tokio_postgres::Error| failed(format!("{}: {}", conn.display, db_error(&e)));
+    if send(client, &batch.txns).await.is_ok() {
+        account(summary, &batch.txns);
+        return Ok(());
+    }
+    client.batch_execute("ROLLBACK").await.map_err(q)?;
+    for (i, t) in batch.txns.iter().enumerate() {
+        if let Err(e) = send(client, std::slice::from_ref(t)).await {
+            client.batch_execute("ROLLBACK").await.map_err(q)?;
+            let statement = first_failing(client, t).await;
+            let before = match i.checked_sub(1).map(|p| &batch.txns[p]) {
+                Some(prev) => format!("up to and including {}", prev.describe()),
+                None if summary.transactions > 0 => format!("up to LSN {}", summary.final_lsn),
+                None => "as of its base image".to_string(),
+            };
+            return Err(failed(format!(
+                "replaying {}: {}: {}{statement}. The target {} now holds the source's state {before} ({} transactions replayed after the base image), committed; it is not the moment asked for. Fix the cause, then re-run the restore with --force (it starts over)",
+                t.describe(),
+                conn.display,
+                db_error(&e),
+                conn.display,
+                summary.transactions,
+            )));
+        }
+        account(summary, std::slice::from_ref(t));
+    }
+    // The batch failed as a whole but each of its transactions passed on its own
+    // (a transient failure): everything is applied.
     Ok(())
 }
 
-/// Finds the statement of a failed batch that fails, by running the batch one
-/// statement at a time in a transaction that is rolled back; returns it for the error.
-async fn first_failing(client: &tokio_postgres::Client, batch: &str) -> String {
-    if client.batch_execute("ROLLBACK; BEGIN").await.is_err() {
+fn account(summary: &mut PgRestoreSummary, txns: &[TxnReplay]) {
+    for t in txns {
+        summary.transactions += 1;
+        summary.changes += t.changes;
+        summary.final_lsn = super::repl::Lsn(t.lsn).to_string();
+    }
+}
+
+/// The statement of `txn` the target refuses, found by running them one at a time
+/// in a transaction that is rolled back; described for the error.
+async fn first_failing(client: &tokio_postgres::Client, txn: &TxnReplay) -> String {
+    if client.batch_execute("BEGIN").await.is_err() {
         return String::new();
     }
     let mut found = String::new();
-    for stmt in crate::connectors::postgres::ddl::split_statements(batch) {
-        if matches!(stmt, "BEGIN" | "COMMIT") {
-            continue;
-        }
-        if client.batch_execute(stmt).await.is_err() {
+    for r in &txn.stmts {
+        let ok = if r.raw.is_empty() {
+            client.batch_execute(&r.sql).await.is_ok()
+        } else {
+            client
+                .execute_raw(r.sql.as_str(), r.raw.iter().map(|v| RawText(v)))
+                .await
+                .is_ok()
+        };
+        if !ok {
+            let table = r
+                .inserts_into
+                .as_ref()
+                .map(|(s, t)| format!(" into table {s}.{t}"))
+                .unwrap_or_default();
             found = format!(
-                " in statement: {}",
-                stmt.chars().take(300).collect::<String>()
+                "; refused statement{table}: {}",
+                r.sql.chars().take(300).collect::<String>()
             );
             break;
         }
     }
     let _ = client.batch_execute("ROLLBACK").await;
     found
+}
+
+/// A text-format parameter sent as the journaled bytes (the server coerces it to
+/// the parameter's inferred type, as it would an untyped literal).
+#[derive(Debug)]
+struct RawText<'a>(&'a [u8]);
+
+impl tokio_postgres::types::ToSql for RawText<'_> {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(self.0);
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _: &tokio_postgres::types::Type) -> tokio_postgres::types::Format {
+        tokio_postgres::types::Format::Text
+    }
+
+    tokio_postgres::types::to_sql_checked!();
 }
 
 /// pgoutput does not carry sequence advances (PostgreSQL 15): bring each sequence
@@ -380,7 +588,7 @@ impl Target for PgTarget {
                 ("changes".into(), s.changes),
             ],
             final_position: Some(s.final_lsn),
-            notes: Vec::new(),
+            notes: s.notes,
         })
     }
 

@@ -1,17 +1,35 @@
 //! SQL for replaying journaled PostgreSQL changes. Values are the source's text
 //! forms (DateStyle ISO, TimeZone UTC, extra_float_digits 3), written as untyped
-//! literals that PostgreSQL coerces to each column's type.
+//! literals that PostgreSQL coerces to each column's type. A value whose bytes are
+//! not UTF-8 (a `SQL_ASCII` database's text) cannot be written into SQL text: it
+//! becomes a parameter (`$n`), sent as the bytes journaled, in text format, so the
+//! server coerces it exactly as it would the literal.
 
 use super::error::Malformed;
 use crate::connectors::postgres::setup::{quote_ident, quote_literal};
 use crate::event::{PgChange, PgOp, PgValue, PgValueKind};
 
-fn literal(v: &PgValue) -> Option<String> {
+/// A statement reproducing a change: SQL, and the values of its `$n` parameters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Statement {
+    /// The SQL (empty: nothing to do).
+    pub sql: String,
+    /// Raw text values for `$1`, `$2`, ...
+    pub raw: Vec<Vec<u8>>,
+}
+
+fn literal(v: &PgValue, raw: &mut Vec<Vec<u8>>) -> Option<String> {
     match PgValueKind::try_from(v.kind) {
         Ok(PgValueKind::Null) => Some("NULL".into()),
         Ok(PgValueKind::UnchangedToast) => None,
         Ok(PgValueKind::Binary) => Some(format!("'\\x{}'::bytea", crate::digest::hex(&v.data))),
-        _ => Some(quote_literal(&String::from_utf8_lossy(&v.data))),
+        _ => match std::str::from_utf8(&v.data) {
+            Ok(text) => Some(quote_literal(text)),
+            Err(_) => {
+                raw.push(v.data.clone());
+                Some(format!("${}", raw.len()))
+            }
+        },
     }
 }
 
@@ -20,7 +38,7 @@ fn table(c: &PgChange) -> String {
 }
 
 /// The row-identifying condition of an update or delete.
-fn identity(c: &PgChange) -> Result<String, Malformed> {
+fn identity(c: &PgChange, raw: &mut Vec<Vec<u8>>) -> Result<String, Malformed> {
     let col = |i: usize| {
         c.columns
             .get(i)
@@ -32,7 +50,7 @@ fn identity(c: &PgChange) -> Result<String, Malformed> {
         // (works for types without an equality operator, such as json).
         let mut conds = Vec::new();
         for (i, v) in c.old_tuple.iter().enumerate() {
-            match literal(v) {
+            match literal(v, raw) {
                 Some(l) if l == "NULL" => conds.push(format!("{} IS NULL", col(i)?)),
                 Some(l) => conds.push(format!("{}::text = {l}::text", col(i)?)),
                 None => {}
@@ -65,7 +83,7 @@ fn identity(c: &PgChange) -> Result<String, Malformed> {
         let k = k as usize;
         let v = source
             .get(k)
-            .and_then(literal)
+            .and_then(|v| literal(v, raw))
             .ok_or_else(|| format!("change to {} lacks key column {k}", table(c)))?;
         conds.push(format!("{} = {v}", col(k)?));
     }
@@ -73,51 +91,70 @@ fn identity(c: &PgChange) -> Result<String, Malformed> {
 }
 
 /// One SQL statement reproducing `c`.
-pub fn statement(c: &PgChange) -> Result<String, Malformed> {
+pub fn statement(c: &PgChange) -> Result<Statement, Malformed> {
     let op = PgOp::try_from(c.op).map_err(|_| format!("unknown PostgreSQL operation {}", c.op))?;
-    Ok(match op {
+    let mut raw = Vec::new();
+    let sql = match op {
         PgOp::Insert => {
             let (mut cols, mut vals) = (Vec::new(), Vec::new());
             for (i, v) in c.new_tuple.iter().enumerate() {
-                if let (Some(name), Some(l)) = (c.columns.get(i), literal(v)) {
+                if let (Some(name), Some(l)) = (c.columns.get(i), literal(v, &mut raw)) {
                     cols.push(quote_ident(name));
                     vals.push(l);
                 }
             }
+            // OVERRIDING SYSTEM VALUE: identity columns GENERATED ALWAYS take the
+            // journaled values (it has no effect on other tables).
             format!(
-                "INSERT INTO {} ({}) VALUES ({})",
+                "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
                 table(c),
                 cols.join(", "),
                 vals.join(", ")
             )
         }
         PgOp::Update => {
-            let sets: Vec<String> = c
-                .new_tuple
-                .iter()
-                .enumerate()
-                .filter_map(|(i, v)| {
-                    Some(format!(
-                        "{} = {}",
-                        quote_ident(c.columns.get(i)?),
-                        literal(v)?
-                    ))
-                })
-                .collect();
-            if sets.is_empty() {
-                return Ok(String::new());
+            let mut sets = Vec::new();
+            // Without an old tuple the key did not change: it is left out of SET (an
+            // identity column GENERATED ALWAYS may only be set to DEFAULT).
+            let key_unchanged = c.old_tuple.is_empty();
+            for (i, v) in c.new_tuple.iter().enumerate() {
+                if key_unchanged && c.key.contains(&(i as u32)) {
+                    continue;
+                }
+                if let (Some(name), Some(l)) = (c.columns.get(i), literal(v, &mut raw)) {
+                    sets.push(format!("{} = {l}", quote_ident(name)));
+                }
             }
-            format!(
-                "UPDATE {} SET {} WHERE {}",
-                table(c),
-                sets.join(", "),
-                identity(c)?
-            )
+            if sets.is_empty() {
+                return Ok(Statement::default());
+            }
+            let cond = identity(c, &mut raw)?;
+            format!("UPDATE {} SET {} WHERE {cond}", table(c), sets.join(", "))
         }
-        PgOp::Delete => format!("DELETE FROM {} WHERE {}", table(c), identity(c)?),
-        PgOp::Truncate | PgOp::Ddl => c.ddl.clone(),
+        PgOp::Delete => {
+            let cond = identity(c, &mut raw)?;
+            format!("DELETE FROM {} WHERE {cond}", table(c))
+        }
+        PgOp::Ddl if c.nested => guarded(&c.ddl),
+        PgOp::Truncate | PgOp::Ddl | PgOp::Sequence => c.ddl.clone(),
         PgOp::Unspecified => return Err("change without an operation".into()),
-    })
+    };
+    Ok(Statement { sql, raw })
+}
+
+/// Rows inserted, updated and deleted so far in the target's transaction.
+const ROWS_CHANGED: &str = "(SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_xact_user_tables)::text";
+
+/// A `DO` block or function call that ran DDL, replayed only if it changes no rows:
+/// the rows it changed on the source are journaled as changes of their own, and
+/// running it again would apply them twice.
+fn guarded(statement: &str) -> String {
+    format!(
+        "SELECT set_config('tidemark.rows_before', {ROWS_CHANGED}, true);\n{statement};\n\
+         DO $tidemark_guard$ BEGIN IF {ROWS_CHANGED} <> current_setting('tidemark.rows_before') THEN \
+         RAISE EXCEPTION 'this DO block or function ran DDL and also changed rows: replaying it would apply those rows twice, so tidemark cannot restore past it exactly (restore to a moment before it, or move its DDL out of the block)'; \
+         END IF; END $tidemark_guard$"
+    )
 }
 
 /// One statement of a transaction being replayed.
@@ -127,6 +164,8 @@ pub struct Replayed {
     pub inserts_into: Option<(String, String)>,
     /// The SQL.
     pub sql: String,
+    /// Raw text values of its `$n` parameters.
+    pub raw: Vec<Vec<u8>>,
 }
 
 /// Puts each `CREATE TABLE ... AS` / `SELECT ... INTO` before the rows it produced.
@@ -159,6 +198,7 @@ pub fn created_from_query_first(mut txn: Vec<Replayed>) -> Vec<Replayed> {
                         f + 1,
                         Replayed {
                             inserts_into: None,
+                            raw: Vec::new(),
                             sql: format!(
                                 "TRUNCATE {}.{}",
                                 quote_ident(&schema),
@@ -255,14 +295,32 @@ mod tests {
         let mut c = change(PgOp::Insert);
         c.new_tuple = vec![text("1"), text("it's")];
         assert_eq!(
-            statement(&c).unwrap(),
-            "INSERT INTO \"public\".\"t\" (\"id\", \"v\") VALUES ('1', 'it''s')"
+            statement(&c).unwrap().sql,
+            "INSERT INTO \"public\".\"t\" (\"id\", \"v\") OVERRIDING SYSTEM VALUE VALUES ('1', 'it''s')"
         );
         c.new_tuple[1] = PgValue {
             kind: PgValueKind::Null as i32,
             data: vec![],
         };
-        assert!(statement(&c).unwrap().ends_with("VALUES ('1', NULL)"));
+        assert!(statement(&c).unwrap().sql.ends_with("VALUES ('1', NULL)"));
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_becomes_a_raw_parameter() {
+        let mut c = change(PgOp::Update);
+        let bytes = PgValue {
+            kind: PgValueKind::Text as i32,
+            data: vec![b'a', 0x80, 0xff],
+        };
+        c.new_tuple = vec![text("1"), bytes.clone()];
+        c.old_tuple = vec![bytes.clone(), text("x")];
+        c.key = vec![0];
+        let s = statement(&c).unwrap();
+        assert_eq!(
+            s.sql,
+            "UPDATE \"public\".\"t\" SET \"id\" = '1', \"v\" = $1 WHERE \"id\" = $2"
+        );
+        assert_eq!(s.raw, vec![bytes.data.clone(), bytes.data]);
     }
 
     #[test]
@@ -275,12 +333,20 @@ mod tests {
                 data: vec![],
             },
         ];
+        // Key unchanged and the rest unchanged TOAST: nothing to set.
+        assert_eq!(statement(&c).unwrap().sql, "");
+        c.new_tuple.push(text("x"));
+        c.columns.push("w".into());
         assert_eq!(
-            statement(&c).unwrap(),
-            "UPDATE \"public\".\"t\" SET \"id\" = '1' WHERE \"id\" = '1'"
+            statement(&c).unwrap().sql,
+            "UPDATE \"public\".\"t\" SET \"w\" = 'x' WHERE \"id\" = '1'"
         );
+        // The key changed: the old key finds the row, the new one is set.
         c.old_tuple = vec![text("7"), PgValue::default()];
-        assert!(statement(&c).unwrap().ends_with("WHERE \"id\" = '7'"));
+        assert_eq!(
+            statement(&c).unwrap().sql,
+            "UPDATE \"public\".\"t\" SET \"id\" = '1', \"w\" = 'x' WHERE \"id\" = '7'"
+        );
     }
 
     #[test]
@@ -296,7 +362,7 @@ mod tests {
             },
         ];
         assert_eq!(
-            statement(&c).unwrap(),
+            statement(&c).unwrap().sql,
             "DELETE FROM \"public\".\"t\" WHERE ctid = (SELECT ctid FROM \"public\".\"t\" WHERE \"id\"::text = '1'::text AND \"v\" IS NULL LIMIT 1)"
         );
     }
@@ -340,10 +406,12 @@ mod tests {
         let ins = |t: &str, n: u32| Replayed {
             inserts_into: Some(("public".into(), t.into())),
             sql: format!("INSERT INTO {t} VALUES ({n})"),
+            raw: Vec::new(),
         };
         let ddl = Replayed {
             inserts_into: None,
             sql: "CREATE TABLE t2 AS SELECT * FROM t".into(),
+            raw: Vec::new(),
         };
         let out = created_from_query_first(vec![
             ins("t", 1),

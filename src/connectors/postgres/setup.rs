@@ -25,20 +25,14 @@ CREATE OR REPLACE FUNCTION tidemark.capture_ddl() RETURNS event_trigger
 LANGUAGE plpgsql AS $fn$
 DECLARE
   r record;
-  marker text := md5(current_query()) || ':' || txid_current();
+  q text;
+  marker text := md5(current_query()) || ':' || txid_current() || ':' || statement_timestamp();
   n int := 1;
 BEGIN
   IF current_setting('tidemark.in_ddl', true) = 'on' THEN
     RETURN;
   END IF;
   PERFORM set_config('tidemark.in_ddl', 'on', true);
-  FOR r IN SELECT objid FROM pg_event_trigger_ddl_commands()
-           WHERE command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO') AND object_type = 'table' LOOP
-    IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = r.objid AND indisprimary)
-       AND (SELECT relreplident FROM pg_class WHERE oid = r.objid) = 'd' THEN
-      EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', r.objid::regclass);
-    END IF;
-  END LOOP;
   IF current_setting('tidemark.last_ddl', true) = marker THEN
     n := current_setting('tidemark.ddl_n', true)::int + 1;
   END IF;
@@ -46,6 +40,17 @@ BEGIN
   PERFORM set_config('tidemark.ddl_n', n::text, true);
   PERFORM pg_logical_emit_message(true, 'tidemark.ddl',
     n || E'\n' || current_setting('search_path') || E'\n' || current_query());
+  FOR r IN SELECT objid FROM pg_event_trigger_ddl_commands()
+           WHERE command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO') AND object_type = 'table' LOOP
+    IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = r.objid AND indisprimary)
+       AND (SELECT relreplident FROM pg_class WHERE oid = r.objid) = 'd' THEN
+      q := format('ALTER TABLE %I.%I REPLICA IDENTITY FULL',
+                  (SELECT nspname FROM pg_namespace WHERE oid = (SELECT relnamespace FROM pg_class WHERE oid = r.objid)),
+                  (SELECT relname FROM pg_class WHERE oid = r.objid));
+      EXECUTE q;
+      PERFORM pg_logical_emit_message(true, 'tidemark.ddl', '1' || E'\n' || current_setting('search_path') || E'\n' || q);
+    END IF;
+  END LOOP;
   PERFORM set_config('tidemark.in_ddl', 'off', true);
 END
 $fn$;
@@ -280,6 +285,23 @@ pub async fn slot_lag(
             r.get::<_, Option<i64>>(1).unwrap_or(0),
         )
     }))
+}
+
+/// What the database holds that logical decoding does not carry: unlogged and
+/// temporary tables (their rows) and large objects; at most 50 entries.
+pub async fn not_captured(client: &Client, target: &str) -> Result<Vec<String>, PgError> {
+    let rows = client
+        .query(
+            "(SELECT format('rows of %s table %I.%I', CASE c.relpersistence WHEN 'u' THEN 'unlogged' ELSE 'temporary' END, n.nspname, c.relname)
+              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p') AND c.relpersistence IN ('u', 't') ORDER BY 1 LIMIT 50)
+             UNION ALL
+             SELECT count(*) || ' large objects' FROM pg_largeobject_metadata HAVING count(*) > 0",
+            &[],
+        )
+        .await
+        .map_err(|e| PgError::query(target, &e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// `"name"` with embedded quotes doubled.

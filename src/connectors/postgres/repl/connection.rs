@@ -164,7 +164,8 @@ impl ReplicationConnection {
     ///
     /// The session is started with `client_encoding=UTF8`, `DateStyle=ISO`,
     /// `TimeZone=UTC` and `extra_float_digits=3`, so pgoutput text values are
-    /// UTF-8 and stable across server configurations.
+    /// UTF-8 and stable across server configurations; a `SQL_ASCII` database's
+    /// session is then switched to `SQL_ASCII`, so its text arrives as stored.
     ///
     /// Errors: [`Error::Unreachable`] if TCP fails, [`Error::ConnectTimeout`]
     /// if `config.connect_timeout` elapses, [`Error::WrongPassword`],
@@ -213,6 +214,12 @@ impl ReplicationConnection {
         conn.framed.flush().await?;
         conn.authenticate(config.password.as_deref()).await?;
         conn.wait_ready_after_auth().await?;
+        if conn.parameter("server_encoding") == Some("SQL_ASCII") {
+            // The server validates what it sends as UTF-8 and would refuse the
+            // stored bytes above 0x7F; in SQL_ASCII they pass as they are.
+            conn.simple_query("SET client_encoding = 'SQL_ASCII'")
+                .await?;
+        }
         Ok(conn)
     }
 

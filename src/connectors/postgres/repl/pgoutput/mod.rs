@@ -33,17 +33,6 @@ pub enum DecodeError {
         /// Field being read.
         field: &'static str,
     },
-    /// A text column value is not valid UTF-8 (a `SQL_ASCII` database can hold such
-    /// bytes; tidemark's text path cannot).
-    #[error("{message} message: text value of column {} is not valid UTF-8 ({detail})", .column + 1)]
-    BadText {
-        /// Message type name.
-        message: &'static str,
-        /// 0-based column number in the relation.
-        column: usize,
-        /// The decoder's detail.
-        detail: String,
-    },
     /// A field had an impossible value.
     #[error("invalid pgoutput {message} message: bad {field}: {detail}")]
     Invalid {
@@ -205,19 +194,13 @@ impl<'a> Cursor<'a> {
         }
         // Each column needs at least one byte, which bounds the allocation.
         let mut cols = Vec::with_capacity((n as usize).min(self.buf.len()));
-        for column in 0..n as usize {
+        for _ in 0..n as usize {
             let v = match self.u8("tuple column kind")? {
                 b'n' => ColumnValue::Null,
                 b'u' => ColumnValue::UnchangedToast,
-                b't' => {
-                    let b = self.len_prefixed("text column value")?;
-                    let text = std::str::from_utf8(b).map_err(|e| DecodeError::BadText {
-                        message: self.message,
-                        column,
-                        detail: e.to_string(),
-                    })?;
-                    ColumnValue::Text(text.to_string())
-                }
+                b't' => ColumnValue::Text(Bytes::copy_from_slice(
+                    self.len_prefixed("text column value")?,
+                )),
                 b'b' => ColumnValue::Binary(Bytes::copy_from_slice(
                     self.len_prefixed("binary column value")?,
                 )),

@@ -185,7 +185,7 @@ fn insert_all_column_kinds() {
             xid: None,
             relation_oid: 16384,
             new: vec![
-                ColumnValue::Text("héllo".into()),
+                ColumnValue::Text(Bytes::from("héllo")),
                 ColumnValue::Null,
                 ColumnValue::UnchangedToast,
                 ColumnValue::Binary(Bytes::from_static(&[0xde, 0xad])),
@@ -220,18 +220,29 @@ fn insert_errors() {
         decode(&huge_len),
         Err(DecodeError::Truncated { .. })
     ));
-    let bad_utf8 = B::new(b'I')
+    // Text that is not UTF-8 (SQL_ASCII bytes, a truncated multibyte character
+    // written by a C function) is carried as the bytes the server sent.
+    let not_utf8 = B::new(b'I')
         .i32(1)
         .u8(b'N')
-        .i16(1)
+        .i16(2)
+        .u8(b't')
+        .i32(2)
+        .raw(&[0xe3, 0x81])
         .u8(b't')
         .i32(1)
         .raw(&[0xff])
         .0;
-    assert!(matches!(
-        decode(&bad_utf8),
-        Err(DecodeError::BadText { column: 0, .. })
-    ));
+    match decode(&not_utf8).unwrap() {
+        Message::Insert(i) => assert_eq!(
+            i.new,
+            vec![
+                ColumnValue::Text(Bytes::from_static(&[0xe3, 0x81])),
+                ColumnValue::Text(Bytes::from_static(&[0xff]))
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
     let neg_cols = B::new(b'I').i32(1).u8(b'N').i16(-3).0;
     assert!(matches!(
         decode(&neg_cols),
@@ -248,7 +259,7 @@ fn update_variants() {
             xid: None,
             relation_oid: 7,
             old: None,
-            new: vec![ColumnValue::Text("1".into())]
+            new: vec![ColumnValue::Text(Bytes::from_static("1".as_bytes()))]
         })
     );
     assert_prefixes_fail(&plain);
@@ -270,11 +281,14 @@ fn update_variants() {
     assert_eq!(
         u.old,
         Some(OldTuple::Key(vec![
-            ColumnValue::Text("1".into()),
+            ColumnValue::Text(Bytes::from_static("1".as_bytes())),
             ColumnValue::Null
         ]))
     );
-    assert_eq!(u.new[1], ColumnValue::Text("x".into()));
+    assert_eq!(
+        u.new[1],
+        ColumnValue::Text(Bytes::from_static("x".as_bytes()))
+    );
     assert_prefixes_fail(&with_key);
 
     let with_old = B::new(b'U')
@@ -291,7 +305,9 @@ fn update_variants() {
     };
     assert_eq!(
         u.old,
-        Some(OldTuple::Full(vec![ColumnValue::Text("a".into())]))
+        Some(OldTuple::Full(vec![ColumnValue::Text(Bytes::from_static(
+            "a".as_bytes()
+        ))]))
     );
     assert_eq!(u.old.as_ref().map(|o| o.values().len()), Some(1));
     assert_prefixes_fail(&with_old);
@@ -308,7 +324,7 @@ fn delete_variants() {
         Message::Delete(Delete {
             xid: None,
             relation_oid: 3,
-            old: OldTuple::Key(vec![ColumnValue::Text("9".into())])
+            old: OldTuple::Key(vec![ColumnValue::Text(Bytes::from_static("9".as_bytes()))])
         })
     );
     assert_prefixes_fail(&k);

@@ -110,15 +110,17 @@ pub enum ColumnValue {
     Null,
     /// 'u': unchanged TOASTed value; the actual value was not sent.
     UnchangedToast,
-    /// 't': text representation (UTF-8, as the connection's client_encoding).
-    Text(String),
+    /// 't': text representation, as bytes in the connection's client encoding
+    /// (UTF-8, or the stored bytes of a `SQL_ASCII` database). Never assumed valid:
+    /// a C function can store a truncated multibyte character in any database.
+    Text(Bytes),
     /// 'b': binary (send/recv) representation.
     Binary(Bytes),
 }
 
 impl ColumnValue {
-    /// The text value, if this is a [`ColumnValue::Text`].
-    pub fn as_text(&self) -> Option<&str> {
+    /// The text value's bytes, if this is a [`ColumnValue::Text`].
+    pub fn as_text(&self) -> Option<&[u8]> {
         match self {
             ColumnValue::Text(s) => Some(s),
             _ => None,

@@ -1,0 +1,305 @@
+//! PostgreSQL fidelity against a real PostgreSQL (started by the harness): bytes
+//! that are not UTF-8, sequences at the moment restored, and a restore the target
+//! refuses part-way.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::pgcapture::{restore_into, Capture};
+use common::Postgres;
+use tidemark::connectors::postgres::digest::digest_url;
+use tidemark::event::{Payload, PgOp};
+use tidemark::journal::Journal;
+use tidemark::restore::driver::NoProgress;
+use tidemark::time::TimeSpec;
+use tidemark::{connectors, restore};
+
+/// Every byte value a `SQL_ASCII` text can hold (all but NUL), as SQL.
+fn high_bytes(from: u8) -> String {
+    let hex: String = (from..=255u8).map(|b| format!("{b:02x}")).collect();
+    format!("convert_from('\\x{hex}'::bytea, 'SQL_ASCII')")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sql_ascii_database_with_bytes_above_0x7f_restores_byte_exact() {
+    let pg = Postgres::start();
+    let create = |db: &str| {
+        format!("CREATE DATABASE {db} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    };
+    pg.psql("postgres", &create("app"));
+    // In the base image: bytes 0x01-0xFF in a key and in values, a keyless table.
+    pg.psql(
+        "app",
+        &format!(
+            "CREATE TABLE t (k text PRIMARY KEY, v text, n int);
+             CREATE TABLE keyless (v varchar, a text[]);
+             INSERT INTO t VALUES ({}, {}, 1), ('ascii', {}, 2);
+             INSERT INTO keyless VALUES ({}, ARRAY[{}, 'x'])",
+            high_bytes(0x80),
+            high_bytes(1),
+            high_bytes(0xf0),
+            high_bytes(0xc0),
+            high_bytes(0xe0)
+        ),
+    );
+    let cap = Capture::start(&pg.url("app")).await;
+    // Streamed: inserts, updates found by a non-UTF-8 key, deletes of keyless rows
+    // matched on non-UTF-8 values, and a truncated "multibyte character".
+    pg.psql(
+        "app",
+        &format!(
+            "INSERT INTO t VALUES ({}, 'plain', 3), (convert_from('\\xe381'::bytea, 'SQL_ASCII'), 'cut', 4);
+             UPDATE t SET v = v || {}, n = n + 10 WHERE k = {};
+             INSERT INTO keyless VALUES ({}, NULL), ('ascii', NULL);
+             DELETE FROM keyless WHERE v = {};
+             UPDATE keyless SET v = {} WHERE v = 'ascii'",
+            high_bytes(0xa0),
+            high_bytes(0xfe),
+            high_bytes(0x80),
+            high_bytes(0x90),
+            high_bytes(0xc0),
+            high_bytes(0xb0)
+        ),
+    );
+    let end = cap.moment().await;
+    let expected = digest_url(&pg.url("app")).await.unwrap();
+    let journal = cap.stop().await;
+    pg.psql("postgres", &create("restored"));
+    let plan = restore::plan(&journal, "app", TimeSpec::At(end)).unwrap();
+    let conn = connectors::postgres::conn::ConnInfo::parse(&pg.url("restored")).unwrap();
+    connectors::postgres::restore::restore(&journal, &plan, &conn, false, &mut NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(digest_url(&pg.url("restored")).await.unwrap(), expected);
+    for q in [
+        "SELECT string_agg(encode(convert_to(k, 'SQL_ASCII'), 'hex') || ':' || encode(convert_to(v, 'SQL_ASCII'), 'hex') || ':' || n, ',' ORDER BY k) FROM t",
+        "SELECT string_agg(encode(convert_to(v, 'SQL_ASCII'), 'hex') || ':' || coalesce(a::text, '-'), ',' ORDER BY v) FROM keyless",
+    ] {
+        let source = pg.psql("app", q);
+        assert!(source.contains("f0f1f2"), "the source lacks the bytes: {source}");
+        assert_eq!(pg.psql("restored", q), source, "{q}");
+    }
+}
+
+/// The sequence values the journal holds, as the `setval` statements capture wrote.
+fn sequence_events(journal: &Journal) -> Vec<String> {
+    let id = journal.source("app").unwrap().id;
+    journal
+        .events(id, 1, u64::MAX)
+        .filter_map(|e| e.ok())
+        .filter_map(|e| match e.event.payload {
+            Some(Payload::Postgres(c)) if c.op == PgOp::Sequence as i32 => Some(c.ddl),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits until capture has journaled a sampled value `value` of sequence `name`.
+async fn wait_sequence(journal: &Journal, name: &str, value: i64) {
+    let want = format!("setval(to_regclass('{name}'), {value}, true)");
+    let start = Instant::now();
+    while !sequence_events(journal).iter().any(|s| s.contains(&want)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never journaled {want}: {:?}",
+            sequence_events(journal)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequences_restore_at_their_value_at_the_moment() {
+    let pg = Postgres::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    // One sequence shared by two tables, one advanced without inserting, one owned
+    // by an identity column.
+    pg.psql(
+        "app",
+        "CREATE SEQUENCE shared; CREATE SEQUENCE counter START 100;
+         CREATE TABLE a (id bigint PRIMARY KEY DEFAULT nextval('shared'));
+         CREATE TABLE b (id bigint PRIMARY KEY DEFAULT nextval('shared'));
+         CREATE TABLE c (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);
+         INSERT INTO a DEFAULT VALUES; INSERT INTO b DEFAULT VALUES; INSERT INTO c (v) VALUES ('x')",
+    );
+    let cap = Capture::start(&pg.url("app")).await;
+    let values = "SELECT string_agg(sequencename || '=' || last_value, ',' ORDER BY sequencename) FROM pg_sequences";
+    pg.psql(
+        "app",
+        "INSERT INTO a DEFAULT VALUES; INSERT INTO b DEFAULT VALUES; SELECT nextval('counter') FROM generate_series(1, 5)",
+    );
+    wait_sequence(&cap.journal, "public.counter", 104).await;
+    let first = cap.moment().await;
+    let at_first = pg.psql("app", values);
+    assert_eq!(at_first, "c_id_seq=1,counter=104,shared=4");
+    pg.psql(
+        "app",
+        "SELECT nextval('shared') FROM generate_series(1, 10); SELECT nextval('counter'); INSERT INTO c (v) VALUES ('y'), ('z')",
+    );
+    wait_sequence(&cap.journal, "public.shared", 14).await;
+    wait_sequence(&cap.journal, "public.counter", 105).await;
+    let second = cap.moment().await;
+    let at_second = pg.psql("app", values);
+    assert_eq!(at_second, "c_id_seq=3,counter=105,shared=14");
+    let journal = cap.stop().await;
+    restore_into(&pg, &journal, first, "r_first").await;
+    assert_eq!(pg.psql("r_first", values), at_first);
+    restore_into(&pg, &journal, second, "r_second").await;
+    assert_eq!(pg.psql("r_second", values), at_second);
+    // The restored sequences hand out what the source's would have next.
+    assert_eq!(pg.psql("r_second", "SELECT nextval('shared')"), "15");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_statement_names_its_transaction_and_leaves_the_state_before_it() {
+    let pg = Postgres::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql(
+        "app",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (0, 'image')",
+    );
+    let cap = Capture::start(&pg.url("app")).await;
+    pg.psql("postgres", "CREATE ROLE auditor");
+    pg.psql("app", "INSERT INTO t VALUES (1, 'before')");
+    pg.psql(
+        "app",
+        "BEGIN; CREATE TABLE audit (a int); GRANT SELECT ON audit TO auditor; INSERT INTO t VALUES (2, 'with the grant'); COMMIT",
+    );
+    pg.psql("app", "INSERT INTO t VALUES (3, 'after')");
+    let end = cap.moment().await;
+    let journal = cap.stop().await;
+    // The target's cluster lacks the role the history grants to.
+    pg.psql("app", "DROP OWNED BY auditor");
+    pg.psql("postgres", "DROP ROLE auditor");
+    pg.psql("postgres", "CREATE DATABASE restored");
+    let plan = restore::plan(&journal, "app", TimeSpec::At(end)).unwrap();
+    let conn = connectors::postgres::conn::ConnInfo::parse(&pg.url("restored")).unwrap();
+    let e = connectors::postgres::restore::restore(&journal, &plan, &conn, false, &mut NoProgress)
+        .await
+        .unwrap_err()
+        .to_string();
+    for part in [
+        "role \"auditor\" does not exist",
+        "GRANT SELECT ON audit TO auditor",
+        "LSN",
+        "up to and including the transaction committed at",
+        "1 transactions replayed",
+        "--force",
+    ] {
+        assert!(e.contains(part), "the error lacks {part:?}: {e}");
+    }
+    // Exactly the transactions before the refused one are in the target.
+    assert_eq!(
+        pg.psql(
+            "restored",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"
+        ),
+        "0,1"
+    );
+    assert_eq!(
+        pg.psql(
+            "restored",
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'audit'"
+        ),
+        "0"
+    );
+}
+
+#[test]
+fn resync_after_a_lost_slot_records_a_break_and_restores_on_both_sides() {
+    use common::run::{digest, Run};
+    let pg = Postgres::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql(
+        "app",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)",
+    );
+    let mut run = Run::new(&format!(
+        "[[source]]\nname = \"app\"\nkind = \"postgres\"\nurl = \"{}\"\n",
+        pg.url("app")
+    ));
+    run.start(&[]);
+    run.wait_covered("app");
+    pg.psql("app", "INSERT INTO t VALUES (2)");
+    let before = tidemark::time::Timestamp::now().to_rfc3339();
+    run.wait_covered("app");
+    let digest_before = digest(&pg.url("app"));
+    assert!(run.stop(), "{}", run.log());
+    // Behind tidemark's back: the slot is dropped and a change is made that no
+    // slot will ever send.
+    pg.psql("app", "SELECT pg_drop_replication_slot('tidemark_app')");
+    pg.psql("app", "INSERT INTO t VALUES (3)");
+    run.start(&[]);
+    let row = run.wait_source("app", "stopped on an error", Duration::from_secs(60), |r| {
+        r["state"] == "stopped" && r["supervision"]["error"].is_string()
+    });
+    let error = row["supervision"]["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        error.contains("tidemark resync app"),
+        "{row}\n{}",
+        run.log()
+    );
+    run.stop();
+    let in_the_gap = tidemark::time::Timestamp::now().to_rfc3339();
+    let out = run.cli(&["resync", "app"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(run.source("app").unwrap()["resync_pending"], true);
+    pg.psql("app", "INSERT INTO t VALUES (4)");
+    run.start(&[]);
+    run.wait_covered("app");
+    let after = tidemark::time::Timestamp::now().to_rfc3339();
+    run.wait_covered("app");
+    let digest_after = digest(&pg.url("app"));
+    assert!(run.stop(), "{}", run.log());
+    let row = run.source("app").unwrap();
+    assert_eq!(row["resync_pending"], false);
+    assert_eq!(row["breaks"].as_array().map(Vec::len), Some(1), "{row}");
+    assert_eq!(row["base_images"], 2);
+    let status = String::from_utf8_lossy(&run.cli(&["status"]).stdout).to_string();
+    assert!(status.contains("break in the history"), "{status}");
+    let restore = |at: &str, db: &str| {
+        pg.psql("postgres", &format!("CREATE DATABASE {db}"));
+        run.cli(&[
+            "restore",
+            "--source",
+            "app",
+            "--at",
+            at,
+            "--target",
+            &pg.url(db),
+        ])
+    };
+    let out = restore(&before, "r_before");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(digest(&pg.url("r_before")), digest_before);
+    let out = restore(&after, "r_after");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(digest(&pg.url("r_after")), digest_after);
+    let out = restore(&in_the_gap, "r_gap");
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("break in its history"), "{e}");
+    assert_eq!(
+        pg.psql(
+            "r_gap",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ),
+        "0"
+    );
+}
