@@ -115,12 +115,62 @@ fn a_dropped_publication_stops_the_source_with_what_to_do() {
     });
     let e = row["supervision"]["error"].as_str().unwrap_or_default();
     assert!(
-        e.contains("publication") && e.contains("new source name"),
+        e.contains("publication") && e.contains("tidemark resync app"),
         "{row}"
     );
     let (ok, log) = run.wait_exit(Duration::from_secs(30));
     assert!(!ok, "every source stopped: run exits non-zero");
     assert!(!log.contains("replication resumed"), "{log}");
+    // What the error says to do works: a new history, with the publication made again.
+    let out = run.cli(&["resync", "app"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run.start(&[]);
+    run.wait_covered("app");
+    load(&pg, 11, 20);
+    run.wait_covered("app");
+    assert!(run.stop(), "{}", run.log());
+    assert_eq!(
+        run.source("app").unwrap()["breaks"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(
+        restore_latest(&run, &pg, "restored"),
+        digest(&pg.url("app"))
+    );
+}
+
+#[test]
+fn with_resync_auto_a_dropped_publication_starts_a_new_history_by_itself() {
+    let pg = Postgres::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql("app", "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    let mut run = Run::new(&format!("{}resync = \"auto\"\n", config(&pg.url("app"))));
+    run.start(&[]);
+    run.wait_covered("app");
+    load(&pg, 1, 10);
+    run.wait_covered("app");
+    pg.psql("app", "DROP PUBLICATION tidemark");
+    load(&pg, 11, 20);
+    run.wait_source(
+        "app",
+        "a break and a second base image",
+        Duration::from_secs(60),
+        |r| r["base_images"] == 2 && r["breaks"].as_array().is_some_and(|b| b.len() == 1),
+    );
+    load(&pg, 21, 30);
+    run.wait_covered("app");
+    assert!(run.stop(), "{}", run.log());
+    assert!(run.log().contains("resync"), "{}", run.log());
+    assert_eq!(
+        restore_latest(&run, &pg, "restored"),
+        digest(&pg.url("app"))
+    );
 }
 
 #[test]

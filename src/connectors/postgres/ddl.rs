@@ -109,6 +109,10 @@ fn is_ddl(stmt: &str) -> bool {
         .and_then(|l| l.split(|c: char| c.is_whitespace() || c == '(').next())
         .unwrap_or("")
         .to_ascii_uppercase();
+    if first == "SELECT" {
+        // SELECT ... INTO creates a table.
+        return super::restore_sql::created_from_query(stmt).is_some();
+    }
     matches!(
         first.as_str(),
         "CREATE"
@@ -221,5 +225,9 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(call.nested);
+        let into = statement_from_message("1\npublic\nSELECT * INTO t2 FROM t")
+            .unwrap()
+            .unwrap();
+        assert!(!into.nested);
     }
 }
