@@ -4,7 +4,9 @@
 //! columns, quoted non-ASCII names in another schema, partitions (attach, detach,
 //! default), inheritance, generated and identity columns, domains, enums that grow,
 //! renames, drop and re-create, column type changes, `TRUNCATE ... CASCADE RESTART
-//! IDENTITY`, `CREATE TABLE ... (LIKE ...)`, and DDL in a `DO` block and a function.
+//! IDENTITY`, `CREATE TABLE ... (LIKE ...)`, DDL in a `DO` block and a function, a
+//! trigger that writes rows of its own, and image rows whose foreign keys point at a
+//! table loaded after theirs.
 //!
 //! `tidemark run` is SIGKILLed between the phases of the workload and once in the
 //! middle of one. Restores at three moments must equal the source then: every
@@ -47,6 +49,12 @@ CREATE TABLE parent (id int PRIMARY KEY);
 CREATE TABLE child (id serial PRIMARY KEY, parent_id int REFERENCES parent);
 CREATE FUNCTION make_table(name text) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN EXECUTE format('CREATE TABLE %I (id int PRIMARY KEY, v text)', name); END $$;
+CREATE TABLE audit (id serial PRIMARY KEY, what text);
+CREATE FUNCTION audit_gen() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO audit (what) VALUES (TG_OP || ' ' || NEW.a); RETURN NEW; END $$;
+CREATE TRIGGER gen_audit AFTER INSERT OR UPDATE ON gen FOR EACH ROW EXECUTE FUNCTION audit_gen();
+INSERT INTO gen (a) VALUES (0);
+INSERT INTO parent VALUES (100); INSERT INTO child (parent_id) VALUES (100);
 "#;
 
 /// A row of `types` with values at the edges of each type.

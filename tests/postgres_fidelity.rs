@@ -303,3 +303,28 @@ fn resync_after_a_lost_slot_records_a_break_and_restores_on_both_sides() {
         "0"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_over_100_mb_round_trips() {
+    let pg = Postgres::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql(
+        "app",
+        "CREATE TABLE docs (id int PRIMARY KEY, body text, n int)",
+    );
+    let cap = Capture::start(&pg.url("app")).await;
+    // 110 MiB of text that TOAST cannot compress much: logical decoding sends it whole.
+    pg.psql(
+        "app",
+        "INSERT INTO docs SELECT 1, string_agg(md5(g::text || random()::text), ''), 0 FROM generate_series(1, 110 * 1024 * 1024 / 32) g",
+    );
+    pg.psql("app", "UPDATE docs SET n = 1");
+    let end = cap.moment().await;
+    let expected = digest_url(&pg.url("app")).await.unwrap();
+    assert_eq!(
+        pg.psql("app", "SELECT length(body) FROM docs"),
+        (110 * 1024 * 1024).to_string()
+    );
+    let journal = cap.stop().await;
+    assert_eq!(restore_into(&pg, &journal, end, "restored").await, expected);
+}

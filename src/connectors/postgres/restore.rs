@@ -115,6 +115,37 @@ async fn check_version(
     Ok(())
 }
 
+/// The restore role may not set `session_replication_role` (it needs superuser):
+/// refused if the schema has triggers of its own (they would fire again on what the
+/// journal holds), else said in the report (foreign keys are checked as rows load).
+async fn without_replica_role(
+    client: &tokio_postgres::Client,
+    conn: &ConnInfo,
+    why: &str,
+    summary: &mut PgRestoreSummary,
+) -> Result<(), RestoreError> {
+    let triggers: Vec<String> = client
+        .query(
+            "SELECT format('%s on %s', t.tgname, t.tgrelid::regclass) FROM pg_trigger t WHERE NOT t.tgisinternal ORDER BY 1 LIMIT 5",
+            &[],
+        )
+        .await
+        .map_err(|e| failed(PgError::query(&conn.display, &e).to_string()))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !triggers.is_empty() {
+        return Err(failed(format!(
+            "the schema has triggers ({}), which would fire again on the changes the journal holds and duplicate them; a restore switches them off with session_replication_role = replica, which the restore role may not set ({why}): restore as a superuser (or a role granted SET on session_replication_role). The target now holds the schema only; re-run with --force",
+            triggers.join(", ")
+        )));
+    }
+    summary.notes.push(format!(
+        "restored without session_replication_role = replica ({why}): foreign keys were checked while rows loaded"
+    ));
+    Ok(())
+}
+
 /// After the replay: refreshes materialized views from the restored tables (their
 /// contents are not in the stream) and names unlogged tables, restored empty.
 async fn finish(
@@ -185,6 +216,14 @@ pub async fn restore(
             .map_err(q)?;
     }
     let mut summary = PgRestoreSummary::default();
+    // As a logical-replication subscriber applies changes: the target's triggers and
+    // foreign-key checks do not fire. What triggers wrote on the source is in the
+    // journal as changes of its own; firing them again would duplicate it, and the
+    // image's tables are loaded in name order, not in foreign-key order.
+    let replica_role = client
+        .batch_execute("SET session_replication_role = replica")
+        .await
+        .map_err(|e| db_error(&e));
     let image = plan
         .image
         .as_ref()
@@ -214,6 +253,9 @@ pub async fn restore(
                     .batch_execute(&sql)
                     .await
                     .map_err(|e| failed(format!("loading the schema: {}", db_error(&e))))?;
+                if let Err(why) = &replica_role {
+                    without_replica_role(&client, conn, why, &mut summary).await?;
+                }
                 // pg_dump empties search_path and sets the dump's client encoding for
                 // its session; the image's rows and the replayed changes are in the
                 // encoding of journaled text.
