@@ -87,6 +87,18 @@ fn user_ids(name: &str) -> Option<(u32, u32)> {
     })
 }
 
+/// What a [`Postgres`] gets before its first start, beyond initdb's defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PgSetup<'a> {
+    /// Extra `name=value` server settings.
+    pub settings: &'a [&'a str],
+    /// pg_hba.conf lines replacing initdb's (`trust` for everyone).
+    pub hba: Option<&'a [&'a str]>,
+    /// Files written into the data directory, mode 0600 and owned by the server's
+    /// user (TLS keys: `ssl_key_file=server.key` is relative to it).
+    pub files: &'a [(&'a str, &'a [u8])],
+}
+
 /// A throwaway PostgreSQL server with `wal_level=logical`.
 pub struct Postgres {
     child: Child,
@@ -146,6 +158,15 @@ impl Postgres {
 
     /// As [`Postgres::start`], with extra `name=value` server settings.
     pub fn start_with(settings: &[&str]) -> Result<Postgres, String> {
+        Postgres::start_setup(&PgSetup {
+            settings,
+            ..PgSetup::default()
+        })
+    }
+
+    /// As [`Postgres::start`], set up as `setup` says.
+    pub fn start_setup(setup: &PgSetup) -> Result<Postgres, String> {
+        let settings = setup.settings;
         let bin = crate::connectors::postgres::image::pg_tool("initdb")
             .parent()
             .map(Path::to_path_buf)
@@ -198,6 +219,20 @@ impl Postgres {
                 "initdb failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             ));
+        }
+        if let Some(hba) = setup.hba {
+            let path = data.join("pg_hba.conf");
+            std::fs::write(&path, hba.join("\n") + "\n")
+                .map_err(|e| format!("write {}: {e}", path.display()))?;
+        }
+        for (name, contents) in setup.files {
+            use std::os::unix::fs::PermissionsExt;
+            let path = data.join(name);
+            std::fs::write(&path, contents)
+                .map_err(|e| format!("write {}: {e}", path.display()))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+            chown(&path)?;
         }
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
         let mut all = vec![

@@ -41,6 +41,13 @@ impl Postgres {
             ::tidemark::sandbox::Postgres::start_with(settings).unwrap_or_else(|e| panic!("{e}")),
         )
     }
+
+    /// As [`Postgres::start`], with settings, pg_hba.conf and files in the data dir.
+    pub fn start_setup(setup: &::tidemark::sandbox::PgSetup) -> Postgres {
+        Postgres(
+            ::tidemark::sandbox::Postgres::start_setup(setup).unwrap_or_else(|e| panic!("{e}")),
+        )
+    }
 }
 
 impl std::ops::Deref for Postgres {

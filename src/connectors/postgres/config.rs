@@ -12,7 +12,8 @@ use crate::redact::SecretUrl;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSettings {
-    /// `postgres://user:password@host:port/database`.
+    /// `postgres://user:password@host:port/database`, optionally with libpq's
+    /// `?sslmode=...&sslrootcert=...&sslcert=...&sslkey=...`.
     pub url: SecretUrl,
     /// Replication slot (created if missing). Default `tidemark_<name>`.
     #[serde(default)]
@@ -58,6 +59,12 @@ impl PostgresSettings {
                 f("url"),
                 "names no host; use postgres://user:password@host:port/database",
             ));
+        }
+        if conn.tls().mode() != super::tls::SslMode::Disable {
+            // The certificate files are read now, so a typo fails validation.
+            conn.tls()
+                .connector()
+                .map_err(|e| invalid(f("url"), e.to_string()))?;
         }
         match &s.slot {
             Some(slot) => check_slot(slot).map_err(|p| invalid(f("slot"), p))?,

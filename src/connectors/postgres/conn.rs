@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::repl;
+use super::tls::{self, SslMode, TlsSettings};
 use super::PgError;
 use crate::config::{redact_url, Timeouts};
 
@@ -23,6 +24,8 @@ pub struct ConnInfo {
     pub display: String,
     /// How long to wait for the server.
     pub timeouts: Timeouts,
+    /// `sslmode` and its files, for all three paths (SQL, replication, `pg_dump`).
+    tls: TlsSettings,
 }
 
 impl std::fmt::Debug for ConnInfo {
@@ -32,9 +35,15 @@ impl std::fmt::Debug for ConnInfo {
 }
 
 impl ConnInfo {
-    /// Parses `postgres://user:password@host:port/dbname`.
+    /// Parses `postgres://user:password@host:port/dbname`, with libpq's `sslmode`,
+    /// `sslrootcert`, `sslcert` and `sslkey` in the query (no file is read yet).
     pub fn parse(url: &str) -> Result<ConnInfo, PgError> {
         let display = redact_url(url);
+        let (mut tls, url) = TlsSettings::from_url(url).map_err(|error| PgError::Tls {
+            target: display.clone(),
+            error,
+        })?;
+        let url = url.as_str();
         let mut sql: tokio_postgres::Config =
             url.parse()
                 .map_err(|e: tokio_postgres::Error| PgError::BadUrl {
@@ -42,6 +51,23 @@ impl ConnInfo {
                     // The parser's message quotes no part of the URL.
                     detail: e.to_string().replace(url, &display),
                 })?;
+        if !url.contains("://") {
+            // A `key=value` string: tokio-postgres read its sslmode.
+            let mode = match sql.get_ssl_mode() {
+                tokio_postgres::config::SslMode::Disable => SslMode::Disable,
+                tokio_postgres::config::SslMode::Require => SslMode::Require,
+                _ => SslMode::Prefer,
+            };
+            tls = TlsSettings::new(mode, None, None, None).map_err(|error| PgError::Tls {
+                target: display.clone(),
+                error,
+            })?;
+        }
+        sql.ssl_mode(match tls.mode() {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
         let host = match sql.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
@@ -72,7 +98,13 @@ impl ConnInfo {
             password,
             dbname,
             display,
+            tls,
         })
+    }
+
+    /// The TLS settings.
+    pub fn tls(&self) -> &TlsSettings {
+        &self.tls
     }
 
     /// The same server with `timeouts`.
@@ -87,11 +119,15 @@ impl ConnInfo {
         let mut c = self.clone();
         c.sql.dbname(dbname);
         c.dbname = dbname.to_string();
-        c.display = match c.display.rsplit_once('/') {
+        // The query (sslrootcert=/path/...) holds slashes of its own.
+        let (base, query) = c
+            .display
+            .split_at(c.display.find('?').unwrap_or(c.display.len()));
+        c.display = match base.rsplit_once('/') {
             Some((head, _))
                 if head.contains("://") && head.len() > head.find("://").unwrap_or(0) + 3 =>
             {
-                format!("{head}/{dbname}")
+                format!("{head}/{dbname}{query}")
             }
             _ => c.display.clone(),
         };
@@ -109,6 +145,8 @@ impl ConnInfo {
         c.port = self.port;
         c.password = self.password.clone();
         c.connect_timeout = self.timeouts.connect;
+        c.tls = self.tls.clone();
+        c.server = Some(self.display.clone());
         c
     }
 
@@ -118,16 +156,16 @@ impl ConnInfo {
     /// server that accepts TCP and never answers fails instead of hanging.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, PgError> {
         let connecting = async {
-            let (client, connection) = self
-                .sql
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|e| describe_connect_error(&self.display, &e))?;
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "postgres connection ended");
+            let client = match self.tls.mode() {
+                SslMode::Disable => self.open(tokio_postgres::NoTls).await?,
+                _ => {
+                    let tls = tls::sql::MakeTls::new(&self.tls).map_err(|error| PgError::Tls {
+                        target: self.display.clone(),
+                        error,
+                    })?;
+                    self.open(tls).await?
                 }
-            });
+            };
             client
                 .batch_execute(&format!("SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET extra_float_digits = 3; {SESSION_ENCODING}"))
                 .await
@@ -136,6 +174,25 @@ impl ConnInfo {
         };
         self.bounded("to a connection attempt", self.timeouts.connect, connecting)
             .await
+    }
+
+    /// Connects with `tls` and spawns the connection's driver.
+    async fn open<T>(&self, tls: T) -> Result<tokio_postgres::Client, PgError>
+    where
+        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+        T::Stream: Send + 'static,
+    {
+        let (client, connection) = self
+            .sql
+            .connect(tls)
+            .await
+            .map_err(|e| describe_connect_error(&self.display, &self.tls, &e))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "postgres connection ended");
+            }
+        });
+        Ok(client)
     }
 
     /// `work` bounded by `after`; a timeout is [`PgError::Timeout`] naming `what`.
@@ -166,6 +223,7 @@ impl ConnInfo {
         if let Some(p) = &self.password {
             env.push(("PGPASSWORD", p.clone()));
         }
+        env.extend(self.tls.child_env());
         env
     }
 }
@@ -187,7 +245,13 @@ pub fn db_error(e: &tokio_postgres::Error) -> String {
     }
 }
 
-fn describe_connect_error(display: &str, e: &tokio_postgres::Error) -> PgError {
+fn describe_connect_error(display: &str, tls: &TlsSettings, e: &tokio_postgres::Error) -> PgError {
+    if let Some(error) = tls::sql::from_connect_error(e, tls) {
+        return PgError::Tls {
+            target: display.to_string(),
+            error,
+        };
+    }
     if let Some(db) = e.as_db_error() {
         let class28 = db.code().code().starts_with("28");
         if db.code() == &tokio_postgres::error::SqlState::INVALID_PASSWORD || class28 {

@@ -35,6 +35,14 @@ pub enum PgError {
         /// The reason.
         detail: String,
     },
+    /// TLS to the server failed, or the URL's TLS parameters are unusable.
+    #[error("{target}: {error}")]
+    Tls {
+        /// The server, password masked.
+        target: String,
+        /// What failed and what to do.
+        error: super::tls::TlsError,
+    },
     /// The server did not answer in time.
     #[error("{target} did not answer {what} within {}s; check that the server is up and reachable (timeouts are set in [timeouts])", .after.as_secs())]
     Timeout {
@@ -127,6 +135,7 @@ impl PgError {
             | PgError::Undecodable { .. } => true,
             PgError::Query { code, .. } => code.as_deref().is_none_or(transient_sqlstate),
             PgError::Replication(e) => replication_transient(e),
+            PgError::Tls { error, .. } => error.is_transient(),
             _ => false,
         }
     }
@@ -143,6 +152,7 @@ fn replication_transient(e: &repl::Error) -> bool {
     match e {
         E::Unreachable { .. } | E::ConnectTimeout { .. } => true,
         E::WrongPassword { .. } | E::LoginRejected { .. } => false,
+        E::Tls { error, .. } => error.is_transient(),
         other => match other.server_error() {
             // 55006: the slot is still held by the walsender of a dropped link.
             Some(server) => transient_sqlstate(&server.code) || server.code == "55006",

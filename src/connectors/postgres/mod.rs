@@ -1,7 +1,8 @@
 //! PostgreSQL: capture by logical replication (`pgoutput`), restore, digest.
 //!
 //! - [`repl`]: our streaming-replication client and pgoutput decoder;
-//! - [`conn`]: the URL and the SQL connection; [`error`]: what can go wrong;
+//! - [`conn`]: the URL and the SQL connection; [`tls`]: `sslmode` and its files for
+//!   every connection; [`error`]: what can go wrong;
 //! - [`config`]: the `[[source]]` section;
 //! - [`setup`], [`ddl`], [`image`], [`capture`]: preparing the source, DDL capture,
 //!   the base image and the streaming loop; [`sequences`]: sequence values in the
@@ -21,6 +22,7 @@ pub mod restore;
 mod restore_sql;
 pub mod sequences;
 pub mod setup;
+pub mod tls;
 
 use std::sync::Arc;
 

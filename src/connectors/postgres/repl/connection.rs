@@ -11,14 +11,17 @@ use tokio::net::TcpStream;
 use crate::connectors::postgres::repl::error::Error;
 use crate::connectors::postgres::repl::lsn::Lsn;
 use crate::connectors::postgres::repl::stream::{ReplicationOptions, ReplicationStream};
+use crate::connectors::postgres::repl::transport;
 use crate::connectors::postgres::repl::wire::{parse_error_fields, BodyReader, Framed};
+use crate::connectors::postgres::tls::TlsSettings;
 
 /// Connection settings for [`ReplicationConnection::connect`].
 ///
 /// Guarantees: the `Debug` output never shows the password.
 #[derive(Clone)]
 pub struct Config {
-    /// Host name or IP address (TCP only; TLS is not supported).
+    /// Host name or IP address (TCP only); under `verify-full` the server's
+    /// certificate must name it.
     pub host: String,
     /// TCP port, usually 5432.
     pub port: u16,
@@ -30,13 +33,18 @@ pub struct Config {
     pub database: String,
     /// `application_name`, visible in `pg_stat_replication`.
     pub application_name: String,
-    /// Limit for TCP connect plus authentication.
+    /// Limit for TCP connect, TLS handshake and authentication.
     pub connect_timeout: Duration,
+    /// `sslmode` and its files (see [`TlsSettings`]).
+    pub tls: TlsSettings,
+    /// How errors name the server (the URL, password masked); `host:port` if `None`.
+    pub server: Option<String>,
 }
 
 impl Config {
     /// Creates a config with port 5432, no password, application name
-    /// `tidemark` and a 30 second connect timeout.
+    /// `tidemark`, a 30 second connect timeout and libpq's default
+    /// `sslmode=prefer` (TLS when the server offers it, certificate unchecked).
     pub fn new(
         host: impl Into<String>,
         user: impl Into<String>,
@@ -50,6 +58,8 @@ impl Config {
             database: database.into(),
             application_name: "tidemark".to_string(),
             connect_timeout: Duration::from_secs(30),
+            tls: TlsSettings::default(),
+            server: None,
         }
     }
 }
@@ -64,6 +74,7 @@ impl fmt::Debug for Config {
             .field("database", &self.database)
             .field("application_name", &self.application_name)
             .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -158,7 +169,8 @@ impl fmt::Debug for ReplicationConnection {
 }
 
 impl ReplicationConnection {
-    /// Connects over TCP, sends the startup message with
+    /// Connects over TCP, negotiates TLS as `config.tls` asks (SSLRequest, then
+    /// the handshake), sends the startup message with
     /// `replication=database` and authenticates (trust, cleartext password,
     /// MD5 or SCRAM-SHA-256 without channel binding).
     ///
@@ -171,7 +183,8 @@ impl ReplicationConnection {
     /// if `config.connect_timeout` elapses, [`Error::WrongPassword`],
     /// [`Error::PasswordRequired`], [`Error::LoginRejected`],
     /// [`Error::ReplicationNotPermitted`], [`Error::NoWalSenders`] or
-    /// [`Error::UnsupportedAuth`] for login failures.
+    /// [`Error::UnsupportedAuth`] for login failures, [`Error::Tls`] when TLS is
+    /// required and refused or the handshake or certificate check fails.
     pub async fn connect(config: &Config) -> Result<ReplicationConnection, Error> {
         let fut = Self::connect_inner(config);
         match tokio::time::timeout(config.connect_timeout, fut).await {
@@ -193,6 +206,7 @@ impl ReplicationConnection {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
+        let stream = transport::negotiate(stream, config).await?;
         let mut conn = ReplicationConnection {
             framed: Framed::new(stream),
             user: config.user.clone(),
@@ -273,6 +287,11 @@ impl ReplicationConnection {
     /// The server process id of this connection's walsender, if reported.
     pub fn backend_pid(&self) -> Option<i32> {
         self.backend_pid
+    }
+
+    /// Whether the connection is encrypted (TLS).
+    pub fn is_tls(&self) -> bool {
+        self.framed.is_tls()
     }
 
     /// The role this connection logged in as.

@@ -54,6 +54,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// TLS was required and refused, or the handshake or the certificate check
+    /// failed.
+    #[error("{server}: {error}")]
+    Tls {
+        /// The server (URL, password masked, or `host:port`).
+        server: String,
+        /// What failed and what to do.
+        error: crate::connectors::postgres::tls::TlsError,
+    },
     /// Connecting or authenticating took longer than the configured timeout.
     #[error("timed out after {seconds}s connecting to PostgreSQL at {host}:{port}")]
     ConnectTimeout {

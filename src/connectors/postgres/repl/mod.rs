@@ -3,7 +3,8 @@
 //!
 //! Upstream `tokio-postgres` has no replication protocol (no `replication=database`
 //! start-up, no CopyBoth), so this speaks it directly, using `postgres-protocol` for
-//! message building and authentication (trust, cleartext, MD5, SCRAM-SHA-256).
+//! message building and authentication (trust, cleartext, MD5, SCRAM-SHA-256 without
+//! channel binding), over plain TCP or TLS (`tokio-openssl`, see [`super::tls`]).
 //!
 //! - [`lsn`]: WAL positions (`X/Y`) and PostgreSQL timestamps;
 //! - [`connection`]: connect, simple queries, replication commands;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod lsn;
 pub mod pgoutput;
 pub mod stream;
+mod transport;
 mod wire;
 
 pub use connection::{

@@ -7,9 +7,9 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::connectors::postgres::repl::error::{Error, ServerError};
+use crate::connectors::postgres::repl::transport::PgStream;
 
 /// Largest backend message accepted (1 GiB + slack, PostgreSQL's own limit
 /// for a single datum). Anything larger is treated as a protocol violation
@@ -23,20 +23,25 @@ pub(crate) struct BackendMessage {
     pub body: Bytes,
 }
 
-/// A TCP connection with read and write buffers.
+/// A connection (plain or TLS) with read and write buffers.
 pub(crate) struct Framed {
-    stream: TcpStream,
+    stream: PgStream,
     read_buf: BytesMut,
     pub write_buf: BytesMut,
 }
 
 impl Framed {
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: PgStream) -> Self {
         Framed {
             stream,
             read_buf: BytesMut::with_capacity(64 * 1024),
             write_buf: BytesMut::with_capacity(4 * 1024),
         }
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
     }
 
     /// Reads the next complete backend message.
