@@ -270,6 +270,7 @@ async fn p4_restore(scale: u64) {
         &journal,
         &plan,
         &tidemark::connectors::postgres::conn::ConnInfo::parse(&pg.url("via_tidemark")).unwrap(),
+        &Default::default(),
         false,
         &mut tidemark::restore::driver::NoProgress,
     )

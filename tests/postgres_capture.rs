@@ -264,9 +264,16 @@ async fn restores_byte_exact_in(encoding: &str, words: &[&str]) {
     pg.psql("postgres", &create("restored"));
     let plan = restore::plan(&journal, "app", TimeSpec::At(end)).unwrap();
     let conn = connectors::postgres::conn::ConnInfo::parse(&pg.url("restored")).unwrap();
-    connectors::postgres::restore::restore(&journal, &plan, &conn, false, &mut NoProgress)
-        .await
-        .unwrap();
+    connectors::postgres::restore::restore(
+        &journal,
+        &plan,
+        &conn,
+        &Default::default(),
+        false,
+        &mut NoProgress,
+    )
+    .await
+    .unwrap();
     assert_eq!(digest_url(&pg.url("restored")).await.unwrap(), expected);
     let bytes = format!(
         "SELECT string_agg(encode(convert_to(v, '{encoding}'), 'hex'), ',' ORDER BY id) FROM t"
@@ -278,9 +285,16 @@ async fn restores_byte_exact_in(encoding: &str, words: &[&str]) {
         "CREATE DATABASE utf8_target ENCODING 'UTF8' TEMPLATE template0",
     );
     let conn = connectors::postgres::conn::ConnInfo::parse(&pg.url("utf8_target")).unwrap();
-    let e = connectors::postgres::restore::restore(&journal, &plan, &conn, false, &mut NoProgress)
-        .await
-        .unwrap_err()
-        .to_string();
+    let e = connectors::postgres::restore::restore(
+        &journal,
+        &plan,
+        &conn,
+        &Default::default(),
+        false,
+        &mut NoProgress,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
     assert!(e.contains(encoding) && e.contains("UTF8"), "{e}");
 }

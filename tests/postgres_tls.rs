@@ -288,9 +288,16 @@ async fn capture_restore_and_digest_over_verify_full_with_a_client_certificate()
     let target = url(&pg, "localhost", "restored", &full(&pki));
     let plan = restore::plan(&journal, "app", TimeSpec::At(end)).unwrap();
     let conn = ConnInfo::parse(&target).unwrap();
-    connectors::postgres::restore::restore(&journal, &plan, &conn, false, &mut NoProgress)
-        .await
-        .unwrap();
+    connectors::postgres::restore::restore(
+        &journal,
+        &plan,
+        &conn,
+        &Default::default(),
+        false,
+        &mut NoProgress,
+    )
+    .await
+    .unwrap();
     assert_eq!(digest_url(&target).await.unwrap(), expected);
     assert_eq!(
         pg.psql("restored", "SELECT count(*) FROM t WHERE v = 'changed'"),

@@ -87,8 +87,15 @@ pub async fn restore_into(pg: &Postgres, journal: &Journal, at: Timestamp, db: &
     pg.psql("postgres", &format!("CREATE DATABASE {db}"));
     let plan = restore::plan(journal, "app", TimeSpec::At(at)).unwrap();
     let conn = connectors::postgres::conn::ConnInfo::parse(&pg.url(db)).unwrap();
-    connectors::postgres::restore::restore(journal, &plan, &conn, false, &mut NoProgress)
-        .await
-        .unwrap();
+    connectors::postgres::restore::restore(
+        journal,
+        &plan,
+        &conn,
+        &Default::default(),
+        false,
+        &mut NoProgress,
+    )
+    .await
+    .unwrap();
     digest_url(&pg.url(db)).await.unwrap()
 }

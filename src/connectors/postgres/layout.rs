@@ -47,10 +47,12 @@ impl Selection {
                 if p.is_empty() {
                     return Err(format!("--tables: `{entry}` has an empty name"));
                 }
-                Ok(Some(match p.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
-                    Some(q) => q.replace("\"\"", "\""),
-                    None => p.to_string(),
-                }))
+                Ok(Some(
+                    match p.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
+                        Some(q) => q.replace("\"\"", "\""),
+                        None => p.to_string(),
+                    },
+                ))
             };
             let pattern = match parts.as_slice() {
                 [table] => Pattern {
@@ -119,7 +121,10 @@ pub async fn tables_with_lineage(
             "SELECT array_agg(n.nspname::text ORDER BY a.depth), array_agg(c.relname::text ORDER BY a.depth)
              FROM pg_class t
              JOIN pg_namespace tn ON tn.oid = t.relnamespace
-             CROSS JOIN LATERAL (SELECT relid, row_number() OVER () AS depth FROM pg_partition_ancestors(t.oid)) a
+             CROSS JOIN LATERAL (
+               SELECT p.relid, p.depth FROM pg_partition_ancestors(t.oid) WITH ORDINALITY p(relid, depth)
+               UNION ALL SELECT t.oid, 1 WHERE NOT EXISTS (SELECT 1 FROM pg_partition_ancestors(t.oid))
+             ) a
              JOIN pg_class c ON c.oid = a.relid JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE t.relkind IN ('r', 'p') AND tn.nspname NOT IN ('pg_catalog', 'information_schema', 'tidemark')
                AND tn.nspname NOT LIKE 'pg\\_%'
@@ -226,7 +231,9 @@ mod tests {
         assert!(!s.matches("public", "z"));
         assert!(s.covers(&[("p".into(), "leaf".into()), ("a".into(), "x".into())]));
         assert!(Selection::parse("").unwrap().is_all());
-        assert!(Selection::parse("a.b.c").unwrap_err().contains("schema.table"));
+        assert!(Selection::parse("a.b.c")
+            .unwrap_err()
+            .contains("schema.table"));
         assert!(Selection::parse("a.").unwrap_err().contains("empty name"));
     }
 }

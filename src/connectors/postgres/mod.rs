@@ -17,6 +17,7 @@ pub mod ddl;
 pub mod digest;
 pub mod error;
 pub mod image;
+pub mod layout;
 pub mod repl;
 pub mod restore;
 mod restore_sql;
@@ -62,22 +63,41 @@ impl Connector for Postgres {
         true
     }
 
+    fn options(&self) -> &'static [crate::connectors::KindOption] {
+        use crate::connectors::{KindOption, OptionFor};
+        const HELP: &str = "PostgreSQL: only these tables, `schema.table,schema.*,table` (partitions follow their parent)";
+        &[
+            KindOption {
+                name: layout::TABLES,
+                help: HELP,
+                command: OptionFor::Restore,
+            },
+            KindOption {
+                name: layout::TABLES,
+                help: HELP,
+                command: OptionFor::Digest,
+            },
+        ]
+    }
+
     fn target(
         &self,
         url: &str,
-        _: &KindOptions,
+        options: &KindOptions,
         timeouts: &Timeouts,
     ) -> Result<Box<dyn Target>, RestoreError> {
-        Ok(Box::new(restore::PgTarget::new(url, timeouts)?))
+        Ok(Box::new(restore::PgTarget::new(url, options, timeouts)?))
     }
 
     fn digest(
         &self,
         url: &str,
-        _: &KindOptions,
+        options: &KindOptions,
         timeouts: &Timeouts,
     ) -> Result<Digest, ConnectorError> {
-        block_on(digest::digest_with(url, timeouts))
+        let selection = layout::Selection::parse(options.get(layout::TABLES).unwrap_or(""))
+            .map_err(ConnectorError)?;
+        block_on(digest::digest_with(url, timeouts, &selection))
     }
 
     fn identity(&self, url: &str, timeouts: &Timeouts) -> Result<String, ConnectorError> {

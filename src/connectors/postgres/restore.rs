@@ -10,10 +10,12 @@ use prost::Message as _;
 
 use super::conn::{db_error, ConnInfo};
 use super::image::{PgImageChunk, PgImagePart};
+use super::layout::Selection;
 use super::restore_sql::Replayed;
 use super::setup::{quote_ident, quote_literal};
 use super::PgError;
 use crate::config::Timeouts;
+use crate::connectors::KindOptions;
 use crate::digest::Digest;
 use crate::event::Payload;
 use crate::journal::Journal;
@@ -192,6 +194,7 @@ pub async fn restore(
     journal: &Journal,
     plan: &RestorePlan,
     conn: &ConnInfo,
+    selection: &Selection,
     force: bool,
     progress: &mut dyn ProgressSink,
 ) -> Result<PgRestoreSummary, RestoreError> {
@@ -233,6 +236,8 @@ pub async fn restore(
     }
     let mut image_bytes = 0u64;
     let mut sink: Option<std::pin::Pin<Box<tokio_postgres::CopyInSink<Bytes>>>> = None;
+    // The rows of a table outside `--tables` are passed over.
+    let mut skipping = false;
     for chunk in journal.image_chunks(image) {
         let chunk = chunk?;
         image_bytes += chunk.len() as u64;
@@ -268,6 +273,15 @@ pub async fn restore(
                     .map_err(q)?;
             }
             Some(PgImagePart::Table(t)) => {
+                if !selection.is_all() {
+                    let lineage = super::layout::lineage(&client, conn, &t.schema, &t.name)
+                        .await
+                        .map_err(|e| failed(e.to_string()))?;
+                    skipping = !selection.covers(&lineage);
+                    if skipping {
+                        continue;
+                    }
+                }
                 let cols = t
                     .columns
                     .iter()
@@ -284,6 +298,7 @@ pub async fn restore(
             }
             Some(PgImagePart::CopyData(data)) => match sink.as_mut() {
                 Some(s) => s.send(Bytes::from(data)).await.map_err(q)?,
+                None if skipping => {}
                 None => return Err(failed("base image has rows before their table".into())),
             },
             Some(PgImagePart::Sequence(s)) => {
@@ -314,6 +329,12 @@ pub async fn restore(
     }
     replay(journal, plan, &client, conn, &mut summary, progress).await?;
     client.batch_execute(SYNC_SEQUENCES).await.map_err(q)?;
+    if !selection.is_all() {
+        let notes = super::layout::drop_unselected(&client, conn, selection)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        summary.notes.extend(notes);
+    }
     finish(&client, conn, &mut summary).await?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
@@ -574,20 +595,31 @@ END $$;
 /// `--force` drops every schema of the target and starts over.
 pub struct PgTarget {
     conn: ConnInfo,
+    selection: Selection,
     rt: tokio::runtime::Runtime,
 }
 
 impl PgTarget {
-    /// A target for `url` (connects to nothing yet).
-    pub fn new(url: &str, timeouts: &Timeouts) -> Result<PgTarget, RestoreError> {
+    /// A target for `url` with the `--tables` of `options` (connects to nothing yet).
+    pub fn new(
+        url: &str,
+        options: &KindOptions,
+        timeouts: &Timeouts,
+    ) -> Result<PgTarget, RestoreError> {
         let conn = ConnInfo::parse(url)
             .map_err(|e| failed(e.to_string()))?
             .with_timeouts(timeouts);
+        let selection = Selection::parse(options.get(super::layout::TABLES).unwrap_or(""))
+            .map_err(RestoreError::Options)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| failed(format!("cannot start the async runtime: {e}")))?;
-        Ok(PgTarget { conn, rt })
+        Ok(PgTarget {
+            conn,
+            selection,
+            rt,
+        })
     }
 }
 
@@ -619,9 +651,14 @@ impl Target for PgTarget {
         force: bool,
         progress: &mut dyn ProgressSink,
     ) -> Result<Applied, RestoreError> {
-        let s = self
-            .rt
-            .block_on(restore(journal, plan, &self.conn, force, progress))?;
+        let s = self.rt.block_on(restore(
+            journal,
+            plan,
+            &self.conn,
+            &self.selection,
+            force,
+            progress,
+        ))?;
         Ok(Applied {
             counts: vec![
                 ("tables".into(), s.tables),
@@ -638,7 +675,7 @@ impl Target for PgTarget {
         let conn = &self.conn;
         self.rt.block_on(async {
             let client = conn.connect().await.map_err(|e| failed(e.to_string()))?;
-            super::digest::digest(&client, &conn.display)
+            super::digest::digest(&client, &conn.display, &Selection::default())
                 .await
                 .map_err(|e| failed(e.to_string()))
         })
