@@ -433,3 +433,120 @@ fn tables_restores_a_subset_that_digests_like_the_same_subset_of_the_source() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tables"));
 }
+
+#[test]
+fn schema_map_restores_beside_the_live_source_and_force_replaces_only_its_schemas() {
+    use common::run::{bin, Run};
+    let pg = Postgres::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql(
+        "app",
+        "CREATE TYPE mood AS ENUM ('sad', 'ok');
+         CREATE TABLE t (id serial PRIMARY KEY, m mood, v text);
+         CREATE TABLE u (id int PRIMARY KEY, t_id int REFERENCES t);
+         CREATE VIEW tv AS SELECT id, v FROM t;
+         CREATE SCHEMA sales; CREATE TABLE sales.orders (id int PRIMARY KEY);
+         INSERT INTO t (m, v) VALUES ('ok', 'one'); INSERT INTO u VALUES (1, 1)",
+    );
+    let mut run = Run::new(&format!(
+        "[[source]]\nname = \"app\"\nkind = \"postgres\"\nurl = \"{}\"\n",
+        pg.url("app")
+    ));
+    run.start(&[]);
+    run.wait_covered("app");
+    pg.psql(
+        "app",
+        "INSERT INTO t (m, v) VALUES ('sad', 'two'); INSERT INTO sales.orders VALUES (1)",
+    );
+    let then = tidemark::time::Timestamp::now().to_rfc3339();
+    run.wait_covered("app");
+    let digest_then = bin()
+        .args(["digest", &pg.url("app"), "--tables", "public.*"])
+        .output()
+        .unwrap();
+    let digest_then = String::from_utf8_lossy(&digest_then.stdout).to_string();
+    let overall_then = digest_then.lines().last().unwrap().to_string();
+    pg.psql(
+        "app",
+        "DELETE FROM u; DELETE FROM t; INSERT INTO t (m, v) VALUES ('ok', 'after')",
+    );
+    run.wait_covered("app");
+    assert!(run.stop(), "{}", run.log());
+    let restore = |extra: &[&str]| {
+        let mut args = vec!["restore", "--source", "app", "--at", &then, "--target"];
+        let url = pg.url("app");
+        args.push(&url);
+        args.extend_from_slice(&["--schema-map", "public=public_then", "--into-live-source"]);
+        args.extend_from_slice(extra);
+        run.cli(&args)
+    };
+    let out = restore(&[]);
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains(overall_then.split_whitespace().last().unwrap()),
+        "the restore's digest, named as in the source, equals the source's then: {report}\n{digest_then}"
+    );
+    // Beside the live tables, which are untouched.
+    assert_eq!(
+        pg.psql(
+            "app",
+            "SELECT string_agg(v, ',' ORDER BY id) FROM public_then.t"
+        ),
+        "one,two"
+    );
+    assert_eq!(
+        pg.psql("app", "SELECT string_agg(v, ',' ORDER BY id) FROM public.t"),
+        "after"
+    );
+    assert_eq!(pg.psql("app", "SELECT count(*) FROM public_then.u"), "1");
+    assert_eq!(
+        pg.psql(
+            "app",
+            "SELECT string_agg(v, ',') FROM public_then.tv WHERE id = 2"
+        ),
+        "two"
+    );
+    assert_eq!(
+        pg.psql("app", "SELECT nextval('public_then.t_id_seq')"),
+        "3"
+    );
+    assert_eq!(pg.psql("app", "SELECT count(*) FROM pg_namespace WHERE nspname = 'sales_then' OR nspname LIKE 'tidemark_scratch%'"), "0");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'tidemark_scratch%'"
+        ),
+        "0"
+    );
+    // Again: the new schema exists, so it is refused, and --force replaces it alone.
+    let out = restore(&[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("public_then"));
+    pg.psql(
+        "app",
+        "INSERT INTO public_then.t (m, v) VALUES ('ok', 'stray')",
+    );
+    let out = restore(&["--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        pg.psql(
+            "app",
+            "SELECT string_agg(v, ',' ORDER BY id) FROM public_then.t"
+        ),
+        "one,two"
+    );
+    assert_eq!(
+        pg.psql("app", "SELECT string_agg(v, ',' ORDER BY id) FROM public.t"),
+        "after"
+    );
+    assert_eq!(pg.psql("app", "SELECT count(*) FROM sales.orders"), "1");
+}

@@ -29,6 +29,19 @@ pub struct Digest {
 }
 
 impl Digest {
+    /// The same digest with each part renamed by `f` (the overall value recomputed).
+    pub fn renamed(self, f: impl Fn(&str) -> String) -> Digest {
+        let parts = self
+            .parts
+            .into_iter()
+            .map(|p| PartDigest {
+                name: f(&p.name),
+                ..p
+            })
+            .collect();
+        Digest::from_parts(&self.unit, parts)
+    }
+
     /// Builds the overall value from the parts.
     pub fn from_parts(unit: &str, mut parts: Vec<PartDigest>) -> Digest {
         parts.sort_by(|a, b| a.name.cmp(&b.name));

@@ -9,6 +9,7 @@
 //!   stream;
 //! - [`restore`]: the restore target; [`digest`]: the per-table digest.
 
+pub mod beside;
 pub mod capture;
 mod changes;
 pub mod config;
@@ -76,6 +77,11 @@ impl Connector for Postgres {
                 name: layout::TABLES,
                 help: HELP,
                 command: OptionFor::Digest,
+            },
+            KindOption {
+                name: beside::SCHEMA_MAP,
+                help: "PostgreSQL: restore schemas under other names, beside what the target holds, `old=new,...`",
+                command: OptionFor::Restore,
             },
         ]
     }

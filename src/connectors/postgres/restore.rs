@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures_util::SinkExt;
 use prost::Message as _;
 
+use super::beside::SchemaMap;
 use super::conn::{db_error, ConnInfo};
 use super::image::{PgImageChunk, PgImagePart};
 use super::layout::Selection;
@@ -596,6 +597,7 @@ END $$;
 pub struct PgTarget {
     conn: ConnInfo,
     selection: Selection,
+    schema_map: SchemaMap,
     rt: tokio::runtime::Runtime,
 }
 
@@ -611,6 +613,8 @@ impl PgTarget {
             .with_timeouts(timeouts);
         let selection = Selection::parse(options.get(super::layout::TABLES).unwrap_or(""))
             .map_err(RestoreError::Options)?;
+        let schema_map = SchemaMap::parse(options.get(super::beside::SCHEMA_MAP).unwrap_or(""))
+            .map_err(RestoreError::Options)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -618,6 +622,7 @@ impl PgTarget {
         Ok(PgTarget {
             conn,
             selection,
+            schema_map,
             rt,
         })
     }
@@ -629,15 +634,23 @@ impl Target for PgTarget {
     }
 
     fn occupied(&mut self, _: &Journal, _: &RestorePlan) -> Result<Option<String>, RestoreError> {
-        let conn = &self.conn;
+        let (conn, map) = (&self.conn, &self.schema_map);
         self.rt.block_on(async {
             let client = conn.connect().await.map_err(|e| failed(e.to_string()))?;
-            occupied(&client, conn).await
+            if map.is_empty() {
+                occupied(&client, conn).await
+            } else {
+                super::beside::occupied(&client, conn, map).await
+            }
         })
     }
 
     fn force_effect(&self) -> &'static str {
-        "drop every schema in it (and all it holds) first"
+        if self.schema_map.is_empty() {
+            "drop every schema in it (and all it holds) first"
+        } else {
+            "drop the schemas --schema-map names as targets (only those) first"
+        }
     }
 
     fn rerun(&self) -> Rerun {
@@ -651,14 +664,26 @@ impl Target for PgTarget {
         force: bool,
         progress: &mut dyn ProgressSink,
     ) -> Result<Applied, RestoreError> {
-        let s = self.rt.block_on(restore(
-            journal,
-            plan,
-            &self.conn,
-            &self.selection,
-            force,
-            progress,
-        ))?;
+        let s = if self.schema_map.is_empty() {
+            self.rt.block_on(restore(
+                journal,
+                plan,
+                &self.conn,
+                &self.selection,
+                force,
+                progress,
+            ))?
+        } else {
+            self.rt.block_on(super::beside::restore_beside(
+                journal,
+                plan,
+                &self.conn,
+                &self.selection,
+                &self.schema_map,
+                force,
+                progress,
+            ))?
+        };
         Ok(Applied {
             counts: vec![
                 ("tables".into(), s.tables),
@@ -671,13 +696,36 @@ impl Target for PgTarget {
         })
     }
 
+    /// The whole target's digest; beside other schemas (`--schema-map`), the new
+    /// schemas' tables only, named as in the source, so it compares with the
+    /// source's digest of the same tables.
     fn digest(&mut self) -> Result<Digest, RestoreError> {
-        let conn = &self.conn;
+        let (conn, map) = (&self.conn, &self.schema_map);
         self.rt.block_on(async {
             let client = conn.connect().await.map_err(|e| failed(e.to_string()))?;
-            super::digest::digest(&client, &conn.display, &Selection::default())
+            let selection = if map.is_empty() {
+                Selection::default()
+            } else {
+                Selection::parse(
+                    &map.targets()
+                        .iter()
+                        .map(|n| format!("{}.*", quote_ident(n)))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                )
+                .map_err(RestoreError::Options)?
+            };
+            let d = super::digest::digest(&client, &conn.display, &selection)
                 .await
-                .map_err(|e| failed(e.to_string()))
+                .map_err(|e| failed(e.to_string()))?;
+            Ok(if map.is_empty() {
+                d
+            } else {
+                d.renamed(|name| match name.split_once('.') {
+                    Some((s, t)) => format!("{}.{t}", map.source_of(s)),
+                    None => name.to_string(),
+                })
+            })
         })
     }
 }
