@@ -28,8 +28,11 @@ pub struct Config {
     pub journal: JournalConfig,
     /// Connection timeouts for every source and target.
     pub timeouts: Timeouts,
-    /// The sources to capture, in `[[source]]` tables.
+    /// The sources to capture, in `[[source]]` tables (a section with members, as
+    /// PostgreSQL's `databases`, gives one source per member).
     pub sources: Vec<SourceConfig>,
+    /// Sections that stand for several sources: name and member source names.
+    pub groups: Vec<(String, Vec<String>)>,
 }
 
 /// The file as TOML shapes it, before each source goes to its connector.
@@ -294,6 +297,7 @@ impl Config {
             message: e.message().replace('\n', " "),
         })?;
         let mut sources = Vec::with_capacity(raw.sources.len());
+        let mut groups = Vec::new();
         for (i, spanned) in raw.sources.into_iter().enumerate() {
             let span = spanned.span();
             let at = format!("source[{i}]");
@@ -312,12 +316,29 @@ impl Config {
                 }
                 other => other,
             })?;
-            sources.push(source);
+            let members = source.settings.members();
+            if members.is_empty() {
+                sources.push(source);
+                continue;
+            }
+            let mut names = Vec::with_capacity(members.len());
+            for (suffix, settings) in members {
+                let name = format!("{}.{suffix}", source.name);
+                validate_name(&name).map_err(|p| invalid(format!("{at}.databases"), p))?;
+                names.push(name.clone());
+                sources.push(SourceConfig {
+                    name,
+                    kind: source.kind,
+                    settings,
+                });
+            }
+            groups.push((source.name, names));
         }
         Ok(Config {
             journal: raw.journal,
             timeouts: raw.timeouts,
             sources,
+            groups,
         })
     }
 
@@ -333,6 +354,15 @@ impl Config {
     /// The source named `name`.
     pub fn source(&self, name: &str) -> Option<&SourceConfig> {
         self.sources.iter().find(|s| s.name() == name)
+    }
+
+    /// The member sources of a section with members (see
+    /// [`crate::connectors::SourceSettings::members`]).
+    pub fn group(&self, name: &str) -> Option<&[String]> {
+        self.groups
+            .iter()
+            .find(|(g, _)| g == name)
+            .map(|(_, m)| m.as_slice())
     }
 
     /// Checks what spans sources and the journal, without connecting to anything.

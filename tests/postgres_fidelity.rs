@@ -550,3 +550,89 @@ fn schema_map_restores_beside_the_live_source_and_force_replaces_only_its_schema
     );
     assert_eq!(pg.psql("app", "SELECT count(*) FROM sales.orders"), "1");
 }
+
+#[test]
+fn several_databases_are_one_section_with_a_slot_and_coverage_each() {
+    use common::run::{digest, Run};
+    let pg = Postgres::start();
+    for db in ["orders", "billing"] {
+        pg.psql("postgres", &format!("CREATE DATABASE {db}"));
+        pg.psql(
+            db,
+            &format!(
+                "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, '{db}')"
+            ),
+        );
+    }
+    let mut run = Run::new(&format!(
+        "[[source]]\nname = \"app\"\nkind = \"postgres\"\nurl = \"{}\"\ndatabases = [\"orders\", \"billing\"]\n",
+        pg.url("postgres")
+    ));
+    let out = run.cli(&["config", "validate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run.start(&[]);
+    run.wait_covered("app.orders");
+    run.wait_covered("app.billing");
+    pg.psql("orders", "INSERT INTO t VALUES (2, 'second order')");
+    pg.psql("billing", "UPDATE t SET v = 'paid'");
+    run.wait_covered("app.orders");
+    run.wait_covered("app.billing");
+    assert!(run.stop(), "{}", run.log());
+    let slots = pg.psql("postgres", "SELECT string_agg(slot_name || ':' || database, ',' ORDER BY slot_name) FROM pg_replication_slots");
+    assert_eq!(
+        slots,
+        "tidemark_app_billing:billing,tidemark_app_orders:orders"
+    );
+    // Without a place for each database, the group restore says how.
+    let target = pg.url("{database}_restored");
+    let out = run.cli(&[
+        "restore",
+        "--source",
+        "app",
+        "--at",
+        "latest",
+        "--target",
+        &pg.url("x"),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("app.orders"));
+    for db in ["orders", "billing"] {
+        pg.psql("postgres", &format!("CREATE DATABASE {db}_restored"));
+    }
+    let out = run.cli(&[
+        "restore", "--source", "app", "--at", "latest", "--target", &target,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for db in ["orders", "billing"] {
+        assert_eq!(
+            digest(&pg.url(&format!("{db}_restored"))),
+            digest(&pg.url(db)),
+            "{db}"
+        );
+    }
+    // One database alone.
+    pg.psql("postgres", "CREATE DATABASE just_billing");
+    let out = run.cli(&[
+        "restore",
+        "--source",
+        "app.billing",
+        "--at",
+        "latest",
+        "--target",
+        &pg.url("just_billing"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(pg.psql("just_billing", "SELECT v FROM t"), "paid");
+}

@@ -33,6 +33,12 @@ pub fn prune(cfg: &Config, dry_run: bool) -> Result<()> {
 
 /// Leaves the note that makes the source's next capture start a new history.
 pub fn resync(cfg: &Config, source: &str) -> Result<()> {
+    if let Some(members) = cfg.group(source) {
+        for m in members {
+            resync(cfg, m)?;
+        }
+        return Ok(());
+    }
     let Some(src) = cfg.sources.iter().find(|s| s.name == source) else {
         bail!(
             "no source named `{source}` in the configuration (configured: {})",

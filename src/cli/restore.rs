@@ -7,6 +7,7 @@ use crate::config::{redact_url, Config};
 use crate::connectors::KindOptions;
 use crate::restore::driver::{self, NoProgress, Outcome, Request, TerminalProgress};
 use crate::restore::{self, ProgressSink};
+use crate::time::TimeSpec;
 
 /// Flags of `restore` besides the source, moment and target.
 #[derive(Debug, Default)]
@@ -21,6 +22,64 @@ pub struct Flags {
 
 pub fn restore(cfg: &Config, source: &str, at: &str, target: &str, flags: Flags) -> Result<()> {
     let at = super::parse_time("at", at)?;
+    match cfg.group(source) {
+        Some(members) => restore_group(cfg, source, members, at, target, &flags),
+        None => restore_one(cfg, source, at, target, &flags),
+    }
+}
+
+/// Restores every member of a section with members (PostgreSQL `databases`) at one
+/// moment, each into `target` with `{database}` replaced by its database; `latest`
+/// is the newest moment every member covers.
+fn restore_group(
+    cfg: &Config,
+    group: &str,
+    members: &[String],
+    at: TimeSpec,
+    target: &str,
+    flags: &Flags,
+) -> Result<()> {
+    if !target.contains("{database}") {
+        bail!(
+            "`{group}` stands for {} sources ({}): restore one of them with --source {group}.<database>, or all of them with a target URL holding {{database}} where each one's name goes (e.g. postgres://host/{{database}}_restored)",
+            members.len(),
+            members.join(", ")
+        );
+    }
+    let at = match at {
+        TimeSpec::At(t) => t,
+        TimeSpec::Latest => {
+            let journal = super::open_read_only(cfg)?;
+            let mut newest_common: Option<i64> = None;
+            for m in members {
+                let covered = journal.source(m)?.stats.coverage_us.ok_or_else(|| {
+                    anyhow::anyhow!("source `{m}` covers no moment yet: nothing to restore")
+                })?;
+                newest_common = Some(newest_common.map_or(covered, |c| c.min(covered)));
+            }
+            crate::time::Timestamp::from_micros(newest_common.unwrap_or(0))
+        }
+    };
+    for m in members {
+        let db = m.strip_prefix(&format!("{group}.")).unwrap_or(m);
+        restore_one(
+            cfg,
+            m,
+            TimeSpec::At(at),
+            &target.replace("{database}", db),
+            flags,
+        )?;
+    }
+    Ok(())
+}
+
+fn restore_one(
+    cfg: &Config,
+    source: &str,
+    at: TimeSpec,
+    target: &str,
+    flags: &Flags,
+) -> Result<()> {
     if cfg.source(source).is_none() {
         let known: Vec<&str> = cfg.sources.iter().map(|s| s.name()).collect();
         bail!(

@@ -192,6 +192,14 @@ pub trait SourceSettings: fmt::Debug + Send + Sync {
     /// single URL.
     fn url(&self) -> Option<String>;
 
+    /// A section that stands for several sources (PostgreSQL `databases = [...]`):
+    /// each member's name suffix and settings. The configuration captures each as a
+    /// source of its own, named `<name>.<suffix>`, and `restore --source <name>`
+    /// restores them all. Empty: the section is one source.
+    fn members(&self) -> Vec<(String, Arc<dyn SourceSettings>)> {
+        Vec::new()
+    }
+
     /// Kind-specific figures for `status` (how far the journal trails the server),
     /// bounded by `timeouts`; `None` when the kind has none.
     fn probe(&self, _journal: &Journal, _id: SourceId, _timeouts: &Timeouts) -> Option<Probe> {

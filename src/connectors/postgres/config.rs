@@ -29,6 +29,11 @@ pub struct PostgresSettings {
     /// record a break and start a new history at once.
     #[serde(default)]
     pub resync: Option<Resync>,
+    /// Several databases of the server as one section: each is captured as a source
+    /// of its own, `<name>.<database>`, with its own slot (`tidemark_<name>_<database>`),
+    /// base image and coverage; the URL's database is not used.
+    #[serde(default)]
+    pub databases: Vec<String>,
 }
 
 /// The `resync` setting.
@@ -65,6 +70,28 @@ impl PostgresSettings {
             conn.tls()
                 .connector()
                 .map_err(|e| invalid(f("url"), e.to_string()))?;
+        }
+        if !s.databases.is_empty() {
+            if s.slot.is_some() {
+                return Err(invalid(
+                    f("slot"),
+                    "cannot be set with `databases`: each database needs a slot of its own (tidemark_<name>_<database>)",
+                ));
+            }
+            for (j, db) in s.databases.iter().enumerate() {
+                if db.is_empty() || s.databases[..j].contains(db) {
+                    return Err(invalid(
+                        f(&format!("databases[{j}]")),
+                        format!("`{db}` is empty or listed twice"),
+                    ));
+                }
+                check_slot(&default_slot(&format!("{name}.{db}"))).map_err(|p| {
+                    invalid(
+                        f(&format!("databases[{j}]")),
+                        format!("the slot for database `{db}` is unusable: {p}; shorten the source's name"),
+                    )
+                })?;
+            }
         }
         match &s.slot {
             Some(slot) => check_slot(slot).map_err(|p| invalid(f("slot"), p))?,
@@ -116,6 +143,27 @@ pub fn default_slot(name: &str) -> String {
     )
 }
 
+/// `url` naming database `db` instead of its own (the query kept; `db` escaped).
+pub fn with_database(url: &str, db: &str) -> String {
+    let escaped: String = db
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (base, query) = url.split_at(url.find('?').unwrap_or(url.len()));
+    // The authority ends at the first `/` after the last `@` (a password may hold `/`).
+    let start = base.find("://").map_or(0, |i| i + 3);
+    let host_at = base[start..].rfind('@').map_or(start, |i| start + i + 1);
+    let path_at = base[host_at..]
+        .find('/')
+        .map_or(base.len(), |i| host_at + i);
+    format!("{}/{escaped}{query}", &base[..path_at])
+}
+
 fn check_slot(slot: &str) -> Result<(), String> {
     let ok = !slot.is_empty()
         && slot.len() <= MAX_SLOT
@@ -152,7 +200,36 @@ impl SourceSettings for PostgresSettings {
         Some(self.url.expose().to_string())
     }
 
+    fn members(&self) -> Vec<(String, std::sync::Arc<dyn SourceSettings>)> {
+        self.databases
+            .iter()
+            .map(|db| {
+                let mut member = self.clone();
+                member.databases.clear();
+                *member.url.expose_mut() = with_database(self.url.expose(), db);
+                (
+                    db.clone(),
+                    std::sync::Arc::new(member) as std::sync::Arc<dyn SourceSettings>,
+                )
+            })
+            .collect()
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_database_replaces_only_the_path() {
+        assert_eq!(
+            with_database("postgres://u:p/w@h:5/app?sslmode=require", "orders db"),
+            "postgres://u:p/w@h:5/orders%20db?sslmode=require"
+        );
+        assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
     }
 }
