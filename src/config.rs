@@ -33,6 +33,10 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// Sections that stand for several sources: name and member source names.
     pub groups: Vec<(String, Vec<String>)>,
+    /// Sections whose members are found on the server ([`Config::discover`]).
+    pub undiscovered: Vec<SourceConfig>,
+    /// The members [`Config::discover`] found.
+    pub discovered: Vec<String>,
 }
 
 /// The file as TOML shapes it, before each source goes to its connector.
@@ -298,6 +302,7 @@ impl Config {
         })?;
         let mut sources = Vec::with_capacity(raw.sources.len());
         let mut groups = Vec::new();
+        let mut undiscovered = Vec::new();
         for (i, spanned) in raw.sources.into_iter().enumerate() {
             let span = spanned.span();
             let at = format!("source[{i}]");
@@ -316,29 +321,24 @@ impl Config {
                 }
                 other => other,
             })?;
+            if source.settings.discovers_members() {
+                undiscovered.push(source);
+                continue;
+            }
             let members = source.settings.members();
             if members.is_empty() {
                 sources.push(source);
                 continue;
             }
-            let mut names = Vec::with_capacity(members.len());
-            for (suffix, settings) in members {
-                let name = format!("{}.{suffix}", source.name);
-                validate_name(&name).map_err(|p| invalid(format!("{at}.databases"), p))?;
-                names.push(name.clone());
-                sources.push(SourceConfig {
-                    name,
-                    kind: source.kind,
-                    settings,
-                });
-            }
-            groups.push((source.name, names));
+            groups.push(add_members(&mut sources, &source, members, &at)?);
         }
         Ok(Config {
             journal: raw.journal,
             timeouts: raw.timeouts,
             sources,
             groups,
+            undiscovered,
+            discovered: Vec::new(),
         })
     }
 
@@ -354,6 +354,27 @@ impl Config {
     /// The source named `name`.
     pub fn source(&self, name: &str) -> Option<&SourceConfig> {
         self.sources.iter().find(|s| s.name() == name)
+    }
+
+    /// Asks the servers of sections whose members are discovered (PostgreSQL
+    /// `databases = ["*"]`) for them, and adds them as sources.
+    pub fn discover(&mut self) -> Result<(), ConfigError> {
+        for section in std::mem::take(&mut self.undiscovered) {
+            let members = section
+                .settings
+                .discover(&self.timeouts)
+                .map_err(|e| invalid(format!("source `{}`", section.name), e.0))?;
+            let at = format!("source `{}`", section.name);
+            let group = add_members(&mut self.sources, &section, members, &at)?;
+            self.discovered.extend(group.1.iter().cloned());
+            self.groups.push(group);
+        }
+        Ok(())
+    }
+
+    /// Whether source `name` is a member found by [`Config::discover`].
+    pub fn is_discovered(&self, name: &str) -> bool {
+        self.discovered.iter().any(|n| n == name)
     }
 
     /// The member sources of a section with members (see
@@ -378,7 +399,7 @@ impl Config {
                 return Err(invalid("journal.retention", "must be at least 1m"));
             }
         }
-        if self.sources.is_empty() {
+        if self.sources.is_empty() && self.undiscovered.is_empty() {
             return Err(invalid(
                 "source",
                 "no [[source]] table; add at least one source to capture",
@@ -448,6 +469,33 @@ fn parse_source(mut table: toml::Table, at: &str) -> Result<SourceConfig, Config
         kind,
         settings,
     })
+}
+
+/// Adds a section's members as sources named `<section>.<suffix>`; returns the group.
+fn add_members(
+    sources: &mut Vec<SourceConfig>,
+    section: &SourceConfig,
+    members: connectors::Members,
+    at: &str,
+) -> Result<(String, Vec<String>), ConfigError> {
+    let mut names = Vec::with_capacity(members.len());
+    for (suffix, settings) in members {
+        let name = format!("{}.{suffix}", section.name);
+        validate_name(&name).map_err(|p| invalid(format!("{at}.databases"), p))?;
+        if sources.iter().any(|s| s.name == name) {
+            return Err(invalid(
+                format!("{at}.databases"),
+                format!("source `{name}` is configured twice"),
+            ));
+        }
+        names.push(name.clone());
+        sources.push(SourceConfig {
+            name,
+            kind: section.kind,
+            settings,
+        });
+    }
+    Ok((section.name.clone(), names))
 }
 
 /// The first backticked word of a serde message (`unknown field `port``).

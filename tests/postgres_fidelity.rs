@@ -636,3 +636,60 @@ fn several_databases_are_one_section_with_a_slot_and_coverage_each() {
     );
     assert_eq!(pg.psql("just_billing", "SELECT v FROM t"), "paid");
 }
+
+#[test]
+fn databases_star_captures_every_database_but_templates() {
+    use common::run::Run;
+    let pg = Postgres::start();
+    pg.psql("postgres", "CREATE DATABASE one");
+    pg.psql("postgres", "CREATE DATABASE two");
+    pg.psql("postgres", "CREATE DATABASE tmpl IS_TEMPLATE true");
+    for db in ["one", "two"] {
+        pg.psql(
+            db,
+            "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)",
+        );
+    }
+    let mut run = Run::new(&format!(
+        "[[source]]\nname = \"all\"\nkind = \"postgres\"\nurl = \"{}\"\ndatabases = [\"*\"]\n",
+        pg.url("postgres")
+    ));
+    // Validation does not connect: it cannot know the databases yet.
+    assert!(run.cli(&["config", "validate"]).status.success());
+    run.start(&[]);
+    for db in ["all.one", "all.two", "all.postgres"] {
+        run.wait_covered(db);
+    }
+    assert!(run.stop(), "{}", run.log());
+    let names: Vec<String> = run.status().unwrap()["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains("tmpl") || n.contains("template")),
+        "{names:?}"
+    );
+    for db in ["one", "two"] {
+        pg.psql("postgres", &format!("CREATE DATABASE {db}_r"));
+    }
+    let out = run.cli(&[
+        "restore",
+        "--source",
+        "all.two",
+        "--at",
+        "latest",
+        "--target",
+        &pg.url("two_r"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(pg.psql("two_r", "SELECT count(*) FROM t"), "1");
+}

@@ -257,7 +257,14 @@ pub fn execute(cli: Cli, matches: &ArgMatches) -> Result<()> {
         .config
         .clone()
         .context("no configuration file: pass -c FILE (or set TIDEMARK_CONFIG)")?;
-    let cfg = Config::load(&path)?;
+    let mut cfg = Config::load(&path)?;
+    if matches!(
+        cli.command,
+        Command::Run { .. } | Command::Restore { .. } | Command::Resync { .. }
+    ) {
+        // Sections whose members are on the server (databases = ["*"]).
+        cfg.discover()?;
+    }
     match cli.command {
         Command::Config {
             action: ConfigAction::Validate,

@@ -46,12 +46,24 @@ fn restore_group(
             members.join(", ")
         );
     }
+    // Only members the journal holds (databases = ["*"] also finds databases that
+    // were never captured, such as earlier restores' targets).
+    let journal = super::open_read_only(cfg)?;
+    let members: Vec<String> = members
+        .iter()
+        .filter(|m| journal.source(m).is_ok())
+        .cloned()
+        .collect();
+    drop(journal);
+    if members.is_empty() {
+        bail!("the journal holds none of `{group}`'s sources yet: nothing to restore");
+    }
     let at = match at {
         TimeSpec::At(t) => t,
         TimeSpec::Latest => {
             let journal = super::open_read_only(cfg)?;
             let mut newest_common: Option<i64> = None;
-            for m in members {
+            for m in &members {
                 let covered = journal.source(m)?.stats.coverage_us.ok_or_else(|| {
                     anyhow::anyhow!("source `{m}` covers no moment yet: nothing to restore")
                 })?;
@@ -60,7 +72,7 @@ fn restore_group(
             crate::time::Timestamp::from_micros(newest_common.unwrap_or(0))
         }
     };
-    for m in members {
+    for m in &members {
         let db = m.strip_prefix(&format!("{group}.")).unwrap_or(m);
         restore_one(
             cfg,
@@ -89,10 +101,15 @@ fn restore_one(
     }
     let journal = super::open_read_only(cfg)?;
     let plan = restore::plan(&journal, source, at)?;
+    // Sources the journal captures (a discovered member that never ran, such as a
+    // database made for this restore under `databases = ["*"]`, is not one yet).
+    let captured: std::collections::HashSet<String> =
+        journal.sources().into_iter().map(|s| s.name).collect();
     let live_sources = cfg
         .sources
         .iter()
         .filter(|s| s.kind() == plan.source.kind)
+        .filter(|s| captured.contains(s.name()) || !cfg.is_discovered(s.name()))
         .filter_map(|s| s.settings.url().map(|u| (s.name().to_string(), u)))
         .collect();
     if !flags.json {

@@ -175,6 +175,10 @@ pub trait Connector: Sync {
     fn identity(&self, url: &str, timeouts: &Timeouts) -> Result<String, ConnectorError>;
 }
 
+/// The members of a section that stands for several sources: each one's name
+/// suffix and settings.
+pub type Members = Vec<(String, Arc<dyn SourceSettings>)>;
+
 /// One configured source of some kind: what the config section said, validated.
 /// `Debug` never shows a secret.
 pub trait SourceSettings: fmt::Debug + Send + Sync {
@@ -196,8 +200,20 @@ pub trait SourceSettings: fmt::Debug + Send + Sync {
     /// each member's name suffix and settings. The configuration captures each as a
     /// source of its own, named `<name>.<suffix>`, and `restore --source <name>`
     /// restores them all. Empty: the section is one source.
-    fn members(&self) -> Vec<(String, Arc<dyn SourceSettings>)> {
+    fn members(&self) -> Members {
         Vec::new()
+    }
+
+    /// Whether the members are found on the server ([`SourceSettings::discover`])
+    /// rather than listed in the section (PostgreSQL `databases = ["*"]`).
+    fn discovers_members(&self) -> bool {
+        false
+    }
+
+    /// Asks the server for the members (commands that capture or restore call it;
+    /// `config validate` does not connect). Blocking, bounded by `timeouts`.
+    fn discover(&self, _timeouts: &Timeouts) -> Result<Members, ConnectorError> {
+        Ok(self.members())
     }
 
     /// Kind-specific figures for `status` (how far the journal trails the server),

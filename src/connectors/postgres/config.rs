@@ -78,7 +78,14 @@ impl PostgresSettings {
                     "cannot be set with `databases`: each database needs a slot of its own (tidemark_<name>_<database>)",
                 ));
             }
-            for (j, db) in s.databases.iter().enumerate() {
+            let all = s.databases.iter().any(|d| d == "*");
+            if all && s.databases.len() > 1 {
+                return Err(invalid(
+                    f("databases"),
+                    "`*` (every database but templates) stands alone: list databases, or give [\"*\"]",
+                ));
+            }
+            for (j, db) in s.databases.iter().enumerate().filter(|_| !all) {
                 if db.is_empty() || s.databases[..j].contains(db) {
                     return Err(invalid(
                         f(&format!("databases[{j}]")),
@@ -200,7 +207,48 @@ impl SourceSettings for PostgresSettings {
         Some(self.url.expose().to_string())
     }
 
-    fn members(&self) -> Vec<(String, std::sync::Arc<dyn SourceSettings>)> {
+    fn discovers_members(&self) -> bool {
+        self.databases == ["*"]
+    }
+
+    fn discover(
+        &self,
+        timeouts: &crate::config::Timeouts,
+    ) -> Result<crate::connectors::Members, crate::connectors::ConnectorError> {
+        if !self.discovers_members() {
+            return Ok(self.members());
+        }
+        let conn = ConnInfo::parse(self.url.expose())
+            .map_err(crate::connectors::ConnectorError::from_display)?
+            .with_timeouts(timeouts);
+        let names: Vec<String> = super::block_on(async {
+            let client = conn.connect().await?;
+            let rows = client
+                .query(
+                    "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
+                    &[],
+                )
+                .await
+                .map_err(|e| super::PgError::query(&conn.display, &e))?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })?;
+        let (usable, skipped): (Vec<String>, Vec<String>) = names.into_iter().partition(|d| {
+            d.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                && d.len() <= 40
+        });
+        if !skipped.is_empty() {
+            tracing::warn!(databases = ?skipped, "databases = [\"*\"]: these databases' names cannot name a source (use a-z, A-Z, 0-9, _ and -, at most 40 characters) and are not captured; list them under another section");
+        }
+        let mut listed = self.clone();
+        listed.databases = usable;
+        Ok(listed.members())
+    }
+
+    fn members(&self) -> crate::connectors::Members {
+        if self.discovers_members() {
+            return Vec::new();
+        }
         self.databases
             .iter()
             .map(|db| {

@@ -148,7 +148,7 @@ async fn identity(url: &str, timeouts: &Timeouts) -> Result<String, PgError> {
 }
 
 /// Runs a PostgreSQL future from blocking code (a `digest` or an identity check).
-fn block_on<T>(
+pub(crate) fn block_on<T>(
     work: impl std::future::Future<Output = Result<T, PgError>>,
 ) -> Result<T, ConnectorError> {
     let rt = tokio::runtime::Builder::new_current_thread()
