@@ -173,7 +173,11 @@ async fn through_scratch(
     progress: &mut dyn ProgressSink,
 ) -> Result<PgRestoreSummary, RestoreError> {
     let scratch_conn = conn.with_dbname(scratch);
-    let mut summary = restore(journal, plan, &scratch_conn, selection, false, progress).await?;
+    let opts = super::restore::PgRestoreOptions {
+        selection: selection.clone(),
+        every_change: false,
+    };
+    let mut summary = restore(journal, plan, &scratch_conn, &opts, false, progress).await?;
     let client = scratch_conn
         .connect()
         .await

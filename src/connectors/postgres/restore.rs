@@ -33,6 +33,8 @@ pub struct PgRestoreSummary {
     pub tables: u64,
     /// Rows loaded from the base image.
     pub image_rows: u64,
+    /// Final rows of changed keys loaded by `COPY` (net-effect replay).
+    pub net_rows: u64,
     /// Transactions replayed.
     pub transactions: u64,
     /// Row changes (and DDL/truncates) replayed.
@@ -190,15 +192,37 @@ async fn finish(
     Ok(())
 }
 
+/// How a PostgreSQL restore goes about it.
+#[derive(Debug, Clone, Default)]
+pub struct PgRestoreOptions {
+    /// `--tables`.
+    pub selection: Selection,
+    /// Replay every change as a statement instead of applying the net effect of the
+    /// history (see [`super::net`]); both give the same result.
+    pub every_change: bool,
+}
+
+/// Runs a statement with raw text parameters.
+pub(super) async fn execute_raw(
+    client: &tokio_postgres::Client,
+    r: &Replayed,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute_raw(r.sql.as_str(), r.raw.iter().map(|v| RawText(v)))
+        .await
+        .map(|_| ())
+}
+
 /// Restores `plan` into the database at `conn`; `force`: drop what it holds first.
 pub async fn restore(
     journal: &Journal,
     plan: &RestorePlan,
     conn: &ConnInfo,
-    selection: &Selection,
+    opts: &PgRestoreOptions,
     force: bool,
     progress: &mut dyn ProgressSink,
 ) -> Result<PgRestoreSummary, RestoreError> {
+    let selection = &opts.selection;
     let started = Instant::now();
     let client = conn.connect().await.map_err(|e| failed(e.to_string()))?;
     let q = |e: tokio_postgres::Error| failed(format!("{}: {}", conn.display, db_error(&e)));
@@ -328,7 +352,11 @@ pub async fn restore(
     if let Some(mut s) = sink.take() {
         summary.image_rows += s.as_mut().finish().await.map_err(q)?;
     }
-    replay(journal, plan, &client, conn, &mut summary, progress).await?;
+    if opts.every_change {
+        replay(journal, plan, &client, conn, &mut summary, progress).await?;
+    } else {
+        super::net::replay_net(journal, plan, &client, conn, &mut summary, progress).await?;
+    }
     client.batch_execute(SYNC_SEQUENCES).await.map_err(q)?;
     if !selection.is_all() {
         let notes = super::layout::drop_unselected(&client, conn, selection)
@@ -669,7 +697,10 @@ impl Target for PgTarget {
                 journal,
                 plan,
                 &self.conn,
-                &self.selection,
+                &PgRestoreOptions {
+                    selection: self.selection.clone(),
+                    every_change: false,
+                },
                 force,
                 progress,
             ))?
@@ -688,6 +719,10 @@ impl Target for PgTarget {
             counts: vec![
                 ("tables".into(), s.tables),
                 ("rows from the base image".into(), s.image_rows),
+                (
+                    "final rows loaded as the history's net effect".into(),
+                    s.net_rows,
+                ),
                 ("transactions replayed".into(), s.transactions),
                 ("changes".into(), s.changes),
             ],
