@@ -58,6 +58,9 @@ struct TableNet {
     rows: HashMap<Key, Net>,
 }
 
+/// A keyless table's rows to load: its columns and the rows.
+type Appends = (Vec<String>, Vec<Vec<PgValue>>);
+
 /// The pending state of a segment.
 #[derive(Default)]
 struct Segment {
@@ -68,7 +71,7 @@ struct Segment {
     statement_tables: std::collections::HashSet<(String, String)>,
     /// Rows inserted into keyless tables before any statement of theirs in this
     /// segment: loaded by `COPY`, before the statements.
-    appends: HashMap<(String, String), (Vec<String>, Vec<Vec<PgValue>>)>,
+    appends: HashMap<(String, String), Appends>,
 }
 
 fn is_text(v: &PgValue) -> bool {
