@@ -1,6 +1,7 @@
-//! The PostgreSQL base image (format `pg-copy-v1`): the schema from `pg_dump
-//! --schema-only`, then per table its column list and its rows in COPY text format,
-//! then sequence values, all read in the slot's exported snapshot so the image and
+//! The PostgreSQL base image (format `pg-copy-v1`): the definitions from `pg_dump
+//! --section=pre-data`, then per table its column list and its rows in COPY text
+//! format, then sequence values, then indexes, constraints and triggers
+//! (`--section=post-data`, applied after the rows as `pg_restore` does), all read in the slot's exported snapshot so the image and
 //! the stream meet exactly at the slot's consistent point.
 
 use futures_util::StreamExt;
@@ -24,7 +25,7 @@ const CHUNK_BYTES: usize = 1 << 20;
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PgImageChunk {
     /// What the chunk holds.
-    #[prost(oneof = "PgImagePart", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "PgImagePart", tags = "1, 2, 3, 4, 5, 6")]
     pub part: Option<PgImagePart>,
 }
 
@@ -48,6 +49,11 @@ pub enum PgImagePart {
     /// carry, named for the restore's report.
     #[prost(string, tag = "5")]
     NotCaptured(String),
+    /// Indexes, constraints, triggers and rules (`pg_dump --section=post-data`),
+    /// applied after the rows are loaded, as `pg_restore` does. Images taken before
+    /// it existed hold everything in `Schema`.
+    #[prost(string, tag = "6")]
+    PostData(String),
 }
 
 /// A table in the image.
@@ -130,12 +136,13 @@ fn strip_own_objects(dump: &str) -> String {
     out
 }
 
-/// Runs `pg_dump --schema-only` in `snapshot`.
-async fn dump_schema(conn: &ConnInfo, snapshot: &str) -> Result<String, PgError> {
+/// Runs `pg_dump --section=<section>` (`pre-data`: the definitions; `post-data`:
+/// indexes, constraints, triggers, rules) in `snapshot`.
+async fn dump_schema(conn: &ConnInfo, snapshot: &str, section: &str) -> Result<String, PgError> {
     let tool = pg_tool("pg_dump");
     let out = tokio::process::Command::new(&tool)
+        .arg(format!("--section={section}"))
         .args([
-            "--schema-only",
             "--no-owner",
             "--no-privileges",
             "--no-publications",
@@ -154,7 +161,7 @@ async fn dump_schema(conn: &ConnInfo, snapshot: &str) -> Result<String, PgError>
         })?;
     if !out.status.success() {
         return Err(PgError::Tool(format!(
-            "pg_dump --schema-only failed: {}",
+            "pg_dump --section={section} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
@@ -192,9 +199,10 @@ pub async fn take(
         .map_err(q)?;
     image
         .put(encode(PgImagePart::Schema(
-            dump_schema(conn, snapshot).await?,
+            dump_schema(conn, snapshot, "pre-data").await?,
         )))
         .await?;
+    let post_data = dump_schema(conn, snapshot, "post-data").await?;
     let tables = client
         .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1, 2", &[&publication])
         .await
@@ -265,6 +273,7 @@ pub async fn take(
     for what in super::setup::not_captured(&client, &conn.display).await? {
         image.put(encode(PgImagePart::NotCaptured(what))).await?;
     }
+    image.put(encode(PgImagePart::PostData(post_data))).await?;
     client.batch_execute("COMMIT").await.map_err(q)?;
     progress.finish_and_clear();
     let meta = image

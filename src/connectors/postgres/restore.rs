@@ -338,6 +338,21 @@ pub async fn restore(
                         .map_err(q)?;
                 }
             }
+            Some(PgImagePart::PostData(sql)) => {
+                client.batch_execute(&sql).await.map_err(|e| {
+                    failed(format!(
+                        "creating indexes, constraints and triggers after the rows: {}",
+                        db_error(&e)
+                    ))
+                })?;
+                client
+                    .batch_execute(&format!(
+                        "RESET search_path; {}",
+                        super::conn::SESSION_ENCODING
+                    ))
+                    .await
+                    .map_err(q)?;
+            }
             Some(PgImagePart::NotCaptured(what)) => {
                 // Unlogged tables are reported from the target at the end.
                 if !what.starts_with("rows of unlogged table") {
