@@ -4,12 +4,9 @@
 
 mod common;
 
-use common::pgcapture::{restore_into, Capture};
+use common::pgcapture::{restore_into, try_restore, Capture};
 use common::Postgres;
 use tidemark::connectors::postgres::digest::digest_url;
-use tidemark::restore::driver::NoProgress;
-use tidemark::time::TimeSpec;
-use tidemark::{connectors, restore};
 
 fn pgbench(pg: &Postgres, args: &[&str]) {
     let out = pg.tool("pgbench").args(args).output().unwrap();
@@ -262,18 +259,9 @@ async fn restores_byte_exact_in(encoding: &str, words: &[&str]) {
     let expected = digest_url(&pg.url("app")).await.unwrap();
     let journal = cap.stop().await;
     pg.psql("postgres", &create("restored"));
-    let plan = restore::plan(&journal, "app", TimeSpec::At(end)).unwrap();
-    let conn = connectors::postgres::conn::ConnInfo::parse(&pg.url("restored")).unwrap();
-    connectors::postgres::restore::restore(
-        &journal,
-        &plan,
-        &conn,
-        &Default::default(),
-        false,
-        &mut NoProgress,
-    )
-    .await
-    .unwrap();
+    try_restore(&journal, end, &pg.url("restored"))
+        .await
+        .unwrap();
     assert_eq!(digest_url(&pg.url("restored")).await.unwrap(), expected);
     let bytes = format!(
         "SELECT string_agg(encode(convert_to(v, '{encoding}'), 'hex'), ',' ORDER BY id) FROM t"
@@ -284,17 +272,9 @@ async fn restores_byte_exact_in(encoding: &str, words: &[&str]) {
         "postgres",
         "CREATE DATABASE utf8_target ENCODING 'UTF8' TEMPLATE template0",
     );
-    let conn = connectors::postgres::conn::ConnInfo::parse(&pg.url("utf8_target")).unwrap();
-    let e = connectors::postgres::restore::restore(
-        &journal,
-        &plan,
-        &conn,
-        &Default::default(),
-        false,
-        &mut NoProgress,
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let e = try_restore(&journal, end, &pg.url("utf8_target"))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains(encoding) && e.contains("UTF8"), "{e}");
 }

@@ -17,7 +17,7 @@ mod common;
 use std::io::Write;
 use std::process::Stdio;
 
-use common::run::{digest, Run};
+use common::run::{digest, pg_source, Run};
 use common::Postgres;
 
 /// Phase 0, in the base image.
@@ -192,10 +192,7 @@ fn a_broad_corpus_restores_exactly_at_three_moments_despite_kills() {
     pg.psql("app", IMAGE);
     pg.psql("app", &types_row(1));
     pg.psql("app", &wide_table());
-    let mut run = Run::new(&format!(
-        "[[source]]\nname = \"app\"\nkind = \"postgres\"\nurl = \"{}\"\n",
-        pg.url("app")
-    ));
+    let mut run = Run::new(&pg_source("app", &pg.url("app")));
     run.start(&[]);
     run.wait_covered("app");
     let mut moments = Vec::new();
@@ -224,15 +221,7 @@ fn a_broad_corpus_restores_exactly_at_three_moments_despite_kills() {
     for (i, (t, want_digest, want_schema)) in moments.iter().enumerate() {
         let db = format!("restored_{i}");
         pg.psql("postgres", &format!("CREATE DATABASE {db}"));
-        let out = run.cli(&[
-            "restore",
-            "--source",
-            "app",
-            "--at",
-            t,
-            "--target",
-            &pg.url(&db),
-        ]);
+        let out = run.restore("app", t, &pg.url(&db), &[]);
         assert!(
             out.status.success(),
             "restore at moment {i} ({t}): {}",

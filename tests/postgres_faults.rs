@@ -7,11 +7,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::run::{bin, digest, Run};
+use common::run::{bin, digest, pg_source, Run};
 use common::Postgres;
 
 fn config(url: &str) -> String {
-    format!("[[source]]\nname = \"app\"\nkind = \"postgres\"\nurl = \"{url}\"\n")
+    pg_source("app", url)
 }
 
 fn load(pg: &Postgres, from: u32, to: u32) {

@@ -6,14 +6,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::pgcapture::{restore_into, Capture};
+use common::pgcapture::{restore_into, try_restore, Capture};
+use common::run::{bin, digest, pg_source, Run};
 use common::Postgres;
 use tidemark::connectors::postgres::digest::digest_url;
 use tidemark::event::{Payload, PgOp};
 use tidemark::journal::Journal;
-use tidemark::restore::driver::NoProgress;
-use tidemark::time::TimeSpec;
-use tidemark::{connectors, restore};
 
 /// Every byte value a `SQL_ASCII` text can hold (all but NUL), as SQL.
 fn high_bytes(from: u8) -> String {
@@ -66,18 +64,9 @@ async fn a_sql_ascii_database_with_bytes_above_0x7f_restores_byte_exact() {
     let expected = digest_url(&pg.url("app")).await.unwrap();
     let journal = cap.stop().await;
     pg.psql("postgres", &create("restored"));
-    let plan = restore::plan(&journal, "app", TimeSpec::At(end)).unwrap();
-    let conn = connectors::postgres::conn::ConnInfo::parse(&pg.url("restored")).unwrap();
-    connectors::postgres::restore::restore(
-        &journal,
-        &plan,
-        &conn,
-        &Default::default(),
-        false,
-        &mut NoProgress,
-    )
-    .await
-    .unwrap();
+    try_restore(&journal, end, &pg.url("restored"))
+        .await
+        .unwrap();
     assert_eq!(digest_url(&pg.url("restored")).await.unwrap(), expected);
     for q in [
         "SELECT string_agg(encode(convert_to(k, 'SQL_ASCII'), 'hex') || ':' || encode(convert_to(v, 'SQL_ASCII'), 'hex') || ':' || n, ',' ORDER BY k) FROM t",
@@ -180,19 +169,10 @@ async fn a_refused_statement_names_its_transaction_and_leaves_the_state_before_i
     pg.psql("app", "DROP OWNED BY auditor");
     pg.psql("postgres", "DROP ROLE auditor");
     pg.psql("postgres", "CREATE DATABASE restored");
-    let plan = restore::plan(&journal, "app", TimeSpec::At(end)).unwrap();
-    let conn = connectors::postgres::conn::ConnInfo::parse(&pg.url("restored")).unwrap();
-    let e = connectors::postgres::restore::restore(
-        &journal,
-        &plan,
-        &conn,
-        &Default::default(),
-        false,
-        &mut NoProgress,
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let e = try_restore(&journal, end, &pg.url("restored"))
+        .await
+        .unwrap_err()
+        .to_string();
     for part in [
         "role \"auditor\" does not exist",
         "GRANT SELECT ON audit TO auditor",
@@ -222,17 +202,13 @@ async fn a_refused_statement_names_its_transaction_and_leaves_the_state_before_i
 
 #[test]
 fn resync_after_a_lost_slot_records_a_break_and_restores_on_both_sides() {
-    use common::run::{digest, Run};
     let pg = Postgres::start();
     pg.psql("postgres", "CREATE DATABASE app");
     pg.psql(
         "app",
         "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)",
     );
-    let mut run = Run::new(&format!(
-        "[[source]]\nname = \"app\"\nkind = \"postgres\"\nurl = \"{}\"\n",
-        pg.url("app")
-    ));
+    let mut run = Run::new(&pg_source("app", &pg.url("app")));
     run.start(&[]);
     run.wait_covered("app");
     pg.psql("app", "INSERT INTO t VALUES (2)");
@@ -281,15 +257,7 @@ fn resync_after_a_lost_slot_records_a_break_and_restores_on_both_sides() {
     assert!(status.contains("break in the history"), "{status}");
     let restore = |at: &str, db: &str| {
         pg.psql("postgres", &format!("CREATE DATABASE {db}"));
-        run.cli(&[
-            "restore",
-            "--source",
-            "app",
-            "--at",
-            at,
-            "--target",
-            &pg.url(db),
-        ])
+        run.restore("app", at, &pg.url(db), &[])
     };
     let out = restore(&before, "r_before");
     assert!(
@@ -345,7 +313,6 @@ async fn a_value_over_100_mb_round_trips() {
 
 #[test]
 fn tables_restores_a_subset_that_digests_like_the_same_subset_of_the_source() {
-    use common::run::{bin, Run};
     let pg = Postgres::start();
     pg.psql("postgres", "CREATE DATABASE app");
     pg.psql(
@@ -358,10 +325,7 @@ fn tables_restores_a_subset_that_digests_like_the_same_subset_of_the_source() {
          CREATE SCHEMA sales; CREATE TABLE sales.orders (id int PRIMARY KEY);
          INSERT INTO keep VALUES (1, 'a'); INSERT INTO skip VALUES (1, 1); INSERT INTO events VALUES (1, '2025-05-05')",
     );
-    let mut run = Run::new(&format!(
-        "[[source]]\nname = \"app\"\nkind = \"postgres\"\nurl = \"{}\"\n",
-        pg.url("app")
-    ));
+    let mut run = Run::new(&pg_source("app", &pg.url("app")));
     run.start(&[]);
     run.wait_covered("app");
     pg.psql(
@@ -384,17 +348,7 @@ fn tables_restores_a_subset_that_digests_like_the_same_subset_of_the_source() {
     );
     let source_digest = String::from_utf8_lossy(&source_digest.stdout).to_string();
     pg.psql("postgres", "CREATE DATABASE part");
-    let out = run.cli(&[
-        "restore",
-        "--source",
-        "app",
-        "--at",
-        "latest",
-        "--target",
-        &pg.url("part"),
-        "--tables",
-        subset,
-    ]);
+    let out = run.restore("app", "latest", &pg.url("part"), &["--tables", subset]);
     let report = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
@@ -419,24 +373,13 @@ fn tables_restores_a_subset_that_digests_like_the_same_subset_of_the_source() {
     );
     assert_eq!(pg.psql("part", "SELECT count(*) FROM events"), "2");
     // A malformed list is refused by name before anything is touched.
-    let out = run.cli(&[
-        "restore",
-        "--source",
-        "app",
-        "--at",
-        "latest",
-        "--target",
-        &pg.url("part"),
-        "--tables",
-        "a.b.c",
-    ]);
+    let out = run.restore("app", "latest", &pg.url("part"), &["--tables", "a.b.c"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tables"));
 }
 
 #[test]
 fn schema_map_restores_beside_the_live_source_and_force_replaces_only_its_schemas() {
-    use common::run::{bin, Run};
     let pg = Postgres::start();
     pg.psql("postgres", "CREATE DATABASE app");
     pg.psql(
@@ -448,10 +391,7 @@ fn schema_map_restores_beside_the_live_source_and_force_replaces_only_its_schema
          CREATE SCHEMA sales; CREATE TABLE sales.orders (id int PRIMARY KEY);
          INSERT INTO t (m, v) VALUES ('ok', 'one'); INSERT INTO u VALUES (1, 1)",
     );
-    let mut run = Run::new(&format!(
-        "[[source]]\nname = \"app\"\nkind = \"postgres\"\nurl = \"{}\"\n",
-        pg.url("app")
-    ));
+    let mut run = Run::new(&pg_source("app", &pg.url("app")));
     run.start(&[]);
     run.wait_covered("app");
     pg.psql(
@@ -473,12 +413,9 @@ fn schema_map_restores_beside_the_live_source_and_force_replaces_only_its_schema
     run.wait_covered("app");
     assert!(run.stop(), "{}", run.log());
     let restore = |extra: &[&str]| {
-        let mut args = vec!["restore", "--source", "app", "--at", &then, "--target"];
-        let url = pg.url("app");
-        args.push(&url);
-        args.extend_from_slice(&["--schema-map", "public=public_then", "--into-live-source"]);
+        let mut args = vec!["--schema-map", "public=public_then", "--into-live-source"];
         args.extend_from_slice(extra);
-        run.cli(&args)
+        run.restore("app", &then, &pg.url("app"), &args)
     };
     let out = restore(&[]);
     let report = String::from_utf8_lossy(&out.stdout).to_string();
@@ -553,7 +490,6 @@ fn schema_map_restores_beside_the_live_source_and_force_replaces_only_its_schema
 
 #[test]
 fn several_databases_are_one_section_with_a_slot_and_coverage_each() {
-    use common::run::{digest, Run};
     let pg = Postgres::start();
     for db in ["orders", "billing"] {
         pg.psql("postgres", &format!("CREATE DATABASE {db}"));
@@ -565,8 +501,8 @@ fn several_databases_are_one_section_with_a_slot_and_coverage_each() {
         );
     }
     let mut run = Run::new(&format!(
-        "[[source]]\nname = \"app\"\nkind = \"postgres\"\nurl = \"{}\"\ndatabases = [\"orders\", \"billing\"]\n",
-        pg.url("postgres")
+        "{}databases = [\"orders\", \"billing\"]\n",
+        pg_source("app", &pg.url("postgres"))
     ));
     let out = run.cli(&["config", "validate"]);
     assert!(
@@ -589,23 +525,13 @@ fn several_databases_are_one_section_with_a_slot_and_coverage_each() {
     );
     // Without a place for each database, the group restore says how.
     let target = pg.url("{database}_restored");
-    let out = run.cli(&[
-        "restore",
-        "--source",
-        "app",
-        "--at",
-        "latest",
-        "--target",
-        &pg.url("x"),
-    ]);
+    let out = run.restore("app", "latest", &pg.url("x"), &[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("app.orders"));
     for db in ["orders", "billing"] {
         pg.psql("postgres", &format!("CREATE DATABASE {db}_restored"));
     }
-    let out = run.cli(&[
-        "restore", "--source", "app", "--at", "latest", "--target", &target,
-    ]);
+    let out = run.restore("app", "latest", &target, &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -620,15 +546,7 @@ fn several_databases_are_one_section_with_a_slot_and_coverage_each() {
     }
     // One database alone.
     pg.psql("postgres", "CREATE DATABASE just_billing");
-    let out = run.cli(&[
-        "restore",
-        "--source",
-        "app.billing",
-        "--at",
-        "latest",
-        "--target",
-        &pg.url("just_billing"),
-    ]);
+    let out = run.restore("app.billing", "latest", &pg.url("just_billing"), &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -639,7 +557,6 @@ fn several_databases_are_one_section_with_a_slot_and_coverage_each() {
 
 #[test]
 fn databases_star_captures_every_database_but_templates() {
-    use common::run::Run;
     let pg = Postgres::start();
     pg.psql("postgres", "CREATE DATABASE one");
     pg.psql("postgres", "CREATE DATABASE two");
@@ -651,8 +568,8 @@ fn databases_star_captures_every_database_but_templates() {
         );
     }
     let mut run = Run::new(&format!(
-        "[[source]]\nname = \"all\"\nkind = \"postgres\"\nurl = \"{}\"\ndatabases = [\"*\"]\n",
-        pg.url("postgres")
+        "{}databases = [\"*\"]\n",
+        pg_source("all", &pg.url("postgres"))
     ));
     // Validation does not connect: it cannot know the databases yet.
     assert!(run.cli(&["config", "validate"]).status.success());
@@ -677,15 +594,7 @@ fn databases_star_captures_every_database_but_templates() {
     for db in ["one", "two"] {
         pg.psql("postgres", &format!("CREATE DATABASE {db}_r"));
     }
-    let out = run.cli(&[
-        "restore",
-        "--source",
-        "all.two",
-        "--at",
-        "latest",
-        "--target",
-        &pg.url("two_r"),
-    ]);
+    let out = run.restore("all.two", "latest", &pg.url("two_r"), &[]);
     assert!(
         out.status.success(),
         "{}",

@@ -8,20 +8,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use common::pgcapture::{try_restore, Capture};
 use common::Postgres;
-use tidemark::capture::{self, ShutdownTrigger};
 use tidemark::config::SourceConfig;
 use tidemark::connectors::postgres::conn::ConnInfo;
 use tidemark::connectors::postgres::digest::digest_url;
 use tidemark::connectors::postgres::repl::ReplicationConnection;
-use tidemark::journal::{Journal, JournalOptions};
-use tidemark::restore::driver::NoProgress;
 use tidemark::sandbox::PgSetup;
-use tidemark::time::{TimeSpec, Timestamp};
-use tidemark::{connectors, restore};
 
 /// The role that logs in with its client certificate (CN = role).
 const CERT_ROLE: &str = "tidemark_tls";
@@ -200,63 +194,6 @@ fn full(pki: &Pki) -> String {
     )
 }
 
-/// Capture running in the test's runtime (as in tests/postgres_capture.rs).
-struct Capture {
-    journal: Arc<Journal>,
-    trigger: ShutdownTrigger,
-    task: tokio::task::JoinHandle<Result<(), capture::CaptureError>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Capture {
-    async fn start(url: &str) -> Capture {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = Arc::new(
-            Journal::open(&dir.path().join("journal"), JournalOptions::default()).unwrap(),
-        );
-        let cfg = SourceConfig::parse_one(
-            "app",
-            "postgres",
-            toml::from_str(&format!("url = {url:?}")).unwrap(),
-        )
-        .unwrap();
-        let (trigger, run) = capture::start(&journal, &cfg).unwrap();
-        let c = Capture {
-            journal,
-            trigger,
-            task: tokio::spawn(run),
-            _dir: dir,
-        };
-        c.moment().await;
-        c
-    }
-
-    /// A moment after everything committed so far, once the journal covers it.
-    async fn moment(&self) -> Timestamp {
-        let t = Timestamp::now();
-        let start = Instant::now();
-        loop {
-            if let Ok(s) = self.journal.source("app") {
-                if s.stats.coverage_us.is_some_and(|c| c >= t.as_micros()) {
-                    return t;
-                }
-            }
-            assert!(!self.task.is_finished(), "capture stopped early");
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "coverage never reached {t}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn stop(self) -> Arc<Journal> {
-        self.trigger.fire();
-        self.task.await.unwrap().unwrap();
-        self.journal
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_restore_and_digest_over_verify_full_with_a_client_certificate() {
     let Some(pki) = Pki::make() else { return };
@@ -286,18 +223,7 @@ async fn capture_restore_and_digest_over_verify_full_with_a_client_certificate()
 
     pg.psql("postgres", "CREATE DATABASE restored");
     let target = url(&pg, "localhost", "restored", &full(&pki));
-    let plan = restore::plan(&journal, "app", TimeSpec::At(end)).unwrap();
-    let conn = ConnInfo::parse(&target).unwrap();
-    connectors::postgres::restore::restore(
-        &journal,
-        &plan,
-        &conn,
-        &Default::default(),
-        false,
-        &mut NoProgress,
-    )
-    .await
-    .unwrap();
+    try_restore(&journal, end, &target).await.unwrap();
     assert_eq!(digest_url(&target).await.unwrap(), expected);
     assert_eq!(
         pg.psql("restored", "SELECT count(*) FROM t WHERE v = 'changed'"),

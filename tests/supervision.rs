@@ -7,12 +7,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::run::{bin, digest, BlackHole, Run};
+use common::run::{bin, digest, pg_source, BlackHole, Run};
 use common::{Postgres, Redis};
 use tidemark::sandbox::free_port;
 
 fn source(name: &str, url: &str) -> String {
-    format!("[[source]]\nname = \"{name}\"\nkind = \"postgres\"\nurl = \"{url}\"\n\n")
+    pg_source(name, url) + "\n"
 }
 
 /// Restores `name` at latest into a fresh database `into` and returns its digest.

@@ -10,6 +10,7 @@ use tidemark::connectors::postgres::digest::digest_url;
 use tidemark::digest::Digest;
 use tidemark::journal::{Journal, JournalOptions};
 use tidemark::restore::driver::NoProgress;
+use tidemark::restore::RestoreError;
 use tidemark::time::{TimeSpec, Timestamp};
 use tidemark::{connectors, restore};
 
@@ -82,11 +83,14 @@ impl Capture {
     }
 }
 
-/// Restores `app` at `at` into a new database `db` and returns its digest.
-pub async fn restore_into(pg: &Postgres, journal: &Journal, at: Timestamp, db: &str) -> Digest {
-    pg.psql("postgres", &format!("CREATE DATABASE {db}"));
+/// Restores `app` at `at` into the database at `url` (which must exist).
+pub async fn try_restore(
+    journal: &Journal,
+    at: Timestamp,
+    url: &str,
+) -> Result<connectors::postgres::restore::PgRestoreSummary, RestoreError> {
     let plan = restore::plan(journal, "app", TimeSpec::At(at)).unwrap();
-    let conn = connectors::postgres::conn::ConnInfo::parse(&pg.url(db)).unwrap();
+    let conn = connectors::postgres::conn::ConnInfo::parse(url).unwrap();
     connectors::postgres::restore::restore(
         journal,
         &plan,
@@ -96,6 +100,11 @@ pub async fn restore_into(pg: &Postgres, journal: &Journal, at: Timestamp, db: &
         &mut NoProgress,
     )
     .await
-    .unwrap();
+}
+
+/// Restores `app` at `at` into a new database `db` and returns its digest.
+pub async fn restore_into(pg: &Postgres, journal: &Journal, at: Timestamp, db: &str) -> Digest {
+    pg.psql("postgres", &format!("CREATE DATABASE {db}"));
+    try_restore(journal, at, &pg.url(db)).await.unwrap();
     digest_url(&pg.url(db)).await.unwrap()
 }

@@ -16,6 +16,11 @@ pub struct Run {
     runs: u32,
 }
 
+/// A `[[source]]` section capturing the PostgreSQL database at `url` as `name`.
+pub fn pg_source(name: &str, url: &str) -> String {
+    format!("[[source]]\nname = \"{name}\"\nkind = \"postgres\"\nurl = \"{url}\"\n")
+}
+
 /// The binary under test.
 pub fn bin() -> Command {
     let mut c = Command::new(super::tidemark::bin());
@@ -122,6 +127,15 @@ impl Run {
             .args(args)
             .output()
             .expect("tidemark")
+    }
+
+    /// `restore --source S --at T --target URL`, then `extra` flags.
+    pub fn restore(&self, source: &str, at: &str, target: &str, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "restore", "--source", source, "--at", at, "--target", target,
+        ];
+        args.extend_from_slice(extra);
+        self.cli(&args)
     }
 
     /// `status --json`, if the journal can be read yet.

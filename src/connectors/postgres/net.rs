@@ -22,8 +22,8 @@ use bytes::Bytes;
 use futures_util::SinkExt;
 
 use super::conn::{db_error, ConnInfo};
-use super::restore::PgRestoreSummary;
-use super::restore_sql::{created_from_query_first, statement, Replayed};
+use super::restore::{describe_txn, run, run_all, state_left, PgRestoreSummary};
+use super::restore_sql::{created_from_query_first, replayed, statement, Replayed};
 use super::setup::{quote_ident, quote_literal};
 use crate::event::{Payload, PgChange, PgOp, PgValue, PgValueKind};
 use crate::journal::Journal;
@@ -242,38 +242,10 @@ impl Segment {
             let refs: Vec<&Vec<PgValue>> = rows.iter().collect();
             loaded += copy_rows(client, &name, columns, &refs).await.map_err(q)?;
         }
-        // Statements go in batches of plain SQL (one round trip each), raw ones alone.
-        let mut sql = String::new();
-        for r in &self.statements {
-            if r.raw.is_empty() {
-                sql.push_str(&r.sql);
-                sql.push_str(";\n");
-                if sql.len() < 1 << 20 {
-                    continue;
-                }
-            }
-            if !sql.is_empty() {
-                client.batch_execute(&sql).await.map_err(q)?;
-                sql.clear();
-            }
-            if !r.raw.is_empty() {
-                run(client, r).await.map_err(q)?;
-            }
-        }
-        if !sql.is_empty() {
-            client.batch_execute(&sql).await.map_err(q)?;
-        }
+        run_all(client, "", &self.statements, "").await.map_err(q)?;
         client.batch_execute("COMMIT").await.map_err(q)?;
         *self = Segment::default();
         Ok(loaded)
-    }
-}
-
-async fn run(client: &tokio_postgres::Client, r: &Replayed) -> Result<(), tokio_postgres::Error> {
-    if r.raw.is_empty() {
-        client.batch_execute(&r.sql).await
-    } else {
-        super::restore::execute_raw(client, r).await
     }
 }
 
@@ -471,7 +443,7 @@ pub async fn replay_net(
             flush(&mut segment, client, conn, &mut applied, summary).await?;
             let mut stmts = Vec::new();
             for c in &changes {
-                stmts.push(replayed(c)?);
+                stmts.push(replayed(c).map_err(|e| cannot(c, e))?);
             }
             client.batch_execute("BEGIN").await.map_err(q)?;
             for r in created_from_query_first(stmts.into_iter().flatten().collect()) {
@@ -509,7 +481,7 @@ pub async fn replay_net(
                 }
                 segment.statement_tables.insert(table);
             }
-            if let Some(r) = replayed(c)? {
+            if let Some(r) = replayed(c).map_err(|e| cannot(c, e))? {
                 segment.statements.push(r);
             }
         }
@@ -521,11 +493,14 @@ pub async fn replay_net(
 }
 
 fn describe((lsn, time_us): (u64, i64)) -> String {
-    format!(
-        "the transaction committed at {} (LSN {})",
-        crate::time::Timestamp::from_micros(time_us),
-        super::repl::Lsn(lsn)
-    )
+    describe_txn(lsn, time_us)
+}
+
+fn cannot(c: &PgChange, e: impl std::fmt::Display) -> RestoreError {
+    failed(format!(
+        "cannot replay a change to {}.{}: {e}",
+        c.schema, c.table
+    ))
 }
 
 /// What the target holds, committed, for messages.
@@ -545,10 +520,7 @@ impl Applied {
             Some(t) => format!("up to and including {}", describe(t)),
             None => "as of its base image".to_string(),
         };
-        format!(
-            "The target {} now holds the source's state {state} ({} transactions replayed after the base image), committed; it is not the moment asked for. Fix the cause, then re-run the restore with --force (it starts over)",
-            conn.display, self.txns
-        )
+        state_left(conn, &state, self.txns)
     }
 }
 
@@ -576,21 +548,4 @@ async fn flush(
             Err(failed(format!("{e}{up_to}. {}", applied.left(conn))))
         }
     }
-}
-
-fn replayed(c: &PgChange) -> Result<Option<Replayed>, RestoreError> {
-    let s = statement(c).map_err(|e| {
-        failed(format!(
-            "cannot replay a change to {}.{}: {e}",
-            c.schema, c.table
-        ))
-    })?;
-    if s.sql.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(Replayed {
-        inserts_into: (c.op == PgOp::Insert as i32).then(|| (c.schema.clone(), c.table.clone())),
-        sql: s.sql,
-        raw: s.raw,
-    }))
 }

@@ -64,6 +64,42 @@ async fn occupied(
     Ok((existing > 0).then(|| format!("{existing} tables")))
 }
 
+/// A server setting of the target.
+async fn show(
+    client: &tokio_postgres::Client,
+    conn: &ConnInfo,
+    setting: &str,
+) -> Result<String, RestoreError> {
+    Ok(client
+        .query_one(&format!("SHOW {setting}"), &[])
+        .await
+        .map_err(|e| failed(PgError::query(&conn.display, &e).to_string()))?
+        .get(0))
+}
+
+/// Runs a part of the image's schema (`what` names it for errors), then sets the
+/// session back: pg_dump empties `search_path` and sets the dump's client encoding,
+/// and the image's rows and the replayed changes are in the encoding of journaled
+/// text.
+async fn load_definitions(
+    client: &tokio_postgres::Client,
+    conn: &ConnInfo,
+    sql: &str,
+    what: &str,
+) -> Result<(), RestoreError> {
+    client
+        .batch_execute(sql)
+        .await
+        .map_err(|e| failed(format!("{what}: {}", db_error(&e))))?;
+    client
+        .batch_execute(&format!(
+            "RESET search_path; {}",
+            super::conn::SESSION_ENCODING
+        ))
+        .await
+        .map_err(|e| failed(format!("{}: {}", conn.display, db_error(&e))))
+}
+
 /// Refuses a target whose encoding is not the source's (named by the dump's
 /// `SET client_encoding`): its text could not hold the same bytes.
 async fn check_encoding(
@@ -77,11 +113,7 @@ async fn check_encoding(
     }) else {
         return Ok(());
     };
-    let target: String = client
-        .query_one("SHOW server_encoding", &[])
-        .await
-        .map_err(|e| failed(PgError::query(&conn.display, &e).to_string()))?
-        .get(0);
+    let target = show(client, conn, "server_encoding").await?;
     if !target.eq_ignore_ascii_case(source) {
         return Err(failed(format!(
             "target database {} has encoding {target}, the source's is {source}: restore into a database created with ENCODING '{source}' (and TEMPLATE template0)",
@@ -105,11 +137,7 @@ async fn check_version(
     }) else {
         return Ok(());
     };
-    let target: String = client
-        .query_one("SHOW server_version_num", &[])
-        .await
-        .map_err(|e| failed(PgError::query(&conn.display, &e).to_string()))?
-        .get(0);
+    let target = show(client, conn, "server_version_num").await?;
     let target = target.parse::<u32>().unwrap_or(0) / 10000;
     if target < source {
         return Err(failed(format!(
@@ -202,15 +230,69 @@ pub struct PgRestoreOptions {
     pub every_change: bool,
 }
 
-/// Runs a statement with raw text parameters.
-pub(super) async fn execute_raw(
+/// Runs one statement (with its raw text parameters, if any).
+pub(super) async fn run(
     client: &tokio_postgres::Client,
     r: &Replayed,
 ) -> Result<(), tokio_postgres::Error> {
+    if r.raw.is_empty() {
+        return client.batch_execute(&r.sql).await;
+    }
     client
         .execute_raw(r.sql.as_str(), r.raw.iter().map(|v| RawText(v)))
         .await
         .map(|_| ())
+}
+
+/// Runs `stmts` in order in as few round trips as it can: plain SQL joined into
+/// batches of about [`REPLAY_BATCH_BYTES`], each statement with raw parameters on
+/// its own; `before` and `after` open the first batch and close the last.
+pub(super) async fn run_all<'a>(
+    client: &tokio_postgres::Client,
+    before: &str,
+    stmts: impl IntoIterator<Item = &'a Replayed>,
+    after: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let mut sql = String::from(before);
+    for r in stmts {
+        if r.raw.is_empty() {
+            sql.push_str(&r.sql);
+            sql.push_str(";\n");
+            if sql.len() < REPLAY_BATCH_BYTES {
+                continue;
+            }
+        }
+        if !sql.is_empty() {
+            client.batch_execute(&sql).await?;
+            sql.clear();
+        }
+        if !r.raw.is_empty() {
+            run(client, r).await?;
+        }
+    }
+    sql.push_str(after);
+    if sql.is_empty() {
+        return Ok(());
+    }
+    client.batch_execute(&sql).await
+}
+
+/// `the transaction committed at T (LSN L)`.
+pub(super) fn describe_txn(lsn: u64, time_us: i64) -> String {
+    format!(
+        "the transaction committed at {} (LSN {})",
+        crate::time::Timestamp::from_micros(time_us),
+        super::repl::Lsn(lsn)
+    )
+}
+
+/// The sentences of a failed restore's error that say what the target holds
+/// (`state`: "up to and including ...") and what to do.
+pub(super) fn state_left(conn: &ConnInfo, state: &str, txns: u64) -> String {
+    format!(
+        "The target {} now holds the source's state {state} ({txns} transactions replayed after the base image), committed; it is not the moment asked for. Fix the cause, then re-run the restore with --force (it starts over)",
+        conn.display
+    )
 }
 
 /// Restores `plan` into the database at `conn`; `force`: drop what it holds first.
@@ -279,23 +361,10 @@ pub async fn restore(
             Some(PgImagePart::Schema(sql)) => {
                 check_encoding(&client, conn, &sql).await?;
                 check_version(&client, conn, &sql).await?;
-                client
-                    .batch_execute(&sql)
-                    .await
-                    .map_err(|e| failed(format!("loading the schema: {}", db_error(&e))))?;
+                load_definitions(&client, conn, &sql, "loading the schema").await?;
                 if let Err(why) = &replica_role {
                     without_replica_role(&client, conn, why, &mut summary).await?;
                 }
-                // pg_dump empties search_path and sets the dump's client encoding for
-                // its session; the image's rows and the replayed changes are in the
-                // encoding of journaled text.
-                client
-                    .batch_execute(&format!(
-                        "RESET search_path; {}",
-                        super::conn::SESSION_ENCODING
-                    ))
-                    .await
-                    .map_err(q)?;
             }
             Some(PgImagePart::Table(t)) => {
                 if !selection.is_all() {
@@ -339,19 +408,13 @@ pub async fn restore(
                 }
             }
             Some(PgImagePart::PostData(sql)) => {
-                client.batch_execute(&sql).await.map_err(|e| {
-                    failed(format!(
-                        "creating indexes, constraints and triggers after the rows: {}",
-                        db_error(&e)
-                    ))
-                })?;
-                client
-                    .batch_execute(&format!(
-                        "RESET search_path; {}",
-                        super::conn::SESSION_ENCODING
-                    ))
-                    .await
-                    .map_err(q)?;
+                load_definitions(
+                    &client,
+                    conn,
+                    &sql,
+                    "creating indexes, constraints and triggers after the rows",
+                )
+                .await?;
             }
             Some(PgImagePart::NotCaptured(what)) => {
                 // Unlogged tables are reported from the target at the end.
@@ -396,11 +459,7 @@ struct TxnReplay {
 
 impl TxnReplay {
     fn describe(&self) -> String {
-        format!(
-            "the transaction committed at {} (LSN {})",
-            crate::time::Timestamp::from_micros(self.time_us),
-            super::repl::Lsn(self.lsn)
-        )
+        describe_txn(self.lsn, self.time_us)
     }
 }
 
@@ -441,7 +500,7 @@ async fn replay(
         let Some(Payload::Postgres(change)) = &e.payload else {
             continue;
         };
-        let stmt = super::restore_sql::statement(change).map_err(|err| {
+        let replayed = super::restore_sql::replayed(change).map_err(|err| {
             failed(format!(
                 "cannot replay the change at {} to {}.{}: {err}",
                 e.position
@@ -452,15 +511,7 @@ async fn replay(
                 change.table
             ))
         })?;
-        if !stmt.sql.is_empty() {
-            let op = crate::event::PgOp::try_from(change.op).ok();
-            txn.push(Replayed {
-                inserts_into: (op == Some(crate::event::PgOp::Insert))
-                    .then(|| (change.schema.clone(), change.table.clone())),
-                sql: stmt.sql,
-                raw: stmt.raw,
-            });
-        }
+        txn.extend(replayed);
         txn_changes += 1;
         if e.txn.as_ref().is_some_and(|t| t.commit) {
             let lsn = match e.position.as_ref().and_then(|p| p.kind.as_ref()) {
@@ -491,21 +542,13 @@ async fn send(
     client: &tokio_postgres::Client,
     txns: &[TxnReplay],
 ) -> Result<(), tokio_postgres::Error> {
-    let mut sql = String::from("BEGIN;\n");
-    for r in txns.iter().flat_map(|t| &t.stmts) {
-        if r.raw.is_empty() {
-            sql.push_str(&r.sql);
-            sql.push_str(";\n");
-        } else {
-            client.batch_execute(&sql).await?;
-            sql.clear();
-            client
-                .execute_raw(r.sql.as_str(), r.raw.iter().map(|v| RawText(v)))
-                .await?;
-        }
-    }
-    sql.push_str("COMMIT;");
-    client.batch_execute(&sql).await
+    run_all(
+        client,
+        "BEGIN;\n",
+        txns.iter().flat_map(|t| &t.stmts),
+        "COMMIT;",
+    )
+    .await
 }
 
 async fn apply_batch(
@@ -530,12 +573,11 @@ async fn apply_batch(
                 None => "as of its base image".to_string(),
             };
             return Err(failed(format!(
-                "replaying {}: {}: {}{statement}. The target {} now holds the source's state {before} ({} transactions replayed after the base image), committed; it is not the moment asked for. Fix the cause, then re-run the restore with --force (it starts over)",
+                "replaying {}: {}: {}{statement}. {}",
                 t.describe(),
                 conn.display,
                 db_error(&e),
-                conn.display,
-                summary.transactions,
+                state_left(conn, &before, summary.transactions),
             )));
         }
         account(summary, std::slice::from_ref(t));
@@ -561,15 +603,7 @@ async fn first_failing(client: &tokio_postgres::Client, txn: &TxnReplay) -> Stri
     }
     let mut found = String::new();
     for r in &txn.stmts {
-        let ok = if r.raw.is_empty() {
-            client.batch_execute(&r.sql).await.is_ok()
-        } else {
-            client
-                .execute_raw(r.sql.as_str(), r.raw.iter().map(|v| RawText(v)))
-                .await
-                .is_ok()
-        };
-        if !ok {
+        if run(client, r).await.is_err() {
             let table = r
                 .inserts_into
                 .as_ref()

@@ -142,6 +142,19 @@ pub fn statement(c: &PgChange) -> Result<Statement, Malformed> {
     Ok(Statement { sql, raw })
 }
 
+/// The statement replaying `c`, if it does anything.
+pub fn replayed(c: &PgChange) -> Result<Option<Replayed>, Malformed> {
+    let s = statement(c)?;
+    if s.sql.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Replayed {
+        inserts_into: (c.op == PgOp::Insert as i32).then(|| (c.schema.clone(), c.table.clone())),
+        sql: s.sql,
+        raw: s.raw,
+    }))
+}
+
 /// Rows inserted, updated and deleted so far in the target's transaction.
 const ROWS_CHANGED: &str = "(SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_xact_user_tables)::text";
 
