@@ -1,0 +1,255 @@
+//! What a restore writes, as commands: the base image's logical records (native
+//! write commands, so any Redis/Valkey version takes them) and the journaled
+//! command stream. Both ways of applying (as the target's primary, or as a
+//! client) send these through a [`CommandSink`].
+
+use super::expiry;
+use super::{Progress, RestoreError, Summary};
+use crate::connectors::redis::image::{KvRecord, KvValue};
+use crate::connectors::redis::RedisError;
+use crate::event::Payload;
+use crate::journal::Journal;
+use crate::restore::RestorePlan;
+
+/// Elements per command when a collection is written in pieces.
+const PIECE: usize = 512;
+
+/// Where commands go, in order. A sink selects the database itself when it
+/// changes (`SELECT`), so callers name the database of every keyed command.
+pub(super) trait CommandSink {
+    /// Sends `args` to run in database `db`.
+    fn send<A: AsRef<[u8]>>(&mut self, db: u32, args: &[A]) -> Result<(), RedisError>;
+
+    /// Sends `args`, which do not depend on the selected database.
+    fn send_global<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<(), RedisError>;
+
+    /// `args` with the empty second argument replaced by `key`.
+    fn send_strs(&mut self, db: u32, args: &[&str], key: &[u8]) -> Result<(), RedisError> {
+        let v: Vec<&[u8]> = args
+            .iter()
+            .enumerate()
+            .map(|(i, a)| if i == 1 { key } else { a.as_bytes() })
+            .collect();
+        self.send(db, &v)
+    }
+}
+
+/// Replays the plan's journaled commands into `sink`: relative expiries made
+/// absolute (see [`expiry`]), `PING`/`REPLCONF`/`SELECT` left to the sink, and a
+/// range that ends inside `MULTI` closed with `DISCARD`.
+pub(super) fn replay_events<S: CommandSink>(
+    journal: &Journal,
+    plan: &RestorePlan,
+    sink: &mut S,
+    summary: &mut Summary,
+    progress: &mut Progress<'_>,
+) -> Result<(), RestoreError> {
+    let mut in_multi = false;
+    for entry in journal.events(plan.source.id, plan.first_seq, plan.last_seq) {
+        let entry = entry?;
+        let Some(Payload::Redis(cmd)) = entry.event.payload else {
+            continue;
+        };
+        summary.final_position = entry.event.position;
+        let name = cmd
+            .args
+            .first()
+            .map(|a| a.to_ascii_lowercase())
+            .unwrap_or_default();
+        match name.as_slice() {
+            b"ping" | b"replconf" | b"select" => continue,
+            b"multi" => in_multi = true,
+            b"exec" => in_multi = false,
+            _ => {}
+        }
+        let capture_ms = entry.event.capture_time_us.div_euclid(1000);
+        match expiry::absolutize(&cmd.args, capture_ms) {
+            Some(args) => sink.send(cmd.db, &args)?,
+            None => sink.send(cmd.db, &cmd.args)?,
+        }
+        summary.commands += 1;
+        if summary.commands.is_multiple_of(4096) {
+            progress.show(summary.keys, summary.commands);
+        }
+    }
+    if in_multi {
+        sink.send_global(&["DISCARD"])?;
+    }
+    Ok(())
+}
+
+pub(super) fn write_record<S: CommandSink>(
+    p: &mut S,
+    rec: KvRecord,
+    version: u32,
+) -> Result<(), RestoreError> {
+    let key = rec.key;
+    let db = rec.db;
+    let Some(value) = rec.value else {
+        return Ok(());
+    };
+    let k = || key.clone();
+    let pieces = |p: &mut S, cmd: &str, items: Vec<Vec<u8>>| -> Result<(), RestoreError> {
+        for part in items.chunks(PIECE) {
+            let mut args = vec![cmd.as_bytes().to_vec(), k()];
+            args.extend(part.iter().cloned());
+            p.send(db, &args)?;
+        }
+        Ok(())
+    };
+    match value {
+        KvValue::String(v) => p.send(db, &[b"SET".to_vec(), k(), v])?,
+        KvValue::List(l) => pieces(p, "RPUSH", l.items)?,
+        KvValue::Set(s) => pieces(p, "SADD", s.items)?,
+        KvValue::SortedSet(z) => {
+            let flat = z
+                .scores
+                .iter()
+                .zip(z.members)
+                .flat_map(|(s, m)| [score(*s).into_bytes(), m])
+                .collect::<Vec<_>>();
+            for part in flat.chunks(PIECE * 2) {
+                let mut args = vec![b"ZADD".to_vec(), k()];
+                args.extend(part.iter().cloned());
+                p.send(db, &args)?;
+            }
+        }
+        KvValue::Hash(h) => {
+            let flat: Vec<Vec<u8>> = h
+                .fields
+                .iter()
+                .cloned()
+                .zip(h.values)
+                .flat_map(|(f, v)| [f, v])
+                .collect();
+            for part in flat.chunks(PIECE * 2) {
+                let mut args = vec![b"HSET".to_vec(), k()];
+                args.extend(part.iter().cloned());
+                p.send(db, &args)?;
+            }
+            for (f, t) in h.fields.into_iter().zip(h.field_expire_ms) {
+                if t > 0 {
+                    let args = [
+                        b"HPEXPIREAT".to_vec(),
+                        k(),
+                        t.to_string().into_bytes(),
+                        b"FIELDS".to_vec(),
+                        b"1".to_vec(),
+                        f,
+                    ];
+                    p.send(db, &args)?;
+                }
+            }
+        }
+        KvValue::Stream(s) => {
+            let last = s.last_id.unwrap_or_default();
+            if s.entries.is_empty() {
+                let id = if last.ms == 0 && last.seq == 0 {
+                    "0-1".to_string()
+                } else {
+                    last.render()
+                };
+                p.send_strs(db, &["XADD", "", "MAXLEN", "0", &id, "_", "_"], &key)?;
+            }
+            for e in s.entries {
+                let mut args = vec![
+                    b"XADD".to_vec(),
+                    k(),
+                    e.id.unwrap_or_default().render().into_bytes(),
+                ];
+                args.extend(e.fields);
+                p.send(db, &args)?;
+            }
+            if version >= 7 {
+                let maxdel = s.max_deleted_id.unwrap_or_default().render();
+                p.send_strs(
+                    db,
+                    &[
+                        "XSETID",
+                        "",
+                        &last.render(),
+                        "ENTRIESADDED",
+                        &s.entries_added.to_string(),
+                        "MAXDELETEDID",
+                        &maxdel,
+                    ],
+                    &key,
+                )?;
+            } else {
+                p.send_strs(db, &["XSETID", "", &last.render()], &key)?;
+            }
+            for g in s.groups {
+                let id = g.last_id.unwrap_or_default().render();
+                let mut args = vec![
+                    b"XGROUP".to_vec(),
+                    b"CREATE".to_vec(),
+                    k(),
+                    g.name.clone(),
+                    id.into_bytes(),
+                ];
+                if let (Some(n), true) = (g.entries_read, version >= 7) {
+                    args.push(b"ENTRIESREAD".to_vec());
+                    args.push(n.to_string().into_bytes());
+                }
+                p.send(db, &args)?;
+                for c in &g.consumers {
+                    let args = [
+                        b"XGROUP".to_vec(),
+                        b"CREATECONSUMER".to_vec(),
+                        k(),
+                        g.name.clone(),
+                        c.clone(),
+                    ];
+                    p.send(db, &args)?;
+                }
+                // XCLAIM .. FORCE recreates a pending entry with its owner, delivery
+                // time and count (the way Redis propagates PEL changes itself).
+                for pe in g.pending.iter().filter(|pe| !pe.consumer.is_empty()) {
+                    let args = [
+                        b"XCLAIM".to_vec(),
+                        k(),
+                        g.name.clone(),
+                        pe.consumer.clone(),
+                        b"0".to_vec(),
+                        pe.id.unwrap_or_default().render().into_bytes(),
+                        b"TIME".to_vec(),
+                        pe.delivery_time_ms.to_string().into_bytes(),
+                        b"RETRYCOUNT".to_vec(),
+                        pe.delivery_count.to_string().into_bytes(),
+                        b"FORCE".to_vec(),
+                        b"JUSTID".to_vec(),
+                    ];
+                    p.send(db, &args)?;
+                }
+            }
+        }
+        KvValue::FunctionLibrary(code) => {
+            p.send_global(&[
+                b"FUNCTION".to_vec(),
+                b"LOAD".to_vec(),
+                b"REPLACE".to_vec(),
+                code,
+            ])?;
+            return Ok(());
+        }
+    }
+    if let Some(t) = rec.expire_at_ms {
+        p.send(
+            db,
+            &[b"PEXPIREAT".to_vec(), k(), t.to_string().into_bytes()],
+        )?;
+    }
+    Ok(())
+}
+
+/// A score as Redis parses it back exactly.
+fn score(s: f64) -> String {
+    if s == f64::INFINITY {
+        "+inf".into()
+    } else if s == f64::NEG_INFINITY {
+        "-inf".into()
+    } else {
+        format!("{s}")
+    }
+}
+
