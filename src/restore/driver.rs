@@ -99,9 +99,12 @@ pub fn restore(req: Request<'_>, progress: &mut dyn ProgressSink) -> Result<Outc
     let started = Instant::now();
     let applied = target
         .apply(req.journal, req.plan, req.force, progress)
-        .map_err(|error| RestoreError::Failed {
-            error: Box::new(error),
-            rerun: target.rerun(),
+        .map_err(|error| match error {
+            RestoreError::Refused(_) => error,
+            error => RestoreError::Failed {
+                error: Box::new(error),
+                rerun: target.rerun(),
+            },
         })?;
     let digest = target.digest()?;
     Ok(Outcome::Done(Box::new(RestoreSummary {

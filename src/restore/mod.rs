@@ -197,6 +197,10 @@ pub enum RestoreError {
     /// version cannot apply.
     #[error("restore failed: {0}")]
     Apply(String),
+    /// The target cannot take this restore, found before anything was changed
+    /// (the message names what and what to do); re-running changes nothing.
+    #[error("restore refused: {0}")]
+    Refused(String),
     /// Applying failed part-way.
     #[error("{error}; to try again: {rerun}")]
     Failed {

@@ -30,7 +30,9 @@ use std::time::Duration;
 
 use crate::capture::{BoxFuture, CaptureContext, CaptureError, CaptureOptions, Fault, Source};
 use crate::config::{ConfigError, SourceKind, Timeouts};
-use crate::connectors::{Connector, ConnectorError, KindOptions, SourceSettings};
+use crate::connectors::{
+    Connector, ConnectorError, KindOption, KindOptions, OptionFor, SourceSettings,
+};
 use crate::journal::JournalError;
 use crate::restore::{RestoreError, Target};
 
@@ -62,13 +64,34 @@ impl Connector for Redis {
         true
     }
 
+    fn options(&self) -> &'static [KindOption] {
+        &[
+            KindOption {
+                name: "apply-as",
+                help: "Redis: `primary` (default: tidemark serves the target the replication protocol, so history applies with replica semantics) or `client` (replay as an ordinary client); by default a target that cannot follow tidemark is restored as a client, with a warning",
+                command: OptionFor::Restore,
+            },
+            KindOption {
+                name: "listen",
+                help: "Redis: host[:port] of this machine on which tidemark serves the target's replication link (default: the local address of the connection to the target, any free port)",
+                command: OptionFor::Restore,
+            },
+        ]
+    }
+
     fn target(
         &self,
         url: &str,
-        _: &KindOptions,
+        options: &KindOptions,
         timeouts: &Timeouts,
     ) -> Result<Box<dyn Target>, RestoreError> {
-        Ok(Box::new(restore::RedisTarget::new(url, timeouts)?))
+        let mode = restore::ApplyAs::parse(options.get("apply-as"))?;
+        Ok(Box::new(restore::RedisTarget::new(
+            url,
+            timeouts,
+            mode,
+            options.get("listen"),
+        )?))
     }
 
     fn digest(

@@ -26,6 +26,7 @@ mod reader;
 mod stream;
 mod string;
 mod value;
+pub mod write;
 mod ziplist;
 mod zipmap;
 

@@ -3,9 +3,12 @@
 //! command stream. Both ways of applying (as the target's primary, or as a
 //! client) send these through a [`CommandSink`].
 
+use std::collections::BTreeSet;
+
 use super::expiry;
 use super::{Progress, RestoreError, Summary};
-use crate::connectors::redis::image::{KvRecord, KvValue};
+use crate::connectors::redis::image::{decode_chunk, KvRecord, KvValue};
+use crate::connectors::redis::resp::{Conn, Reply};
 use crate::connectors::redis::RedisError;
 use crate::event::Payload;
 use crate::journal::Journal;
@@ -32,6 +35,83 @@ pub(super) trait CommandSink {
             .collect();
         self.send(db, &v)
     }
+}
+
+/// The commands of the plan's history that the target behind `conn` does not
+/// know (`COMMAND INFO` answers nil), by name.
+pub(super) fn unknown_to(
+    conn: &mut Conn,
+    journal: &Journal,
+    plan: &RestorePlan,
+) -> Result<Vec<String>, RestoreError> {
+    let mut names = BTreeSet::new();
+    let mut lower = Vec::new();
+    for entry in journal.events(plan.source.id, plan.first_seq, plan.last_seq) {
+        if let Some(Payload::Redis(cmd)) = entry?.event.payload {
+            if let Some(name) = cmd.args.first() {
+                lower.clear();
+                lower.extend(name.iter().map(u8::to_ascii_lowercase));
+                if !names.contains(&lower) {
+                    names.insert(lower.clone());
+                }
+            }
+        }
+    }
+    let names: Vec<Vec<u8>> = names.into_iter().collect();
+    Ok(unknown_names(conn, &names)?)
+}
+
+/// Which of `names` (lower case) the server behind `conn` does not know, upper
+/// case.
+pub(super) fn unknown_names(conn: &mut Conn, names: &[Vec<u8>]) -> Result<Vec<String>, RedisError> {
+    let mut unknown = Vec::new();
+    for part in names.chunks(100) {
+        let mut args = vec![b"COMMAND".to_vec(), b"INFO".to_vec()];
+        args.extend(part.iter().cloned());
+        let reply = conn.call(&args)?.into_array();
+        for (name, info) in part.iter().zip(reply) {
+            if matches!(info, Reply::Array(None) | Reply::Bulk(None)) {
+                unknown.push(String::from_utf8_lossy(name).to_uppercase());
+            }
+        }
+    }
+    Ok(unknown)
+}
+
+/// What the plan's base image holds that a server cannot: function libraries
+/// (unless it has `functions`), hash fields with their own TTL (unless
+/// `field_ttls`). Reads the whole image.
+pub(super) fn image_needs(
+    journal: &Journal,
+    plan: &RestorePlan,
+    functions: bool,
+    field_ttls: bool,
+) -> Result<Option<String>, RestoreError> {
+    let Some(image) = &plan.image else {
+        return Ok(None);
+    };
+    for chunk in journal.image_chunks(image) {
+        let chunk = decode_chunk(&chunk?)
+            .map_err(|e| RestoreError::Apply(format!("base image #{}: bad chunk: {e}", image.id)))?;
+        for rec in chunk.records {
+            match &rec.value {
+                Some(KvValue::FunctionLibrary(_)) if !functions => {
+                    return Ok(Some("function libraries (Redis 7.0 and later)".into()))
+                }
+                Some(KvValue::Hash(h))
+                    if !field_ttls && h.field_expire_ms.iter().any(|t| *t > 0) =>
+                {
+                    return Ok(Some(format!(
+                        "hash fields with a TTL of their own (Redis 7.4 and later), e.g. key {:?} in db {}",
+                        String::from_utf8_lossy(&rec.key),
+                        rec.db
+                    )))
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Replays the plan's journaled commands into `sink`: relative expiries made

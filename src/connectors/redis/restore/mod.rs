@@ -1,18 +1,29 @@
-//! Restoring a Redis source: the base image's logical values written with native
-//! commands (no `RESTORE` payloads, so any Redis/Valkey version takes them), then
-//! the journaled command stream up to the moment, all pipelined.
+//! Restoring a Redis source: the base image, then the journaled command stream up
+//! to the moment.
 //!
-//! TTLs are absolute (`PEXPIREAT`), so a key restored later expires when it did
-//! on the source. A replay that ends inside `MULTI` sends `DISCARD`: a
-//! transaction is applied whole or not at all.
+//! - `primary`: the default. tidemark serves the target the replication protocol
+//!   (an RDB written from the image, then the commands), so history applies with
+//!   replica semantics: no expiry during the replay, primary-only command forms
+//!   accepted.
+//! - `client`: the fallback for targets that cannot follow tidemark, every command
+//!   pipelined as an ordinary client.
+//! - `commands`: what both send as commands (image records the RDB does not hold,
+//!   the journal's commands) through one [`commands::CommandSink`].
+//!
+//! Before either, [`check_target`] refuses what the target cannot hold, by name,
+//! with nothing changed. TTLs are absolute (`PEXPIREAT`), so a key restored later
+//! expires when it did on the source. A replay that ends inside `MULTI` sends
+//! `DISCARD`: a transaction is applied whole or not at all.
 
 mod client;
 mod commands;
 mod expiry;
+mod primary;
 
 use std::time::Instant;
 
 use crate::connectors::redis::image::decode_chunk;
+use crate::connectors::redis::digest::{keyspace, DatasetDigest};
 use crate::connectors::redis::resp::{Conn, RedisUrl};
 use crate::connectors::redis::RedisError;
 use crate::journal::Journal;
@@ -31,6 +42,32 @@ impl From<RedisError> for RestoreError {
     }
 }
 
+/// How history reaches the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyAs {
+    /// As its primary where the target can follow tidemark, else as a client,
+    /// with a warning.
+    Auto,
+    /// As its primary, or not at all.
+    Primary,
+    /// As an ordinary client.
+    Client,
+}
+
+impl ApplyAs {
+    /// Parses `--apply-as` (`primary`, `client`; absent: [`ApplyAs::Auto`]).
+    pub fn parse(value: Option<&str>) -> Result<ApplyAs, RestoreError> {
+        match value {
+            None => Ok(ApplyAs::Auto),
+            Some("primary") => Ok(ApplyAs::Primary),
+            Some("client") => Ok(ApplyAs::Client),
+            Some(other) => Err(RestoreError::Target(format!(
+                "--apply-as {other}: use `primary` (tidemark serves the target the replication protocol) or `client` (replays as an ordinary client)"
+            ))),
+        }
+    }
+}
+
 /// What a restore did.
 #[derive(Debug, Clone)]
 pub struct Summary {
@@ -42,54 +79,109 @@ pub struct Summary {
     pub final_position: Option<Position>,
     /// Wall time.
     pub seconds: f64,
+    /// How it was applied, and what the operator should know about it.
+    pub notes: Vec<String>,
+    /// The digest, when it had to be read before the restore ended (applied as
+    /// the primary: read while the target still followed tidemark).
+    pub digest: Option<DatasetDigest>,
 }
 
-/// Restores `plan` into the Redis at `url`; `force`: empty it first (FLUSHALL, and
-/// FUNCTION FLUSH on Redis 7+).
+/// Restores `plan` into the Redis at `url`; `force`: the target may hold data,
+/// which is replaced (see [`FORCE_EFFECT`]). `listen`: where the target's
+/// replication link is served (`host[:port]`), when applied as its primary.
 pub fn restore(
     journal: &Journal,
     plan: &RestorePlan,
     url: &RedisUrl,
     timeouts: &Timeouts,
     force: bool,
+    mode: ApplyAs,
+    listen: Option<&str>,
     sink: &mut dyn ProgressSink,
 ) -> Result<Summary, RestoreError> {
     let started = Instant::now();
     let mut conn = Conn::connect(url, timeouts.connect)?;
-    let version = server_major(&mut conn)?;
-    let keys = crate::connectors::redis::digest::keyspace(&mut conn)?;
-    let existing: u64 = keys.iter().map(|(_, n)| n).sum();
-    if existing > 0 {
-        if !force {
-            return Err(RestoreError::Occupied {
-                target: url.to_string(),
-                holds: format!("{existing} keys"),
-                effect: FORCE_EFFECT,
-            });
-        }
-        conn.call(&["FLUSHALL"])?;
+    conn.stream()
+        .set_read_timeout(Some(timeouts.read))
+        .map_err(|e| RedisError::io(conn.addr(), e))?;
+    let version = check_target(&mut conn, journal, plan)?;
+    let existing: u64 = keyspace(&mut conn)?.iter().map(|(_, n)| n).sum();
+    if existing > 0 && !force {
+        return Err(RestoreError::Occupied {
+            target: url.to_string(),
+            holds: format!("{existing} keys"),
+            effect: FORCE_EFFECT,
+        });
     }
-    if force && version >= 7 {
+    if force && version.0 >= 7 {
         let _ = conn.request(&["FUNCTION", "FLUSH"])?;
     }
-    conn.stream()
-        .set_read_timeout(None)
-        .map_err(|e| RedisError::io(conn.addr(), e))?;
-    let mut p = client::Pipeline::new(conn)?;
     let mut progress = Progress { sink };
     let mut summary = Summary {
         keys: 0,
         commands: 0,
         final_position: None,
         seconds: 0.0,
+        notes: Vec::new(),
+        digest: None,
     };
-    if let Some(image) = &plan.image {
-        if image.format != crate::connectors::redis::image::FORMAT {
-            return Err(RestoreError::Apply(format!(
-                "base image #{} has format `{}`, which this version cannot restore",
-                image.id, image.format
-            )));
+    let why_client = match mode {
+        ApplyAs::Client => "as asked (--apply-as client)".to_string(),
+        ApplyAs::Auto | ApplyAs::Primary => {
+            match primary::apply(
+                journal,
+                plan,
+                conn,
+                version,
+                timeouts,
+                listen,
+                &mut summary,
+                &mut progress,
+            )? {
+                Ok(followed) => {
+                    summary.notes.push(format!(
+                        "applied as the target's primary (replication protocol): the base image as an RDB, then {} commands",
+                        summary.commands
+                    ));
+                    if let Some(d) = followed.server_digest {
+                        summary.notes.push(format!(
+                            "DEBUG DIGEST of the target at the moment (read before its promotion): {d}"
+                        ));
+                    }
+                    if followed.expired_since > 0 {
+                        summary.notes.push(format!(
+                            "{} keys of the moment have expired since (their TTL fell between the moment and now): the target held them until its promotion, then expired them, as the source would have; the digest below, read before the promotion, leaves them out",
+                            followed.expired_since
+                        ));
+                    }
+                    summary.digest = Some(followed.digest);
+                    summary.seconds = started.elapsed().as_secs_f64();
+                    return Ok(summary);
+                }
+                Err(primary::CannotFollow(why)) if mode == ApplyAs::Auto => {
+                    tracing::warn!(target = %url, reason = %why, "the restore target cannot follow tidemark as a replica; replaying as a client");
+                    format!("the target cannot follow tidemark as a replica: {why}")
+                }
+                Err(primary::CannotFollow(why)) => {
+                    return Err(RestoreError::Refused(format!(
+                        "the target cannot follow tidemark as a replica: {why}; nothing was changed. Restore with --apply-as client to replay as an ordinary client instead"
+                    )))
+                }
+            }
         }
+    };
+    summary.notes.push(format!(
+        "applied as a client ({why_client}): a key whose expiry falls between the moment and now can expire during the replay (later commands on it then fail), and commands a primary propagates in forms a client may not send are refused"
+    ));
+    let mut conn = Conn::connect(url, timeouts.connect)?;
+    if force && existing > 0 {
+        conn.call(&["FLUSHALL"])?;
+    }
+    conn.stream()
+        .set_read_timeout(None)
+        .map_err(|e| RedisError::io(conn.addr(), e))?;
+    let mut p = client::Pipeline::new(conn)?;
+    if let Some(image) = &plan.image {
         summary.final_position = image.position.clone();
         for chunk in journal.image_chunks(image) {
             let chunk = decode_chunk(&chunk?).map_err(|e| {
@@ -99,7 +191,7 @@ pub fn restore(
                 if !rec.key.is_empty() {
                     summary.keys += 1;
                 }
-                commands::write_record(&mut p, rec, version)?;
+                commands::write_record(&mut p, rec, version.0)?;
             }
             progress.show(summary.keys, summary.commands);
         }
@@ -110,15 +202,69 @@ pub fn restore(
     Ok(summary)
 }
 
-/// Major version of the server (`redis_version`; Valkey reports its Redis
-/// compatibility version there).
-fn server_major(conn: &mut Conn) -> Result<u32, RedisError> {
+/// Refuses, before anything is changed, a target that is a replica, an image of
+/// another format, and history the target cannot hold: commands it does not know,
+/// function libraries where it has no `FUNCTION` (before 7.0), hash field TTLs
+/// where it has no `HPEXPIREAT` (Redis before 7.4, Valkey before 9). Returns the
+/// target's (major, minor) version (Valkey: the Redis version it reports).
+fn check_target(
+    conn: &mut Conn,
+    journal: &Journal,
+    plan: &RestorePlan,
+) -> Result<(u32, u32), RestoreError> {
     let info = conn.call(&["INFO", "server"])?.text().unwrap_or_default();
-    Ok(info
+    let version = info
         .lines()
         .find_map(|l| l.strip_prefix("redis_version:"))
-        .and_then(|v| v.trim().split('.').next()?.parse().ok())
-        .unwrap_or(6))
+        .map(|v| {
+            let mut n = v.trim().split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+            (n.next().unwrap_or(6), n.next().unwrap_or(0))
+        })
+        .unwrap_or((6, 0));
+    let repl = conn.call(&["INFO", "replication"])?.text().unwrap_or_default();
+    if repl.lines().any(|l| l.trim() == "role:slave") {
+        let of = |k: &str| {
+            repl.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap_or("?")
+                .trim()
+                .to_string()
+        };
+        return Err(RestoreError::Refused(format!(
+            "the target is a replica of {}:{}: what is restored into it would be overwritten by its primary; restore into a primary (or run REPLICAOF NO ONE on it first)",
+            of("master_host:"),
+            of("master_port:")
+        )));
+    }
+    if let Some(image) = &plan.image {
+        if image.format != crate::connectors::redis::image::FORMAT {
+            return Err(RestoreError::Apply(format!(
+                "base image #{} has format `{}`, which this version cannot restore",
+                image.id, image.format
+            )));
+        }
+    }
+    let unknown = commands::unknown_to(conn, journal, plan)?;
+    if !unknown.is_empty() {
+        return Err(RestoreError::Refused(format!(
+            "the history to restore uses commands the target (Redis {}.{}) does not know: {}; nothing was changed. Restore into a server of the source's version or newer (with the same modules)",
+            version.0,
+            version.1,
+            unknown.join(", ")
+        )));
+    }
+    let lacks = commands::unknown_names(conn, &[b"function".to_vec(), b"hpexpireat".to_vec()])?;
+    if !lacks.is_empty() {
+        let functions = !lacks.iter().any(|n| n == "FUNCTION");
+        let field_ttls = !lacks.iter().any(|n| n == "HPEXPIREAT");
+        if let Some(what) = commands::image_needs(journal, plan, functions, field_ttls)? {
+            return Err(RestoreError::Refused(format!(
+                "the base image holds {what}, which the target (Redis {}.{}) cannot hold; nothing was changed. Restore into a newer server",
+                version.0, version.1
+            )));
+        }
+    }
+    Ok(version)
 }
 
 /// What `--force` does to a Redis target.
@@ -144,14 +290,27 @@ impl Progress<'_> {
 pub struct RedisTarget {
     url: RedisUrl,
     timeouts: Timeouts,
+    mode: ApplyAs,
+    listen: Option<String>,
+    /// The digest read during `apply` (as the primary: before the promotion).
+    digest: Option<DatasetDigest>,
 }
 
 impl RedisTarget {
-    /// A target for `url` (connects to nothing yet).
-    pub fn new(url: &str, timeouts: &Timeouts) -> Result<RedisTarget, RestoreError> {
+    /// A target for `url` (connects to nothing yet), applied as `mode`, the
+    /// replication link served on `listen` (`host[:port]`).
+    pub fn new(
+        url: &str,
+        timeouts: &Timeouts,
+        mode: ApplyAs,
+        listen: Option<&str>,
+    ) -> Result<RedisTarget, RestoreError> {
         Ok(RedisTarget {
             url: RedisUrl::parse(url)?,
             timeouts: *timeouts,
+            mode,
+            listen: listen.map(str::to_string),
+            digest: None,
         })
     }
 }
@@ -163,7 +322,7 @@ impl Target for RedisTarget {
 
     fn occupied(&mut self, _: &Journal, _: &RestorePlan) -> Result<Option<String>, RestoreError> {
         let mut conn = Conn::connect(&self.url, self.timeouts.connect)?;
-        let keys: u64 = crate::connectors::redis::digest::keyspace(&mut conn)?
+        let keys: u64 = keyspace(&mut conn)?
             .iter()
             .map(|(_, n)| n)
             .sum();
@@ -185,18 +344,31 @@ impl Target for RedisTarget {
         force: bool,
         progress: &mut dyn ProgressSink,
     ) -> Result<Applied, RestoreError> {
-        let s = restore(journal, plan, &self.url, &self.timeouts, force, progress)?;
+        let s = restore(
+            journal,
+            plan,
+            &self.url,
+            &self.timeouts,
+            force,
+            self.mode,
+            self.listen.as_deref(),
+            progress,
+        )?;
+        self.digest = s.digest;
         Ok(Applied {
             counts: vec![
                 ("keys from the base image".into(), s.keys),
                 ("commands replayed".into(), s.commands),
             ],
             final_position: s.final_position.map(|p| p.to_string()),
-            notes: Vec::new(),
+            notes: s.notes,
         })
     }
 
     fn digest(&mut self) -> Result<Digest, RestoreError> {
+        if let Some(d) = self.digest.take() {
+            return Ok(d.to_digest());
+        }
         Ok(super::digest::digest_at(&self.url, &self.timeouts)?.to_digest())
     }
 }
