@@ -350,9 +350,11 @@ fn full_sync_and_restore(mb: u64) {
             &plan,
             &RedisUrl::parse(&target.url()).expect("url"),
             &Default::default(),
-            false,
-            mode,
-            None,
+            tidemark::connectors::redis::restore::ApplyOptions {
+                force: false,
+                mode,
+                listen: None,
+            },
             &mut tidemark::restore::driver::NoProgress,
         )
         .expect("restore");
@@ -381,6 +383,10 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     p2_capture(arg("--requests", 1_000_000));
     full_sync_and_restore(arg("--sync-mb", 200));
 }

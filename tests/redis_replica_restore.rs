@@ -82,7 +82,9 @@ fn round(c: &mut Client, f: &Flavor, r: u32, soon: i64) {
     for i in 0..40 {
         c.cmd(&["XADD", "st", "*", "r", &s, "i", &i.to_string()]);
     }
-    c.cmd(&["XADD", "st", "MAXLEN", "~", "24", "LIMIT", "8", "*", "r", &s]);
+    c.cmd(&[
+        "XADD", "st", "MAXLEN", "~", "24", "LIMIT", "8", "*", "r", &s,
+    ]);
     c.cmd(&["XTRIM", "st", "MAXLEN", "~", "12", "LIMIT", "4"]);
     let ids = c.cmd(&["XRANGE", "st", "-", "+", "COUNT", "6"]).array();
     let minid = String::from_utf8_lossy(&ids[5].array()[0].bulk()).into_owned();
@@ -91,7 +93,12 @@ fn round(c: &mut Client, f: &Flavor, r: u32, soon: i64) {
     // DUMP / RESTORE payloads.
     c.cmd(&["RPUSH", &format!("src:{r}"), "a", "b", &s]);
     let payload = c.raw(&[b"DUMP", format!("src:{r}").as_bytes()]).bulk();
-    c.raw(&[b"RESTORE", format!("restored:{r}").as_bytes(), b"0", &payload]);
+    c.raw(&[
+        b"RESTORE",
+        format!("restored:{r}").as_bytes(),
+        b"0",
+        &payload,
+    ]);
     let abs = (now_ms() + 3_600_000).to_string();
     c.raw(&[
         b"RESTORE",
@@ -139,16 +146,10 @@ fn round(c: &mut Client, f: &Flavor, r: u32, soon: i64) {
 }
 
 fn restore(tm: &Tidemark, at: &Timestamp, target: &Redis, extra: &[&str]) -> (bool, String) {
-    let mut args = vec![
-        "restore",
-        "--source",
-        "cache",
-        "--at",
-        &at.to_rfc3339(),
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect::<Vec<_>>();
+    let mut args = vec!["restore", "--source", "cache", "--at", &at.to_rfc3339()]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
     args.extend(["--target".into(), target.url()]);
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -211,7 +212,10 @@ fn replica_semantics(bin: &str, f: &Flavor) {
         // Keys whose expiry fell between the moment and the restore are held until
         // the promotion, left out of the digest and said so.
         let d = digest_url(&target.url()).expect("digest target");
-        let expired = m.keys.checked_sub(d.keys).expect("the target holds more keys");
+        let expired = m
+            .keys
+            .checked_sub(d.keys)
+            .expect("the target holds more keys");
         if i > 0 {
             assert!(expired >= 20, "moment {i}: {expired} keys expired since");
             assert!(
@@ -220,17 +224,31 @@ fn replica_semantics(bin: &str, f: &Flavor) {
             );
         }
         let mut tc = Client::connect(target.port).expect("connect target");
-        assert_eq!(tc.cmd(&["EXISTS", "exp:0:0"]).int(), 0, "expired on promotion");
+        assert_eq!(
+            tc.cmd(&["EXISTS", "exp:0:0"]).int(),
+            0,
+            "expired on promotion"
+        );
         let role = String::from_utf8_lossy(&tc.cmd(&["INFO", "replication"]).bulk()).into_owned();
         assert!(role.contains("role:master"), "target promoted: {role}");
-        eprintln!("moment {i}: {} keys, DEBUG DIGEST {} equal", m.keys, m.debug);
+        for (name, was) in [("masterauth", ""), ("repl-diskless-load", "disabled")] {
+            let v = tc.cmd(&["CONFIG", "GET", name]).array();
+            assert_eq!(v[1].bulk(), was.as_bytes(), "{name} put back");
+        }
+        eprintln!(
+            "moment {i}: {} keys, DEBUG DIGEST {} equal",
+            m.keys, m.debug
+        );
     }
     // The same history replayed as a client fails: the expired key's RENAME, or
     // the trim a client may not send.
     let target = Redis::start_bin(bin, &args);
     let last = moments.last().expect("moments");
     let (ok, out) = restore(&tm, &last.at, &target, &["--apply-as", "client"]);
-    assert!(!ok, "a client replay of this history was expected to fail:\n{out}");
+    assert!(
+        !ok,
+        "a client replay of this history was expected to fail:\n{out}"
+    );
     assert!(
         out.contains("no such key") || out.contains("LIMIT"),
         "client replay failure names the refused command:\n{out}"
@@ -329,4 +347,40 @@ fn commands_the_target_does_not_know_are_refused_by_name() {
     assert!(out.contains("nothing was changed"), "{out}");
     let mut tc = Client::connect(target.port).expect("connect target");
     assert_eq!(tc.cmd(&["DBSIZE"]).int(), 0);
+}
+
+/// A command the target knows but refuses from its primary (a `RESTORE` payload
+/// of a newer RDB version) cannot be answered to tidemark; the error counters
+/// show it, and the restore fails naming the kind.
+#[test]
+fn a_command_the_replica_refuses_fails_the_restore() {
+    let Some(bin74) = server_bin("TIDEMARK_REDIS74_SERVER", None) else {
+        return;
+    };
+    let Some(bin70) = redis70() else { return };
+    let primary = Redis::start_bin(&bin74, &server_args(&REDIS74));
+    let mut c = Client::connect(primary.port).expect("connect");
+    c.cmd(&["RPUSH", "l", "a", "b"]);
+    let mut tm = Tidemark::new(&primary.url());
+    tm.start();
+    tm.wait_caught_up(&mut primary.client());
+    let payload = c.raw(&[b"DUMP", b"l"]).bulk();
+    c.raw(&[b"RESTORE", b"l2", b"0", &payload]);
+    c.cmd(&["SET", "after", "1"]);
+    let m = record(&tm, &primary, &mut c);
+    tm.stop();
+    let target = Redis::start_bin(&bin70, &server_args(&REDIS70));
+    let (ok, out) = restore(&tm, &m.at, &target, &[]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("the target refused commands of the replicated history (ERR: 1"),
+        "{out}"
+    );
+    assert!(out.contains("--force"), "{out}");
+    let mut tc = Client::connect(target.port).expect("connect target");
+    let role = String::from_utf8_lossy(&tc.cmd(&["INFO", "replication"]).bulk()).into_owned();
+    assert!(
+        role.contains("role:master"),
+        "promoted back after the failure: {role}"
+    );
 }

@@ -204,9 +204,28 @@ mod tests {
         let big = vec![7u8; 70_000];
         let many: Vec<Vec<u8>> = (0..20_000).map(|i| i.to_string().into_bytes()).collect();
         let recs = vec![
-            rec(0, "s", Some(1_700_000_000_123), KvValue::String(big.clone())),
-            rec(0, "l", None, KvValue::List(Items { items: many.clone() })),
-            rec(3, "set", None, KvValue::Set(Items { items: vec![b("a")] })),
+            rec(
+                0,
+                "s",
+                Some(1_700_000_000_123),
+                KvValue::String(big.clone()),
+            ),
+            rec(
+                0,
+                "l",
+                None,
+                KvValue::List(Items {
+                    items: many.clone(),
+                }),
+            ),
+            rec(
+                3,
+                "set",
+                None,
+                KvValue::Set(Items {
+                    items: vec![b("a")],
+                }),
+            ),
             rec(
                 3,
                 "z",

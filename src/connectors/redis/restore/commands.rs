@@ -91,8 +91,9 @@ pub(super) fn image_needs(
         return Ok(None);
     };
     for chunk in journal.image_chunks(image) {
-        let chunk = decode_chunk(&chunk?)
-            .map_err(|e| RestoreError::Apply(format!("base image #{}: bad chunk: {e}", image.id)))?;
+        let chunk = decode_chunk(&chunk?).map_err(|e| {
+            RestoreError::Apply(format!("base image #{}: bad chunk: {e}", image.id))
+        })?;
         for rec in chunk.records {
             match &rec.value {
                 Some(KvValue::FunctionLibrary(_)) if !functions => {
@@ -332,4 +333,3 @@ fn score(s: f64) -> String {
         format!("{s}")
     }
 }
-

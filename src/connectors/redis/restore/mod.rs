@@ -22,8 +22,8 @@ mod primary;
 
 use std::time::Instant;
 
-use crate::connectors::redis::image::decode_chunk;
 use crate::connectors::redis::digest::{keyspace, DatasetDigest};
+use crate::connectors::redis::image::decode_chunk;
 use crate::connectors::redis::resp::{Conn, RedisUrl};
 use crate::connectors::redis::RedisError;
 use crate::journal::Journal;
@@ -77,7 +77,7 @@ pub struct Summary {
     pub commands: u64,
     /// Position of the last replayed command (or the image's).
     pub final_position: Option<Position>,
-    /// Wall time.
+    /// Wall time of applying (the digest read during the restore not included).
     pub seconds: f64,
     /// How it was applied, and what the operator should know about it.
     pub notes: Vec<String>,
@@ -86,19 +86,32 @@ pub struct Summary {
     pub digest: Option<DatasetDigest>,
 }
 
-/// Restores `plan` into the Redis at `url`; `force`: the target may hold data,
-/// which is replaced (see [`FORCE_EFFECT`]). `listen`: where the target's
-/// replication link is served (`host[:port]`), when applied as its primary.
+/// How a restore applies, besides what and where.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyOptions<'a> {
+    /// The target may hold data, which is replaced (see [`FORCE_EFFECT`]).
+    pub force: bool,
+    /// As the target's primary or as a client.
+    pub mode: ApplyAs,
+    /// Where the target's replication link is served (`host[:port]`), when
+    /// applied as its primary.
+    pub listen: Option<&'a str>,
+}
+
+/// Restores `plan` into the Redis at `url`, as `opts` say.
 pub fn restore(
     journal: &Journal,
     plan: &RestorePlan,
     url: &RedisUrl,
     timeouts: &Timeouts,
-    force: bool,
-    mode: ApplyAs,
-    listen: Option<&str>,
+    opts: ApplyOptions<'_>,
     sink: &mut dyn ProgressSink,
 ) -> Result<Summary, RestoreError> {
+    let ApplyOptions {
+        force,
+        mode,
+        listen,
+    } = opts;
     let started = Instant::now();
     let mut conn = Conn::connect(url, timeouts.connect)?;
     conn.stream()
@@ -113,8 +126,15 @@ pub fn restore(
             effect: FORCE_EFFECT,
         });
     }
-    if force && version.0 >= 7 {
-        let _ = conn.request(&["FUNCTION", "FLUSH"])?;
+    if force {
+        // Both ways start from an empty target (as the primary: so it loads the
+        // RDB as it arrives, see `primary`).
+        if existing > 0 {
+            conn.call(&["FLUSHALL"])?;
+        }
+        if version.0 >= 7 {
+            let _ = conn.request(&["FUNCTION", "FLUSH"])?;
+        }
     }
     let mut progress = Progress { sink };
     let mut summary = Summary {
@@ -128,16 +148,13 @@ pub fn restore(
     let why_client = match mode {
         ApplyAs::Client => "as asked (--apply-as client)".to_string(),
         ApplyAs::Auto | ApplyAs::Primary => {
-            match primary::apply(
+            let job = primary::Job {
                 journal,
                 plan,
-                conn,
-                version,
                 timeouts,
                 listen,
-                &mut summary,
-                &mut progress,
-            )? {
+            };
+            match primary::apply(&job, conn, version, &mut summary, &mut progress)? {
                 Ok(followed) => {
                     summary.notes.push(format!(
                         "applied as the target's primary (replication protocol): the base image as an RDB, then {} commands",
@@ -155,7 +172,7 @@ pub fn restore(
                         ));
                     }
                     summary.digest = Some(followed.digest);
-                    summary.seconds = started.elapsed().as_secs_f64();
+                    summary.seconds = (followed.applied_at - started).as_secs_f64();
                     return Ok(summary);
                 }
                 Err(primary::CannotFollow(why)) if mode == ApplyAs::Auto => {
@@ -173,10 +190,7 @@ pub fn restore(
     summary.notes.push(format!(
         "applied as a client ({why_client}): a key whose expiry falls between the moment and now can expire during the replay (later commands on it then fail), and commands a primary propagates in forms a client may not send are refused"
     ));
-    let mut conn = Conn::connect(url, timeouts.connect)?;
-    if force && existing > 0 {
-        conn.call(&["FLUSHALL"])?;
-    }
+    let conn = Conn::connect(url, timeouts.connect)?;
     conn.stream()
         .set_read_timeout(None)
         .map_err(|e| RedisError::io(conn.addr(), e))?;
@@ -221,7 +235,10 @@ fn check_target(
             (n.next().unwrap_or(6), n.next().unwrap_or(0))
         })
         .unwrap_or((6, 0));
-    let repl = conn.call(&["INFO", "replication"])?.text().unwrap_or_default();
+    let repl = conn
+        .call(&["INFO", "replication"])?
+        .text()
+        .unwrap_or_default();
     if repl.lines().any(|l| l.trim() == "role:slave") {
         let of = |k: &str| {
             repl.lines()
@@ -322,10 +339,7 @@ impl Target for RedisTarget {
 
     fn occupied(&mut self, _: &Journal, _: &RestorePlan) -> Result<Option<String>, RestoreError> {
         let mut conn = Conn::connect(&self.url, self.timeouts.connect)?;
-        let keys: u64 = keyspace(&mut conn)?
-            .iter()
-            .map(|(_, n)| n)
-            .sum();
+        let keys: u64 = keyspace(&mut conn)?.iter().map(|(_, n)| n).sum();
         Ok((keys > 0).then(|| format!("{keys} keys")))
     }
 
@@ -344,16 +358,12 @@ impl Target for RedisTarget {
         force: bool,
         progress: &mut dyn ProgressSink,
     ) -> Result<Applied, RestoreError> {
-        let s = restore(
-            journal,
-            plan,
-            &self.url,
-            &self.timeouts,
+        let opts = ApplyOptions {
             force,
-            self.mode,
-            self.listen.as_deref(),
-            progress,
-        )?;
+            mode: self.mode,
+            listen: self.listen.as_deref(),
+        };
+        let s = restore(journal, plan, &self.url, &self.timeouts, opts, progress)?;
         self.digest = s.digest;
         Ok(Applied {
             counts: vec![

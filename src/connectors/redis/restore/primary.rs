@@ -7,8 +7,9 @@
 //!
 //! The exchange, in order:
 //! 1. On the control connection: the target's `masterauth` is set to a one-time
-//!    token (the old value is kept in memory and put back at the end), its error
-//!    counters are read, and it is told `REPLICAOF <tidemark> <port>`.
+//!    token and its `repl-diskless-load` to `on-empty-db` (the old values are kept
+//!    in memory and put back at the end), its error counters are read, and it is
+//!    told `REPLICAOF <tidemark> <port>`.
 //! 2. tidemark accepts the target's replication link on a listener of its own
 //!    (the local address of the control connection, or `--listen`), checks the
 //!    token (or, where `CONFIG` is refused, the peer address), answers the
@@ -62,20 +63,35 @@ pub(super) struct Followed {
     /// Keys the target held at the moment whose expiry has passed since: held
     /// until promotion (so not in `digest`), then expired by the target.
     pub expired_since: u64,
+    /// When the target had applied the whole history (before the digests).
+    pub applied_at: Instant,
 }
 
-/// Restores `plan` into the target behind `ctl` (a primary, already checked) by
-/// serving it the replication protocol. `version`: its (major, minor).
+/// What to restore, and how the link is served.
+pub(super) struct Job<'a> {
+    pub journal: &'a Journal,
+    pub plan: &'a RestorePlan,
+    pub timeouts: &'a Timeouts,
+    /// `--listen`.
+    pub listen: Option<&'a str>,
+}
+
+/// Restores the job's plan into the target behind `ctl` (a primary, already
+/// checked) by serving it the replication protocol. `version`: its (major,
+/// minor).
 pub(super) fn apply(
-    journal: &Journal,
-    plan: &RestorePlan,
+    job: &Job<'_>,
     ctl: Conn,
     version: (u32, u32),
-    timeouts: &Timeouts,
-    listen: Option<&str>,
     summary: &mut Summary,
     progress: &mut Progress<'_>,
 ) -> Result<Result<Followed, CannotFollow>, RestoreError> {
+    let Job {
+        journal,
+        plan,
+        timeouts,
+        listen,
+    } = *job;
     let target_ip = ctl
         .stream()
         .peer_addr()
@@ -85,7 +101,7 @@ pub(super) fn apply(
     let announce = listener.local_addr().map_err(|e| listen_error(listen, e))?;
     let mut guard = Following::new(ctl);
     let errors_before = error_counts(&mut guard.ctl)?;
-    guard.take_masterauth()?;
+    guard.take_settings()?;
     let reply = guard.ctl.request(&[
         "REPLICAOF",
         &announce.ip().to_string(),
@@ -105,21 +121,26 @@ pub(super) fn apply(
     };
     let addr = guard.ctl.addr().to_string();
     let mut link = Link::start(link, &addr, timeouts)?;
+    let t = Instant::now();
     let deferred = send_image(journal, plan, &mut link, summary, progress)?;
+    let sent = t.elapsed();
     link.wait_loaded(timeouts)?;
+    tracing::info!(target = %addr, keys = summary.keys, sent_s = sent.as_secs_f64(), loaded_s = t.elapsed().as_secs_f64(), "the target loaded the base image");
     let mut stream = link.stream();
     if deferred {
         send_deferred(journal, plan, &mut stream, version.0, summary, progress)?;
     }
     commands::replay_events(journal, plan, &mut stream, summary, progress)?;
     stream.wait_applied(timeouts)?;
+    tracing::info!(target = %addr, commands = summary.commands, bytes = stream.offset, total_s = t.elapsed().as_secs_f64(), "the target applied the history");
     let errors_after = error_counts(&mut guard.ctl)?;
     if let Some(refused) = refused(&errors_before, &errors_after) {
         return Err(RestoreError::Apply(format!(
             "the target refused commands of the replicated history ({refused}; its log names them); the target is partly restored: fix the cause and restore again with --force"
         )));
     }
-    let followed = read_digests(&mut guard.ctl, timeouts)?;
+    let applied_at = Instant::now();
+    let followed = read_digests(&mut guard.ctl, timeouts, applied_at)?;
     guard.release()?;
     drop(stream);
     Ok(Ok(followed))
@@ -196,7 +217,9 @@ fn accept(
         }
         match handshake(sock, token, timeouts) {
             Ok(Some(s)) => return Ok(Some(s)),
-            Ok(None) => tracing::warn!(%peer, "refused a replication link without the one-time password"),
+            Ok(None) => {
+                tracing::warn!(%peer, "refused a replication link without the one-time password")
+            }
             Err(e) => tracing::warn!(%peer, error = %e, "a replication link failed its handshake"),
         }
     }
@@ -210,10 +233,7 @@ fn handshake(
     token: Option<&str>,
     timeouts: &Timeouts,
 ) -> Result<Option<TcpStream>, RedisError> {
-    let peer = sock
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let io = |e| RedisError::io(&peer, e);
     sock.set_nonblocking(false).map_err(io)?;
     sock.set_nodelay(true).map_err(io)?;
@@ -423,8 +443,9 @@ fn send_deferred(
         return Ok(());
     };
     for chunk in journal.image_chunks(image) {
-        let chunk = decode_chunk(&chunk?)
-            .map_err(|e| RestoreError::Apply(format!("base image #{}: bad chunk: {e}", image.id)))?;
+        let chunk = decode_chunk(&chunk?).map_err(|e| {
+            RestoreError::Apply(format!("base image #{}: bad chunk: {e}", image.id))
+        })?;
         for rec in chunk.records {
             if !write::holds(&rec) {
                 commands::write_record(stream, rec, major)?;
@@ -514,14 +535,15 @@ impl CommandSink for ReplStream {
 }
 
 /// The control connection while the target follows tidemark. Dropping it before
-/// [`Following::release`] promotes the target and puts `masterauth` back.
+/// [`Following::release`] promotes the target and puts back the settings it
+/// changed.
 struct Following {
     ctl: Conn,
     /// The one-time password the target authenticates its link with (`None`
     /// where `CONFIG` is refused).
     token: Option<String>,
-    /// The `masterauth` to put back (`Some("")`: none was set).
-    saved: Option<Vec<u8>>,
+    /// Settings to put back, as they were (`masterauth`, `repl-diskless-load`).
+    saved: Vec<(&'static str, Vec<u8>)>,
     following: bool,
 }
 
@@ -530,40 +552,50 @@ impl Following {
         Following {
             ctl,
             token: None,
-            saved: None,
+            saved: Vec::new(),
             following: false,
         }
     }
 
-    /// Sets `masterauth` to a fresh token, keeping the old value.
-    fn take_masterauth(&mut self) -> Result<(), RedisError> {
-        let old = self.ctl.request(&["CONFIG", "GET", "masterauth"])?.into_array();
-        let Some(old) = old.into_iter().nth(1).and_then(Reply::into_bytes) else {
-            tracing::warn!("the target refuses CONFIG; its replication link is accepted by address only");
-            return Ok(());
-        };
+    /// Sets `masterauth` to a fresh token and `repl-diskless-load` to
+    /// `on-empty-db` (the target, emptied, loads the RDB as it arrives rather
+    /// than spooling it to disk first), keeping the old values.
+    fn take_settings(&mut self) -> Result<(), RedisError> {
         let token = random_hex(32)?;
-        if let Reply::Error(e) = self
-            .ctl
-            .request(&["CONFIG", "SET", "masterauth", token.as_str()])?
-        {
-            tracing::warn!(error = %e, "the target refuses CONFIG SET masterauth; its replication link is accepted by address only");
-            return Ok(());
+        if self.set("masterauth", token.as_bytes())? {
+            self.token = Some(token);
+        } else {
+            tracing::warn!("the target refuses CONFIG SET masterauth; its replication link is accepted by address only");
         }
-        self.saved = Some(old);
-        self.token = Some(token);
+        self.set("repl-diskless-load", b"on-empty-db")?;
         Ok(())
     }
 
-    /// Promotes the target (if it follows) and puts `masterauth` back.
+    /// `CONFIG SET name value`, keeping the old value; false where refused.
+    fn set(&mut self, name: &'static str, value: &[u8]) -> Result<bool, RedisError> {
+        let old = self.ctl.request(&["CONFIG", "GET", name])?.into_array();
+        let Some(old) = old.into_iter().nth(1).and_then(Reply::into_bytes) else {
+            return Ok(false);
+        };
+        let reply = self
+            .ctl
+            .request(&[b"CONFIG".as_slice(), b"SET", name.as_bytes(), value])?;
+        if matches!(reply, Reply::Error(_)) {
+            return Ok(false);
+        }
+        self.saved.push((name, old));
+        Ok(true)
+    }
+
+    /// Promotes the target (if it follows) and puts its settings back.
     fn release(&mut self) -> Result<(), RedisError> {
         if self.following {
             self.ctl.call(&["REPLICAOF", "NO", "ONE"])?;
             self.following = false;
         }
-        if let Some(old) = self.saved.take() {
+        while let Some((name, old)) = self.saved.pop() {
             self.ctl
-                .call(&[b"CONFIG".as_slice(), b"SET", b"masterauth", &old])?;
+                .call(&[b"CONFIG".as_slice(), b"SET", name.as_bytes(), &old])?;
         }
         Ok(())
     }
@@ -572,14 +604,17 @@ impl Following {
 impl Drop for Following {
     fn drop(&mut self) {
         if let Err(e) = self.release() {
-            tracing::error!(error = %e, "could not promote the restore target back (run REPLICAOF NO ONE on it) or put its masterauth back");
+            tracing::error!(error = %e, "could not promote the restore target back (run REPLICAOF NO ONE on it) or put its masterauth and repl-diskless-load back");
         }
     }
 }
 
 /// Error replies per kind (`INFO errorstats`), plus the total.
 fn error_counts(ctl: &mut Conn) -> Result<Vec<(String, u64)>, RedisError> {
-    let info = ctl.call(&["INFO", "errorstats"])?.text().unwrap_or_default();
+    let info = ctl
+        .call(&["INFO", "errorstats"])?
+        .text()
+        .unwrap_or_default();
     Ok(info
         .lines()
         .filter_map(|l| {
@@ -603,7 +638,11 @@ fn refused(before: &[(String, u64)], after: &[(String, u64)]) -> Option<String> 
 }
 
 /// The digests of the target while it follows tidemark.
-fn read_digests(ctl: &mut Conn, timeouts: &Timeouts) -> Result<Followed, RedisError> {
+fn read_digests(
+    ctl: &mut Conn,
+    timeouts: &Timeouts,
+    applied_at: Instant,
+) -> Result<Followed, RedisError> {
     // Both digests read the whole dataset; a large one takes longer than a reply
     // normally may.
     ctl.stream()
@@ -620,6 +659,7 @@ fn read_digests(ctl: &mut Conn, timeouts: &Timeouts) -> Result<Followed, RedisEr
         expired_since: held.saturating_sub(digest.keys),
         digest,
         server_digest,
+        applied_at,
     })
 }
 
