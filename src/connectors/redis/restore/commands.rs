@@ -7,9 +7,10 @@ use std::collections::BTreeSet;
 
 use super::expiry;
 use super::{Progress, RestoreError, Summary};
-use crate::connectors::redis::image::{decode_chunk, KvRecord, KvValue};
+use crate::connectors::redis::image::{decode_chunk, KvChunk, KvRecord, KvValue};
 use crate::connectors::redis::resp::{Conn, Reply};
 use crate::connectors::redis::RedisError;
+use crate::event::BaseImageMeta;
 use crate::event::Payload;
 use crate::journal::Journal;
 use crate::restore::RestorePlan;
@@ -35,6 +36,36 @@ pub(super) trait CommandSink {
             .collect();
         self.send(db, &v)
     }
+}
+
+/// Calls `f` with each chunk of `image`, decoded. A second thread reads and
+/// decodes ahead (up to 8 chunks) while `f` writes, so the journal's reads overlap
+/// the target's; the first error (of either) ends both.
+pub(super) fn each_chunk(
+    journal: &Journal,
+    image: &BaseImageMeta,
+    mut f: impl FnMut(KvChunk) -> Result<(), RestoreError>,
+) -> Result<(), RestoreError> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<KvChunk, RestoreError>>(8);
+        scope.spawn(move || {
+            for chunk in journal.image_chunks(image) {
+                let decoded = chunk.map_err(RestoreError::from).and_then(|c| {
+                    decode_chunk(&c).map_err(|e| {
+                        RestoreError::Apply(format!("base image #{}: bad chunk: {e}", image.id))
+                    })
+                });
+                let failed = decoded.is_err();
+                if tx.send(decoded).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        for chunk in rx {
+            f(chunk?)?;
+        }
+        Ok(())
+    })
 }
 
 /// The commands of the plan's history that the target behind `conn` does not

@@ -23,7 +23,6 @@ mod primary;
 use std::time::Instant;
 
 use crate::connectors::redis::digest::{keyspace, DatasetDigest};
-use crate::connectors::redis::image::decode_chunk;
 use crate::connectors::redis::resp::{Conn, RedisUrl};
 use crate::connectors::redis::RedisError;
 use crate::journal::Journal;
@@ -197,10 +196,7 @@ pub fn restore(
     let mut p = client::Pipeline::new(conn)?;
     if let Some(image) = &plan.image {
         summary.final_position = image.position.clone();
-        for chunk in journal.image_chunks(image) {
-            let chunk = decode_chunk(&chunk?).map_err(|e| {
-                RestoreError::Apply(format!("base image #{}: bad chunk: {e}", image.id))
-            })?;
+        commands::each_chunk(journal, image, |chunk| {
             for rec in chunk.records {
                 if !rec.key.is_empty() {
                     summary.keys += 1;
@@ -208,7 +204,8 @@ pub fn restore(
                 commands::write_record(&mut p, rec, version.0)?;
             }
             progress.show(summary.keys, summary.commands);
-        }
+            Ok(())
+        })?;
     }
     commands::replay_events(journal, plan, &mut p, &mut summary, &mut progress)?;
     p.finish()?;

@@ -42,7 +42,6 @@ use super::commands::{self, CommandSink};
 use super::{Progress, Summary};
 use crate::config::Timeouts;
 use crate::connectors::redis::digest::{self, DatasetDigest};
-use crate::connectors::redis::image::decode_chunk;
 use crate::connectors::redis::rdb::write::{self, RdbWriter};
 use crate::connectors::redis::resp::{self, Conn, Reply};
 use crate::connectors::redis::RedisError;
@@ -412,10 +411,7 @@ fn send_image(
     let mut deferred = false;
     if let Some(image) = &plan.image {
         summary.final_position = image.position.clone();
-        for chunk in journal.image_chunks(image) {
-            let chunk = decode_chunk(&chunk?).map_err(|e| {
-                RestoreError::Apply(format!("base image #{}: bad chunk: {e}", image.id))
-            })?;
+        commands::each_chunk(journal, image, |chunk| {
             for rec in chunk.records {
                 if !rec.key.is_empty() {
                     summary.keys += 1;
@@ -423,7 +419,8 @@ fn send_image(
                 deferred |= !rdb.key(&rec).map_err(io)?;
             }
             progress.show(summary.keys, summary.commands);
-        }
+            Ok(())
+        })?;
     }
     let (out, _) = rdb.finish().map_err(io)?;
     out.write_all(mark.as_bytes()).map_err(io)?;
@@ -442,18 +439,15 @@ fn send_deferred(
     let Some(image) = &plan.image else {
         return Ok(());
     };
-    for chunk in journal.image_chunks(image) {
-        let chunk = decode_chunk(&chunk?).map_err(|e| {
-            RestoreError::Apply(format!("base image #{}: bad chunk: {e}", image.id))
-        })?;
+    commands::each_chunk(journal, image, |chunk| {
         for rec in chunk.records {
             if !write::holds(&rec) {
                 commands::write_record(stream, rec, major)?;
             }
         }
         progress.show(summary.keys, summary.commands);
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// The replication stream after the RDB; counts its bytes (the offset the target
