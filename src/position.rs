@@ -15,6 +15,10 @@ pub const KAFKA_STATE_TOPIC: &str = "";
 /// Partition of the reserved state stream.
 pub const KAFKA_STATE_PARTITION: i32 = -1;
 
+/// Replication id of the reserved stream on which a Redis Cluster source journals its
+/// slot maps. Real replication ids are 40 hex characters, so it never collides.
+pub const REDIS_CLUSTER_MAP_STREAM: &str = "cluster-slot-map";
+
 /// A position in one source, in that source's own terms.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Position {
@@ -128,6 +132,17 @@ impl Position {
                 offset,
             })),
         }
+    }
+
+    /// The position of the `n`th slot map a Redis Cluster source journals: a
+    /// reserved stream ([`REDIS_CLUSTER_MAP_STREAM`]) ordered by `n`.
+    pub fn redis_cluster_map(n: u64) -> Self {
+        Position::redis(REDIS_CLUSTER_MAP_STREAM, n)
+    }
+
+    /// True for positions on a Redis Cluster source's slot-map stream.
+    pub fn is_redis_cluster_map(&self) -> bool {
+        matches!(&self.kind, Some(PositionKind::Redis(p)) if p.replid == REDIS_CLUSTER_MAP_STREAM)
     }
 
     /// A Kafka position.

@@ -218,17 +218,201 @@ pub fn preflight_blocking<E: Fault>(
 
 /// A source's handle on the journal. Appends run on the blocking pool so a synced
 /// write never stalls the async runtime.
+///
+/// A handle may be narrowed to one **part** of the source ([`SourceJournal::part`]):
+/// a Redis Cluster source captures each shard as a part with its own link,
+/// streams, checkpoints and base images, all in the one source. See [`PartScope`].
 #[derive(Clone)]
 pub struct SourceJournal {
     journal: Arc<Journal>,
     id: SourceId,
     name: String,
+    /// Set when the handle is one part's view.
+    scope: Option<Arc<PartScope>>,
+}
+
+/// One part's view of its source (a Redis Cluster shard), as narrowed by
+/// [`SourceJournal::part`]. Guarantees:
+/// - **Own resume point.** [`SourceJournal::checkpoints`] returns only the
+///   checkpoints of the streams this part has journaled under, and
+///   [`SourceJournal::latest_image`] only this part's images; a full resync of one
+///   part starts a new history for that part alone.
+/// - **Streams recorded before their events.** The first time a part appends under
+///   a stream (a Redis replication id), the stream is added to the part's note
+///   `part.<name>.streams` with a synced write before the append: after a crash,
+///   every checkpoint of the part is still recognised as the part's.
+/// - **Images tagged.** Images begun through the view carry the part's name
+///   ([`crate::event::BaseImageMeta::part`]).
+/// - **Coverage is the minimum.** The coverage an append of the part records is
+///   the lowest over every part registered in the shared [`PartCoverage`] (none
+///   until every part has reported one): the source is covered up to T only when
+///   every part is.
+pub struct PartScope {
+    part: String,
+    /// Resume from nothing (a full sync), whatever the part journaled before.
+    fresh: bool,
+    streams: std::sync::Mutex<std::collections::BTreeSet<Vec<u8>>>,
+    coverage: Arc<PartCoverage>,
+}
+
+/// The coverage of each part of one source; shared by the parts' views.
+#[derive(Default)]
+pub struct PartCoverage {
+    parts: std::sync::Mutex<std::collections::BTreeMap<String, Option<i64>>>,
+}
+
+impl PartCoverage {
+    /// Counts `part` in the minimum from now on (with no coverage until it reports).
+    pub fn register(&self, part: &str) {
+        self.lock().entry(part.to_string()).or_insert(None);
+    }
+
+    /// Stops counting `part` (its link ended for good: no longer a primary).
+    pub fn deregister(&self, part: &str) {
+        self.lock().remove(part);
+    }
+
+    /// Records `part`'s own coverage and returns the source's: the minimum over the
+    /// registered parts, `None` while one has none.
+    fn fold(&self, part: &str, own: Option<Timestamp>) -> Option<Timestamp> {
+        let mut parts = self.lock();
+        let slot = parts.entry(part.to_string()).or_insert(None);
+        if let Some(t) = own {
+            *slot = Some(slot.map_or(t.as_micros(), |old| old.max(t.as_micros())));
+        }
+        let mut min: Option<i64> = None;
+        for v in parts.values() {
+            let v = (*v)?;
+            min = Some(min.map_or(v, |m| m.min(v)));
+        }
+        min.map(Timestamp::from_micros)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, Option<i64>>> {
+        self.parts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The note listing a part's streams (JSON array of hex strings).
+fn part_streams_note(part: &str) -> String {
+    format!("part.{part}.streams")
+}
+
+/// The streams a part has journaled under, from its note (see [`PartScope`]).
+pub fn part_streams(
+    journal: &Journal,
+    id: SourceId,
+    part: &str,
+) -> Result<std::collections::BTreeSet<Vec<u8>>, JournalError> {
+    let Some(text) = journal.note(id, &part_streams_note(part))? else {
+        return Ok(Default::default());
+    };
+    let list: Vec<String> = serde_json::from_str(&text).map_err(|e| JournalError::Corrupt {
+        record: format!("note {}", part_streams_note(part)),
+        detail: e.to_string(),
+    })?;
+    Ok(list.iter().filter_map(|h| unhex(h)).collect())
+}
+
+fn unhex(h: &str) -> Option<Vec<u8>> {
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 impl SourceJournal {
     /// Binds a registered source.
     pub fn new(journal: Arc<Journal>, id: SourceId, name: String) -> Self {
-        SourceJournal { journal, id, name }
+        SourceJournal {
+            journal,
+            id,
+            name,
+            scope: None,
+        }
+    }
+
+    /// The view of part `part` of this source (see [`PartScope`]), whose coverage
+    /// counts in `coverage` (the part is registered there).
+    pub fn part(
+        &self,
+        part: &str,
+        coverage: &Arc<PartCoverage>,
+    ) -> Result<SourceJournal, JournalError> {
+        let streams = part_streams(&self.journal, self.id, part)?;
+        coverage.register(part);
+        Ok(SourceJournal {
+            journal: Arc::clone(&self.journal),
+            id: self.id,
+            name: self.name.clone(),
+            scope: Some(Arc::new(PartScope {
+                part: part.to_string(),
+                fresh: false,
+                streams: std::sync::Mutex::new(streams),
+                coverage: Arc::clone(coverage),
+            })),
+        })
+    }
+
+    /// This part's view, but with no checkpoints: capture through it starts over
+    /// with a new base image (the part's history so far stays in the journal).
+    pub fn without_checkpoints(self) -> SourceJournal {
+        let scope = self.scope.as_ref().map(|s| {
+            Arc::new(PartScope {
+                part: s.part.clone(),
+                fresh: true,
+                streams: std::sync::Mutex::new(
+                    s.streams.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                ),
+                coverage: Arc::clone(&s.coverage),
+            })
+        });
+        SourceJournal { scope, ..self }
+    }
+
+    /// [`SourceJournal::set_note`] for callers on a blocking thread.
+    pub fn set_note_blocking(&self, name: &str, value: &str) -> Result<(), JournalError> {
+        self.journal.set_note(self.id, name, value)
+    }
+
+    /// The journal itself (for readers that need more than this view).
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    /// The source's id in the journal.
+    pub fn id(&self) -> SourceId {
+        self.id
+    }
+
+    /// In a part's view: records every stream of `positions` the part has not
+    /// journaled under before (synced, before the caller appends), and turns the
+    /// part's coverage into the source's.
+    fn scoped<'a>(
+        &self,
+        positions: impl Iterator<Item = &'a Position>,
+        progress: &Progress,
+    ) -> Result<Option<Progress>, JournalError> {
+        let Some(scope) = &self.scope else {
+            return Ok(None);
+        };
+        let mut streams = scope.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let mut added = false;
+        for p in positions {
+            if let Some((stream, _)) = p.index_key() {
+                added |= streams.insert(stream);
+            }
+        }
+        if added {
+            let list: Vec<String> = streams.iter().map(|s| crate::digest::hex(s)).collect();
+            let text = serde_json::to_string(&list).unwrap_or_default();
+            self.journal
+                .set_note(self.id, &part_streams_note(&scope.part), &text)?;
+        }
+        drop(streams);
+        let mut progress = progress.clone();
+        progress.coverage = scope.coverage.fold(&scope.part, progress.coverage);
+        Ok(Some(progress))
     }
 
     /// The source's name.
@@ -242,8 +426,8 @@ impl SourceJournal {
         events: Vec<ChangeEvent>,
         progress: Progress,
     ) -> Result<Appended, JournalError> {
-        let (journal, id) = (Arc::clone(&self.journal), self.id);
-        tokio::task::spawn_blocking(move || journal.append(id, &events, &progress))
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.append_blocking(&events, &progress))
             .await
             .map_err(|e| JournalError::Storage(format!("append task failed: {e}")))?
     }
@@ -254,7 +438,14 @@ impl SourceJournal {
         events: &[ChangeEvent],
         progress: &Progress,
     ) -> Result<Appended, JournalError> {
-        self.journal.append(self.id, events, progress)
+        let positions = events
+            .iter()
+            .filter_map(|e| e.position.as_ref())
+            .chain(progress.checkpoint.iter());
+        match self.scoped(positions, progress)? {
+            Some(p) => self.journal.append(self.id, events, &p),
+            None => self.journal.append(self.id, events, progress),
+        }
     }
 
     /// The source's event with sequence number `seq`, if it has one.
@@ -267,9 +458,25 @@ impl SourceJournal {
             .map(|e| e.event))
     }
 
-    /// Where capture resumes: one checkpoint per stream, empty on first start.
+    /// Where capture resumes: one checkpoint per stream, empty on first start (in a
+    /// part's view: the part's streams only).
     pub fn checkpoints(&self) -> Result<Vec<Checkpoint>, JournalError> {
-        self.journal.checkpoints(self.id)
+        let all = self.journal.checkpoints(self.id)?;
+        let Some(scope) = &self.scope else {
+            return Ok(all);
+        };
+        if scope.fresh {
+            return Ok(Vec::new());
+        }
+        let streams = scope.streams.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(all
+            .into_iter()
+            .filter(|c| {
+                c.position
+                    .index_key()
+                    .is_some_and(|(s, _)| streams.contains(&s))
+            })
+            .collect())
     }
 
     /// Starts a base image consistent with `position`, written from async code: the
@@ -282,21 +489,38 @@ impl SourceJournal {
         format: &str,
     ) -> Result<ImageSink, JournalError> {
         let (journal, id, format) = (Arc::clone(&self.journal), self.id, format.to_string());
-        let writer =
-            tokio::task::spawn_blocking(move || journal.begin_image(id, position, time, &format))
-                .await
+        let part = self.scope.as_ref().map(|s| s.part.clone());
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut w = journal.begin_image(id, position, time, &format)?;
+            if let Some(part) = part {
+                w.set_part(&part);
+            }
+            Ok::<_, JournalError>(w)
+        })
+        .await
                 .map_err(|e| JournalError::Storage(format!("image task failed: {e}")))??;
         Ok(ImageSink::start(writer))
     }
 
-    /// Starts a base image consistent with `position` (for blocking callers).
+    /// Starts a base image consistent with `position` (for blocking callers). In a
+    /// part's view the image is the part's, and its seal records the source's
+    /// coverage (see [`PartScope`]).
     pub fn begin_image(
         &self,
         position: Position,
         time: Timestamp,
         format: &str,
-    ) -> Result<ImageWriter, JournalError> {
-        self.journal.begin_image(self.id, position, time, format)
+    ) -> Result<SourceImageWriter, JournalError> {
+        // The image's stream becomes the part's before its seal writes a checkpoint.
+        let _ = self.scoped(std::iter::once(&position), &Progress::default())?;
+        let mut writer = self.journal.begin_image(self.id, position, time, format)?;
+        if let Some(scope) = &self.scope {
+            writer.set_part(&scope.part);
+        }
+        Ok(SourceImageWriter {
+            writer,
+            view: self.clone(),
+        })
     }
 
     /// The source's newest journaled event, if any.
@@ -381,10 +605,46 @@ impl SourceJournal {
         self.journal.set_health(self.id, &report.to_string())
     }
 
-    /// The newest base image, if any.
+    /// The newest base image, if any (in a part's view: the part's).
     pub fn latest_image(&self) -> Result<Option<BaseImageMeta>, JournalError> {
-        self.journal
-            .image_at_or_before(self.id, crate::journal::ImageBound::Seq(u64::MAX))
+        match &self.scope {
+            None => self
+                .journal
+                .image_at_or_before(self.id, crate::journal::ImageBound::Seq(u64::MAX)),
+            Some(scope) => Ok(self
+                .journal
+                .images(self.id)?
+                .into_iter()
+                .rfind(|m| m.part == scope.part)),
+        }
+    }
+}
+
+/// A base image being written by a blocking caller ([`SourceJournal::begin_image`]).
+/// Dropping it without [`finish`](SourceImageWriter::finish) discards the chunks.
+pub struct SourceImageWriter {
+    writer: ImageWriter,
+    view: SourceJournal,
+}
+
+impl SourceImageWriter {
+    /// Adds the next chunk (unsynced; the seal makes every chunk durable).
+    pub fn put_chunk(&mut self, data: &[u8]) -> Result<(), JournalError> {
+        self.writer.put_chunk(data)
+    }
+
+    /// Chunks written so far.
+    pub fn chunks(&self) -> u64 {
+        self.writer.chunks()
+    }
+
+    /// Seals the image with `progress` in one synced write (coverage turned into
+    /// the source's in a part's view).
+    pub fn finish(self, progress: &Progress) -> Result<BaseImageMeta, JournalError> {
+        match self.view.scoped(progress.checkpoint.iter(), progress)? {
+            Some(p) => self.writer.finish(&p),
+            None => self.writer.finish(progress),
+        }
     }
 }
 
@@ -483,3 +743,6 @@ impl Shutdown {
         let _ = self.rx.wait_for(|v| *v).await;
     }
 }
+
+#[cfg(test)]
+mod parts_tests;

@@ -35,7 +35,7 @@ pub struct ChangeEvent {
     #[prost(message, optional, tag = "5")]
     pub txn: Option<Txn>,
     /// What changed.
-    #[prost(oneof = "Payload", tags = "10, 11, 12, 13, 14, 15, 16")]
+    #[prost(oneof = "Payload", tags = "10, 11, 12, 13, 14, 15, 16, 17")]
     pub payload: Option<Payload>,
 }
 
@@ -84,6 +84,10 @@ pub enum Payload {
     /// together (position: the reserved state stream, see `Position::kafka_state`).
     #[prost(message, tag = "16")]
     KafkaState(KafkaState),
+    /// A Redis Cluster source's slot map as observed (position: the reserved
+    /// stream `Position::redis_cluster_map`; see `connectors/redis/cluster`).
+    #[prost(message, tag = "17")]
+    RedisSlotMap(RedisSlotMap),
 }
 
 /// What a PostgreSQL change does.
@@ -198,6 +202,34 @@ pub struct RedisCommand {
     /// Command name and arguments.
     #[prost(bytes = "vec", repeated, tag = "2")]
     pub args: Vec<Vec<u8>>,
+}
+
+/// A Redis Cluster's slot map: which primary serves which slots, as tidemark
+/// observed it (journaled when capture starts and whenever it changes).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RedisSlotMap {
+    /// One entry per primary, by node id.
+    #[prost(message, repeated, tag = "1")]
+    pub shards: Vec<RedisShardSlots>,
+}
+
+/// One primary of a Redis Cluster and its slots.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RedisShardSlots {
+    /// The node id (40 hex characters): the shard's name in the journal (its base
+    /// images carry it as their `part`).
+    #[prost(string, tag = "1")]
+    pub node_id: String,
+    /// `host:port` the node announced.
+    #[prost(string, tag = "2")]
+    pub addr: String,
+    /// Slot ranges, inclusive, as `[start, end, start, end, ...]`.
+    #[prost(uint32, repeated, tag = "3")]
+    pub ranges: Vec<u32>,
+    /// Slots this primary was migrating away or importing when observed (keys of
+    /// them were moving between shards).
+    #[prost(uint32, repeated, tag = "4")]
+    pub moving: Vec<u32>,
 }
 
 /// Kafka record timestamp type.
@@ -422,4 +454,9 @@ pub struct BaseImageMeta {
     /// Encoding of the chunks.
     #[prost(string, tag = "7")]
     pub format: String,
+    /// The part of the source the image is of, for sources captured in independent
+    /// parts with an image each (a Redis Cluster shard: its primary's node id).
+    /// Empty: the whole source. A restore starts each part from its own newest image.
+    #[prost(string, tag = "8")]
+    pub part: String,
 }

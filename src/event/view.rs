@@ -58,6 +58,12 @@ impl Payload {
                                 "object": serde_json::from_slice::<Value>(&k.object_json).unwrap_or(Value::Null) }
             }),
             Payload::Marker(m) => json!({ "marker": { "name": m.name, "note": m.note } }),
+            Payload::RedisSlotMap(m) => json!({
+                "redis_slot_map": m.shards.iter().map(|s| json!({
+                    "node_id": s.node_id, "addr": s.addr,
+                    "ranges": s.ranges.chunks(2).map(|r| r.to_vec()).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>()
+            }),
             Payload::KafkaState(s) => json!({
                 "kafka_state": {
                     "observed_before": fmt_time(Some(s.observed_before_us)),
@@ -108,6 +114,7 @@ impl Payload {
                 format!("{} {} {}/{}", k.event_type, k.kind, k.namespace, k.name)
             }
             Payload::Marker(m) => format!("marker {}", m.name),
+            Payload::RedisSlotMap(m) => format!("redis cluster slot map: {} primaries", m.shards.len()),
             Payload::KafkaState(s) => format!(
                 "kafka state: {} topics, {} partitions, {} group offsets",
                 s.topics.len(),

@@ -116,6 +116,28 @@ impl Journal {
         Ok(None)
     }
 
+    /// For each part of `src` (see [`BaseImageMeta::part`]; the empty part is the
+    /// whole source), its newest finished image at or before `bound`, ordered by
+    /// part. A part whose every image is after `bound` is left out.
+    pub fn part_images_at_or_before(
+        &self,
+        src: SourceId,
+        bound: ImageBound,
+    ) -> Result<Vec<BaseImageMeta>, JournalError> {
+        let mut best: std::collections::BTreeMap<String, BaseImageMeta> = Default::default();
+        for meta in self.images(src)? {
+            let fits = match bound {
+                ImageBound::Time(t) => meta.time_us <= t.as_micros(),
+                ImageBound::Seq(s) => meta.after_seq <= s,
+            };
+            if fits {
+                // Ids rise with sealing order: a later one is newer.
+                best.insert(meta.part.clone(), meta);
+            }
+        }
+        Ok(best.into_values().collect())
+    }
+
     /// The chunks of `image` in order, each verified; fails if any is missing.
     pub fn image_chunks<'a>(
         &'a self,
@@ -208,6 +230,12 @@ impl ImageWriter {
             self.journal.db.write(wb)?;
         }
         Ok(())
+    }
+
+    /// Marks the image as one of part `part` of the source (a cluster shard), not
+    /// of the whole source; see [`BaseImageMeta::part`].
+    pub fn set_part(&mut self, part: &str) {
+        self.meta.part = part.to_string();
     }
 
     /// Chunks written so far.

@@ -49,17 +49,28 @@ impl Journal {
                 events_dropped: 0,
                 images_dropped: 0,
             };
-            let Some(keep) = self.image_at_or_before(src, ImageBound::Time(horizon))? else {
+            // Per part (a cluster shard; the empty part is the whole source): its
+            // newest image at or before the horizon is kept with everything after
+            // it. The cut is the lowest of those, and of the first image of a part
+            // that has none before the horizon (its events follow that image).
+            let keeps = self.part_images_at_or_before(src, ImageBound::Time(horizon))?;
+            let Some(keep) = keeps.iter().min_by_key(|m| m.after_seq).cloned() else {
                 reports.push(report);
                 continue;
             };
+            let all = self.images(src)?;
+            let kept_of = |part: &str| keeps.iter().find(|k| k.part == part);
+            let cut = all
+                .iter()
+                .filter(|m| kept_of(&m.part).is_none())
+                .map(|m| m.after_seq)
+                .fold(keep.after_seq, u64::min);
             report.kept_image = Some(keep.id);
-            let cut = keep.after_seq;
             report.events_dropped = self.count_events(src, 0, cut)?;
-            let older: Vec<_> = self
-                .images(src)?
+            let floor = keeps.iter().map(|k| k.time_us).max().unwrap_or(keep.time_us);
+            let older: Vec<_> = all
                 .into_iter()
-                .filter(|m| m.id < keep.id)
+                .filter(|m| kept_of(&m.part).is_some_and(|k| m.id < k.id))
                 .collect();
             report.images_dropped = older.len() as u64;
             if dry_run || (report.events_dropped == 0 && older.is_empty()) {
@@ -89,7 +100,7 @@ impl Journal {
             let mut stats = live.stats.clone();
             stats.event_count = stats.event_count.saturating_sub(report.events_dropped);
             stats.images = stats.images.saturating_sub(report.images_dropped);
-            stats.floor_us = Some(keep.time_us);
+            stats.floor_us = Some(floor);
             wb.put_cf(
                 self.cf(keys::CF_STATE),
                 keys::stats(src),

@@ -221,8 +221,13 @@ pub struct RestorePlan {
     pub source: SourceInfo,
     /// The moment restored to.
     pub at: Timestamp,
-    /// The base image to load first, if the kind uses images.
+    /// The base image to load first, if the kind uses images. For a source captured
+    /// in parts (a Redis Cluster), the part image with the lowest `after_seq`.
     pub image: Option<BaseImageMeta>,
+    /// For a source captured in parts, each part's newest image at or before `at`
+    /// (by part; see [`BaseImageMeta::part`]): each part starts from its own image
+    /// and replays its own events after it. Empty for a source in one part.
+    pub parts: Vec<BaseImageMeta>,
     /// Replay events of the source with `first_seq <= seq <= last_seq`.
     pub first_seq: u64,
     /// See `first_seq`; `first_seq > last_seq` means nothing to replay.
@@ -238,7 +243,21 @@ impl fmt::Display for RestorePlan {
             "restore plan for source `{}` ({}) at {}",
             self.source.name, self.source.kind, self.at
         )?;
+        for m in &self.parts {
+            writeln!(
+                f,
+                "  part {}: base image #{} at {} (position {}, {} chunks, {} bytes), its events after sequence {}",
+                m.part,
+                m.id,
+                Timestamp::from_micros(m.time_us),
+                m.position.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+                m.chunks,
+                m.bytes,
+                m.after_seq
+            )?;
+        }
         match &self.image {
+            Some(_) if !self.parts.is_empty() => {}
             Some(m) => {
                 let pos = m
                     .position
@@ -301,7 +320,13 @@ pub fn plan(journal: &Journal, source: &str, at: TimeSpec) -> Result<RestorePlan
             });
         }
     }
-    let image = journal.image_at_or_before(info.id, ImageBound::Time(at))?;
+    let mut parts = journal.part_images_at_or_before(info.id, ImageBound::Time(at))?;
+    let image = if parts.iter().any(|m| !m.part.is_empty()) {
+        parts.iter().min_by_key(|m| m.after_seq).cloned()
+    } else {
+        parts.clear();
+        journal.image_at_or_before(info.id, ImageBound::Time(at))?
+    };
     for b in journal.breaks(info.id)? {
         let image_before_break = image
             .as_ref()
@@ -341,6 +366,7 @@ pub fn plan(journal: &Journal, source: &str, at: TimeSpec) -> Result<RestorePlan
         source: info,
         at,
         image,
+        parts,
         first_seq,
         last_seq,
         events,

@@ -140,8 +140,8 @@ pub fn digest(conn: &mut Conn) -> Result<DatasetDigest, RedisError> {
 }
 
 /// Per-key hashes of one page of keys (two pipelined round trips); keys that
-/// vanished meanwhile are left out.
-fn page_hashes(conn: &mut Conn, db: u32, keys: &[Vec<u8>]) -> Result<Vec<[u8; 32]>, RedisError> {
+/// vanished meanwhile are left out. (Also used by the cluster digest.)
+pub(crate) fn page_hashes(conn: &mut Conn, db: u32, keys: &[Vec<u8>]) -> Result<Vec<[u8; 32]>, RedisError> {
     let mut req = Vec::new();
     for k in keys {
         crate::connectors::redis::resp::encode_command(&[b"TYPE".as_slice(), k], &mut req);
@@ -326,6 +326,11 @@ fn canonical(h: &mut Sha256, t: &str, value: Reply) {
             }
         }
     }
+}
+
+/// `sum += h` modulo 2^256 (the cluster digest sums over its nodes with it).
+pub(crate) fn add_hash(sum: &mut [u8; 32], h: &[u8; 32]) {
+    add(sum, h)
 }
 
 /// `sum += h` modulo 2^256 (big-endian).

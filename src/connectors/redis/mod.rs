@@ -15,6 +15,8 @@
 //! `+FULLRESYNC` it takes a new base image (the break in history: a restore after
 //! it starts from it; one before it never replays commands of the new history).
 
+// cluster: Redis Cluster capture, restore and digest (`redis+cluster://`).
+pub mod cluster;
 pub mod config;
 pub mod digest;
 pub mod image;
@@ -37,7 +39,8 @@ use crate::journal::JournalError;
 use crate::restore::{RestoreError, Target};
 
 /// URL schemes of Redis.
-pub const SCHEMES: &[&str] = &["redis", "rediss"];
+/// (`redis+cluster` is a cluster: see [`cluster`].)
+pub const SCHEMES: &[&str] = &["redis", "rediss", cluster::topology::SCHEME];
 
 /// The Redis (and Valkey) connector.
 pub struct Redis;
@@ -57,6 +60,14 @@ impl Connector for Redis {
         table: toml::Table,
         field: &str,
     ) -> Result<Arc<dyn SourceSettings>, ConfigError> {
+        // cluster: a redis+cluster:// url is a cluster source.
+        if table
+            .get("url")
+            .and_then(|u| u.as_str())
+            .is_some_and(cluster::is_cluster_url)
+        {
+            return Ok(Arc::new(cluster::ClusterSettings::parse(table, field)?));
+        }
         Ok(Arc::new(config::RedisSettings::parse(table, field)?))
     }
 
@@ -85,6 +96,15 @@ impl Connector for Redis {
         options: &KindOptions,
         timeouts: &Timeouts,
     ) -> Result<Box<dyn Target>, RestoreError> {
+        if cluster::is_cluster_url(url) {
+            // cluster: client replay only (a cluster node refuses REPLICAOF).
+            if options.get("apply-as") == Some("primary") {
+                return Err(RestoreError::Options(
+                    "--apply-as primary: a Redis Cluster node cannot become tidemark's replica (REPLICAOF is refused in cluster mode); a cluster restore replays as a client".into(),
+                ));
+            }
+            return Ok(Box::new(cluster::ClusterTarget::new(url, timeouts)?));
+        }
         let mode = restore::ApplyAs::parse(options.get("apply-as"))?;
         Ok(Box::new(restore::RedisTarget::new(
             url,
@@ -100,12 +120,21 @@ impl Connector for Redis {
         _: &KindOptions,
         timeouts: &Timeouts,
     ) -> Result<crate::digest::Digest, ConnectorError> {
+        if cluster::is_cluster_url(url) {
+            // cluster: every node's keys, one part per primary.
+            let u = cluster::ClusterUrl::parse(url).map_err(ConnectorError::from_display)?;
+            return cluster::digest::digest(&u, None, timeouts).map_err(ConnectorError::from_display);
+        }
         digest::digest_with(url, timeouts)
             .map(|d| d.to_digest())
             .map_err(ConnectorError::from_display)
     }
 
     fn identity(&self, url: &str, timeouts: &Timeouts) -> Result<String, ConnectorError> {
+        if cluster::is_cluster_url(url) {
+            let u = cluster::ClusterUrl::parse(url).map_err(ConnectorError::from_display)?;
+            return cluster::digest::identity(&u, timeouts).map_err(ConnectorError::from_display);
+        }
         let url = resp::RedisUrl::parse(url).map_err(ConnectorError::from_display)?;
         let mut c =
             resp::Conn::connect(&url, timeouts.connect).map_err(ConnectorError::from_display)?;
@@ -240,6 +269,18 @@ pub enum RedisError {
     /// Capture was asked to stop.
     #[error("stopped")]
     Stopped,
+    /// cluster: a `redis+cluster://` node does not run in cluster mode.
+    #[error("Redis at {addr} is not in cluster mode (cluster-enabled no); use a redis:// url for a single server")]
+    NotCluster {
+        /// host:port.
+        addr: String,
+    },
+    /// cluster: the cluster, the journal or the data cannot be used as asked.
+    #[error("Redis Cluster: {detail}")]
+    ClusterMismatch {
+        /// What is wrong and what to do.
+        detail: String,
+    },
 }
 
 impl RedisError {

@@ -20,7 +20,7 @@ const PIECE: usize = 512;
 
 /// Where commands go, in order. A sink selects the database itself when it
 /// changes (`SELECT`), so callers name the database of every keyed command.
-pub(super) trait CommandSink {
+pub(crate) trait CommandSink {
     /// Sends `args` to run in database `db`.
     fn send<A: AsRef<[u8]>>(&mut self, db: u32, args: &[A]) -> Result<(), RedisError>;
 
@@ -190,7 +190,7 @@ pub(super) fn replay_events<S: CommandSink>(
     Ok(())
 }
 
-pub(super) fn write_record<S: CommandSink>(
+pub(crate) fn write_record<S: CommandSink>(
     p: &mut S,
     rec: KvRecord,
     version: u32,

@@ -16,8 +16,8 @@
 //! `DISCARD`: a transaction is applied whole or not at all.
 
 mod client;
-mod commands;
-mod expiry;
+pub(crate) mod commands; // cluster: the cluster restore writes through CommandSink
+pub(crate) mod expiry; // cluster: and absolutizes expiries the same way
 mod primary;
 
 use std::time::Instant;

@@ -1,0 +1,288 @@
+//! Redis Cluster: capture of three primaries under load, `tidemark run` killed
+//! with SIGKILL twice (every shard resumes with `PSYNC` continue: no new base
+//! image, offsets contiguous per shard), then a restore at `latest` into a second
+//! cluster of another shape (two primaries), equal to the source overall and per
+//! source shard (`tidemark digest` of the source against the restore's digest).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::run::Run;
+use common::{redis70, Redis, RespClient};
+use serde_json::Value;
+use tidemark::connectors::redis::cluster::topology::{key_slot, SLOTS};
+use tidemark::connectors::redis::resp::encoded_len;
+use tidemark::event::Payload;
+use tidemark::journal::Journal;
+use tidemark::position::PositionKind;
+
+/// A cluster of `n` primaries on loopback, slots split evenly.
+struct Cluster {
+    nodes: Vec<Redis>,
+    /// Inclusive slot range of each node.
+    ranges: Vec<(u16, u16)>,
+}
+
+impl Cluster {
+    fn start(bin: &str, n: usize) -> Cluster {
+        let args = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+            "--repl-ping-replica-period",
+            "1",
+            "--repl-backlog-size",
+            "64mb",
+        ];
+        let nodes: Vec<Redis> = (0..n).map(|_| Redis::start_bin(bin, &args)).collect();
+        let per = SLOTS / n;
+        let mut ranges = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            let a = i * per;
+            let b = if i + 1 == n { SLOTS - 1 } else { (i + 1) * per - 1 };
+            ranges.push((a as u16, b as u16));
+            let mut c = node.client();
+            c.cmd(&["CLUSTER", "SET-CONFIG-EPOCH", &(i + 1).to_string()])
+                .expect("config epoch");
+            c.cmd(&["CLUSTER", "ADDSLOTSRANGE", &a.to_string(), &b.to_string()])
+                .expect("addslots");
+        }
+        let mut first = nodes[0].client();
+        for node in &nodes[1..] {
+            first
+                .cmd(&["CLUSTER", "MEET", "127.0.0.1", &node.port.to_string()])
+                .expect("meet");
+        }
+        let start = Instant::now();
+        'wait: loop {
+            assert!(start.elapsed() < Duration::from_secs(60), "cluster never became ok");
+            for node in &nodes {
+                let mut c = node.client();
+                let info = c.cmd(&["CLUSTER", "INFO"]).unwrap_or_default();
+                let known = c.cmd(&["CLUSTER", "NODES"]).unwrap_or_default();
+                if !info.contains("cluster_state:ok") || known.lines().count() != n {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue 'wait;
+                }
+            }
+            break;
+        }
+        Cluster { nodes, ranges }
+    }
+
+    fn url(&self) -> String {
+        format!("redis+cluster://127.0.0.1:{}", self.nodes[0].port)
+    }
+
+    /// The node serving `slot`.
+    fn node_of(&self, slot: u16) -> usize {
+        self.ranges.iter().position(|&(a, b)| a <= slot && slot <= b).expect("slot served")
+    }
+}
+
+/// Hash tags whose slots lie on node `i` of `c`: keys spread over many slots.
+fn tags_on(c: &Cluster, i: usize, n: usize) -> Vec<String> {
+    (0..)
+        .map(|k| format!("t{k}"))
+        .filter(|t| c.node_of(key_slot(t.as_bytes())) == i)
+        .take(n)
+        .collect()
+}
+
+/// Writes to node `i` until `stop`: strings, counters, lists, hashes, expiring
+/// keys, multi-key commands and MULTI/EXEC within one hash tag, deletes.
+fn load(port: u16, tags: Vec<String>, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) {
+    let mut c = RespClient::connect(port).expect("connect");
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let t = &tags[(n as usize) % tags.len()];
+        let k = format!("k{n}{{{t}}}");
+        c.cmd(&["SET", &k, &format!("v{n}")]).expect("set");
+        c.cmd(&["INCRBY", &format!("ctr{{{t}}}"), "3"]).expect("incr");
+        c.cmd(&["RPUSH", &format!("list{{{t}}}"), &n.to_string()]).expect("rpush");
+        c.cmd(&["HSET", &format!("h{{{t}}}"), &format!("f{}", n % 17), &n.to_string()])
+            .expect("hset");
+        if n % 5 == 0 {
+            c.cmd(&["MSET", &format!("a{{{t}}}"), &n.to_string(), &format!("b{{{t}}}"), "x"])
+                .expect("mset");
+            c.cmd(&["SET", &format!("ttl{n}{{{t}}}"), "v", "EX", "3600"]).expect("ex");
+        }
+        if n % 7 == 0 {
+            c.cmd(&["MULTI"]).expect("multi");
+            c.cmd(&["LPUSH", &format!("list{{{t}}}"), "m"]).expect("queued");
+            c.cmd(&["ZADD", &format!("z{{{t}}}"), &n.to_string(), &k]).expect("queued");
+            c.cmd(&["EXEC"]).expect("exec");
+        }
+        if n % 11 == 0 && n > 0 {
+            c.cmd(&["DEL", &format!("k{}{{{t}}}", n - 11)]).expect("del");
+        }
+        n += 1;
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn digest_json(run: &Run, url: &str) -> Value {
+    let out = run.cli(&["digest", url, "--json"]);
+    assert!(out.status.success(), "digest failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("digest json")
+}
+
+/// `(name, rows, digest)` of each part.
+fn parts(d: &Value) -> Vec<(String, u64, String)> {
+    d["parts"]
+        .as_array()
+        .expect("parts")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_string(),
+                p["rows"].as_u64().unwrap_or(0),
+                p["digest"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Per shard: every event's offset follows the previous one of its history (no
+/// gap, no duplicate) and each shard has exactly one base image.
+fn assert_contiguous_per_shard(journal: &std::path::Path) -> usize {
+    let j = Journal::open_read_only(journal).expect("open journal");
+    let src = j.source("cl").expect("source");
+    let mut last: HashMap<String, u64> = HashMap::new();
+    let mut parts = std::collections::BTreeSet::new();
+    for img in j.images(src.id).expect("images") {
+        assert!(parts.insert(img.part.clone()), "shard {} has two base images: a resume took a full sync", img.part);
+        if let Some(PositionKind::Redis(p)) = img.position.and_then(|p| p.kind) {
+            last.insert(p.replid, p.offset);
+        }
+    }
+    let mut maps = 0;
+    for e in j.events(src.id, 1, u64::MAX) {
+        let e = e.expect("event");
+        let Some(PositionKind::Redis(p)) = e.event.position.and_then(|p| p.kind) else {
+            panic!("not a redis position at seq {}", e.seq);
+        };
+        match e.event.payload {
+            Some(Payload::RedisSlotMap(_)) => maps += 1,
+            Some(Payload::Redis(cmd)) => {
+                let prev = last
+                    .get(&p.replid)
+                    .copied()
+                    .unwrap_or_else(|| panic!("seq {}: no image for {}", e.seq, p.replid));
+                assert_eq!(p.offset, prev + encoded_len(&cmd.args), "seq {}: gap or duplicate after {prev}", e.seq);
+                last.insert(p.replid, p.offset);
+            }
+            other => panic!("seq {}: unexpected payload {other:?}", e.seq),
+        }
+    }
+    assert_eq!(maps, 1, "the slot map is journaled once while it does not change");
+    parts.len()
+}
+
+#[test]
+fn cluster_capture_kill9_twice_restore_into_another_shape() {
+    let Some(bin) = redis70() else { return };
+    let source = Cluster::start(&bin, 3);
+    let target = Cluster::start(&bin, 2);
+    // The slot function is the server's.
+    let mut c0 = source.nodes[0].client();
+    for k in ["foo", "{user1000}.following", "k1{t9}", "plain-key-42"] {
+        assert_eq!(
+            c0.cmd(&["CLUSTER", "KEYSLOT", k]).expect("keyslot"),
+            key_slot(k.as_bytes()).to_string()
+        );
+    }
+    // Data before capture starts: in the base images.
+    for (i, node) in source.nodes.iter().enumerate() {
+        let mut c = node.client();
+        for t in tags_on(&source, i, 40) {
+            for n in 0..20 {
+                c.cmd(&["SET", &format!("seed{n}{{{t}}}"), &format!("{i}-{n}")]).expect("seed");
+            }
+            c.cmd(&["SADD", &format!("set{{{t}}}"), "a", "b", "c"]).expect("sadd");
+        }
+    }
+
+    let mut run = Run::new(&format!(
+        "[[source]]\nname = \"cl\"\nkind = \"redis\"\nurl = \"{}\"\n",
+        source.url()
+    ));
+    let out = run.cli(&["config", "validate"]);
+    assert!(out.status.success(), "config validate: {}", String::from_utf8_lossy(&out.stderr));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..3)
+        .map(|i| {
+            let (port, tags) = (source.nodes[i].port, tags_on(&source, i, 60));
+            let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
+            std::thread::spawn(move || load(port, tags, stop, done))
+        })
+        .collect();
+
+    run.start(&[]);
+    run.wait_covered("cl");
+    for round in 0..2 {
+        let before = done.load(Ordering::Relaxed);
+        run.kill9();
+        // Writes go on while tidemark is down.
+        while done.load(Ordering::Relaxed) < before + 300 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        run.start(&[]);
+        run.wait_covered("cl");
+        let log = run.log();
+        assert_eq!(
+            log.matches("resumed replication (PSYNC continue)").count(),
+            3,
+            "round {round}: every shard resumes where it was; log:\n{log}"
+        );
+        assert!(!log.contains("taking a new base image"), "round {round}: log:\n{log}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().expect("writer");
+    }
+    assert!(done.load(Ordering::Relaxed) > 900, "the load ran");
+    run.wait_covered("cl");
+    assert!(run.stop(), "run stops cleanly; log:\n{}", run.log());
+    assert_eq!(assert_contiguous_per_shard(&run.dir().join("journal")), 3);
+
+    let want = digest_json(&run, &source.url());
+    assert_eq!(parts(&want).len(), 3, "one part per source primary: {want}");
+    let out = run.restore("cl", "latest", &target.url(), &["--json"]);
+    assert!(
+        out.status.success(),
+        "restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("restore json");
+    let got = &summary["digest"];
+    assert_eq!(parts(got), parts(&want), "per source shard");
+    assert_eq!(got["overall"], want["overall"], "overall");
+    // The target's own digest (its two primaries) has the same overall value.
+    let target_digest = digest_json(&run, &target.url());
+    assert_eq!(parts(&target_digest).len(), 2);
+    assert_eq!(target_digest["overall"], want["overall"]);
+    // And a second restore is refused without --force.
+    let again = run.restore("cl", "latest", &target.url(), &[]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+}
+
+#[test]
+fn cluster_url_is_checked_without_connecting() {
+    let run = Run::new("[[source]]\nname = \"cl\"\nkind = \"redis\"\nurl = \"redis+cluster://u:secret@127.0.0.1:notaport\"\n");
+    let out = run.cli(&["config", "validate"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("port"), "{err}");
+    assert!(!err.contains("secret"), "{err}");
+}
