@@ -96,12 +96,19 @@ fn tags_on(c: &Cluster, i: usize, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// Writes to node `i` until `stop`: strings, counters, lists, hashes, expiring
+/// Writes to node `i` until `ctl.stop` (and not while `ctl.pause`): strings, counters, lists, hashes, expiring
 /// keys, multi-key commands and MULTI/EXEC within one hash tag, deletes.
-fn load(port: u16, tags: Vec<String>, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) {
+fn load(port: u16, tags: Vec<String>, ctl: Arc<Control>) {
     let mut c = RespClient::connect(port).expect("connect");
     let mut n = 0u64;
-    while !stop.load(Ordering::Relaxed) {
+    while !ctl.stop.load(Ordering::Relaxed) {
+        if ctl.pause.load(Ordering::SeqCst) {
+            ctl.paused.fetch_add(1, Ordering::SeqCst);
+            while ctl.pause.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            ctl.paused.fetch_sub(1, Ordering::SeqCst);
+        }
         let t = &tags[(n as usize) % tags.len()];
         let k = format!("k{n}{{{t}}}");
         c.cmd(&["SET", &k, &format!("v{n}")]).expect("set");
@@ -124,8 +131,71 @@ fn load(port: u16, tags: Vec<String>, stop: Arc<AtomicBool>, done: Arc<AtomicU64
             c.cmd(&["DEL", &format!("k{}{{{t}}}", n - 11)]).expect("del");
         }
         n += 1;
-        done.fetch_add(1, Ordering::Relaxed);
+        ctl.done.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// The writers' switches.
+#[derive(Default)]
+struct Control {
+    stop: AtomicBool,
+    pause: AtomicBool,
+    /// Writers paused right now.
+    paused: AtomicU64,
+    /// Rounds written in all.
+    done: AtomicU64,
+}
+
+/// Up to `n` keys of `a` whose `DUMP` differs in `b` (for failure messages; sets
+/// are left out: their `DUMP` depends on the encoding's order).
+fn differing_keys(a: &Cluster, b: &Cluster, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for node in &a.nodes {
+        let mut c = node.client();
+        let keys = c.cmd(&["KEYS", "*"]).unwrap_or_default();
+        for k in keys.lines() {
+            let mut t = b.nodes[b.node_of(key_slot(k.as_bytes()))].client();
+            let (x, y) = (c.cmd(&["DUMP", k]), t.cmd(&["DUMP", k]));
+            let set = c.cmd(&["TYPE", k]).is_ok_and(|t| t == "set");
+            if x != y && !set {
+                let (tx, ty) = (c.cmd(&["TYPE", k]), t.cmd(&["TYPE", k]));
+                out.push(format!("{k} ({tx:?} vs {ty:?})"));
+                if out.len() >= n {
+                    return out;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Waits until the journal holds, for every primary of `c`, everything up to the
+/// primary's replication offset now (its checkpoint reaches it): then every write
+/// made so far has been received, and a moment taken after this includes them.
+fn wait_caught_up(run: &Run, c: &Cluster) {
+    let want: Vec<(String, u64)> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            let info = n.client().cmd(&["INFO", "replication"]).expect("info");
+            let field = |k: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_default()
+            };
+            (field("master_replid:"), field("master_repl_offset:").parse().unwrap_or(0))
+        })
+        .collect();
+    run.wait_source("cl", "every shard caught up", Duration::from_secs(90), |row| {
+        let pos = row["position"].as_str().unwrap_or_default();
+        want.iter().all(|(replid, off)| {
+            pos.split(',').any(|cp| {
+                cp.split_once(':')
+                    .is_some_and(|(r, o)| r == replid && o.parse::<u64>().is_ok_and(|o| o >= *off))
+            })
+        })
+    });
 }
 
 fn digest_json(run: &Run, url: &str) -> Value {
@@ -217,23 +287,24 @@ fn cluster_capture_kill9_twice_restore_into_another_shape() {
     let out = run.cli(&["config", "validate"]);
     assert!(out.status.success(), "config validate: {}", String::from_utf8_lossy(&out.stderr));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
+    let ctl = Arc::new(Control::default());
+    let done = || ctl.done.load(Ordering::Relaxed);
     let writers: Vec<_> = (0..3)
         .map(|i| {
             let (port, tags) = (source.nodes[i].port, tags_on(&source, i, 60));
-            let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
-            std::thread::spawn(move || load(port, tags, stop, done))
+            let ctl = Arc::clone(&ctl);
+            std::thread::spawn(move || load(port, tags, ctl))
         })
         .collect();
+    let mut middle: Option<(String, Value)> = None;
 
     run.start(&[]);
     run.wait_covered("cl");
     for round in 0..2 {
-        let before = done.load(Ordering::Relaxed);
+        let before = done();
         run.kill9();
         // Writes go on while tidemark is down.
-        while done.load(Ordering::Relaxed) < before + 300 {
+        while done() < before + 300 {
             std::thread::sleep(Duration::from_millis(10));
         }
         run.start(&[]);
@@ -245,12 +316,28 @@ fn cluster_capture_kill9_twice_restore_into_another_shape() {
             "round {round}: every shard resumes where it was; log:\n{log}"
         );
         assert!(!log.contains("taking a new base image"), "round {round}: log:\n{log}");
+        if round == 0 {
+            // A quiet moment in the middle: the source's digest then, to restore to.
+            ctl.pause.store(true, Ordering::SeqCst);
+            while ctl.paused.load(Ordering::SeqCst) < 3 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            wait_caught_up(&run, &source);
+            let at = tidemark::time::Timestamp::now().to_rfc3339();
+            let d = digest_json(&run, &source.url());
+            run.wait_covered("cl");
+            ctl.pause.store(false, Ordering::SeqCst);
+            middle = Some((at, d));
+        }
     }
-    stop.store(true, Ordering::Relaxed);
+    ctl.stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.join().expect("writer");
     }
-    assert!(done.load(Ordering::Relaxed) > 900, "the load ran");
+    assert!(done() > 900, "the load ran");
+    // `latest` is the newest moment every shard covers: once every write is
+    // journaled, a coverage past now includes them all.
+    wait_caught_up(&run, &source);
     run.wait_covered("cl");
     assert!(run.stop(), "run stops cleanly; log:\n{}", run.log());
     assert_eq!(assert_contiguous_per_shard(&run.dir().join("journal")), 3);
@@ -265,16 +352,39 @@ fn cluster_capture_kill9_twice_restore_into_another_shape() {
     );
     let summary: Value = serde_json::from_slice(&out.stdout).expect("restore json");
     let got = &summary["digest"];
-    assert_eq!(parts(got), parts(&want), "per source shard");
+    let dry = run.restore("cl", "latest", &target.url(), &["--dry-run"]);
+    let explain = format!(
+        "restore: {}\nplan:\n{}{}",
+        summary["applied"],
+        String::from_utf8_lossy(&dry.stdout),
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    if parts(got) != parts(&want) {
+        panic!(
+            "per source shard: restored {:?}, source {:?}; {explain}\nkeys that differ: {:?}",
+            parts(got),
+            parts(&want),
+            differing_keys(&source, &target, 12)
+        );
+    }
     assert_eq!(got["overall"], want["overall"], "overall");
     // The target's own digest (its two primaries) has the same overall value.
     let target_digest = digest_json(&run, &target.url());
     assert_eq!(parts(&target_digest).len(), 2);
     assert_eq!(target_digest["overall"], want["overall"]);
-    // And a second restore is refused without --force.
+    // A second restore is refused without --force.
     let again = run.restore("cl", "latest", &target.url(), &[]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    // The quiet moment in the middle, with --force into the same target: each shard
+    // cut at that moment (the shards' links append in their own order).
+    let (at, then) = middle.expect("middle moment");
+    let out = run.restore("cl", &at, &target.url(), &["--json", "--force"]);
+    assert!(out.status.success(), "restore at {at}: {}", String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("restore json");
+    assert_eq!(parts(&summary["digest"]), parts(&then), "at {at}, per source shard");
+    assert_eq!(summary["digest"]["overall"], then["overall"]);
+    assert_ne!(then["overall"], want["overall"], "the moments differ");
 }
 
 #[test]

@@ -228,7 +228,8 @@ pub struct RestorePlan {
     /// (by part; see [`BaseImageMeta::part`]): each part starts from its own image
     /// and replays its own events after it. Empty for a source in one part.
     pub parts: Vec<BaseImageMeta>,
-    /// Replay events of the source with `first_seq <= seq <= last_seq`.
+    /// Replay events of the source with `first_seq <= seq <= last_seq` (a source in
+    /// parts: its target keeps each part's events up to `at` from this range).
     pub first_seq: u64,
     /// See `first_seq`; `first_seq > last_seq` means nothing to replay.
     pub last_seq: u64,
@@ -276,6 +277,13 @@ impl fmt::Display for RestorePlan {
                 )?;
             }
             None => writeln!(f, "  no base image: replay from the start of the journal")?,
+        }
+        if !self.parts.is_empty() {
+            return write!(
+                f,
+                "  each part replays its own events up to the moment, among sequence {}..={} ({} events)",
+                self.first_seq, self.last_seq, self.events
+            );
         }
         if self.events == 0 {
             write!(f, "  no events to replay")
@@ -356,7 +364,14 @@ pub fn plan(journal: &Journal, source: &str, at: TimeSpec) -> Result<RestorePlan
         });
     }
     let first_seq = image.as_ref().map_or(1, |m| m.after_seq + 1);
-    let last_seq = journal.seq_at_time(info.id, at)?.unwrap_or(0);
+    // A source in parts is cut per part by its target (each part's events up to
+    // `at`; the source's time axis is the maximum over parts, which a trailing part
+    // would be cut short by): the range is everything after the first image.
+    let last_seq = if parts.is_empty() {
+        journal.seq_at_time(info.id, at)?.unwrap_or(0)
+    } else {
+        info.stats.last_seq
+    };
     let events = if last_seq >= first_seq {
         journal.count_events(info.id, first_seq, last_seq)?
     } else {

@@ -8,7 +8,7 @@
 //! was sealed. Commands of one part touch the slots that shard served, and a
 //! command of a cluster touches one slot, so commands of different parts commute,
 //! except for keys moving between shards in a resharding, which the plan refuses
-//! (see [`check_window`]). A single-server source can be restored into a cluster
+//! (see [`cut`]). A single-server source can be restored into a cluster
 //! too, if all its keys are in database 0.
 //!
 //! This is client replay (a cluster node cannot be made the replica of tidemark:
@@ -50,6 +50,10 @@ struct Part {
     image: BaseImageMeta,
     streams: Vec<Vec<u8>>,
     loaded: bool,
+    /// The part's last event at or before the moment (0: none); see [`cut`].
+    until: u64,
+    /// The cut found the part's first event past the moment.
+    done: bool,
     /// Commands of an open `MULTI`, held until its `EXEC`.
     multi: Option<Vec<Vec<Vec<u8>>>>,
 }
@@ -79,6 +83,8 @@ fn parts(journal: &Journal, plan: &RestorePlan) -> Result<Vec<Part>, RestoreErro
             image,
             streams,
             loaded: false,
+            until: 0,
+            done: false,
             multi: None,
         });
     }
@@ -134,26 +140,52 @@ pub fn map_at(journal: &Journal, plan: &RestorePlan, seq: u64) -> Result<Option<
     })
 }
 
-/// Refuses a plan whose replay would cross keys moving between shards: a part
-/// whose slots changed, or that had slots migrating, after its image and up to the
-/// moment, or a `RESTORE-ASKING` (what `MIGRATE` sends) among its commands. Reads
-/// the journal only.
-fn check_window(journal: &Journal, plan: &RestorePlan, parts: &[Part]) -> Result<(), RestoreError> {
+/// What the journal holds of the source at the moment, per part.
+struct Cut {
+    /// Replay events with sequence numbers up to this (the highest `until`).
+    last_seq: u64,
+    /// The source's slot map at the moment.
+    map: Option<SlotMap>,
+}
+
+/// Finds each part's events up to the moment, and refuses a plan whose replay
+/// would cross keys moving between shards. Reads the journal only.
+///
+/// A part's events at or before the moment are a prefix of its events after its
+/// image: those before its first event whose time is past the moment (each link
+/// appends in its own order). The source's time index cannot give this cut: it is
+/// the running maximum over every part, so a shard that trails another would lose
+/// the events it appended after the other's later ones.
+///
+/// Refused: a part whose slots changed, or that had slots migrating, after its
+/// image and up to the moment (the journaled maps), or a `RESTORE-ASKING` (what
+/// `MIGRATE` sends) among its commands.
+fn cut(journal: &Journal, plan: &RestorePlan, parts: &mut [Part]) -> Result<Cut, RestoreError> {
+    let at = plan.at.as_micros();
     let Some(first) = parts.first().map(|p| p.image.after_seq + 1) else {
-        return Ok(());
+        return Ok(Cut { last_seq: 0, map: None });
     };
     let mut prev = map_at(journal, plan, first.saturating_sub(1))?.map(|(_, m)| m.to_event());
+    let mut map_done = false;
     let refuse = |what: String| {
         RestoreError::Apply(format!(
-            "source `{}`: {what}, between that shard's base image and {}: keys were moving between shards, which a restore cannot replay exactly; choose a moment before the resharding, or one after every shard whose slots changed has a new base image (capture takes one after each resharding: see `tidemark status`)",
+            "source `{}`: {what}, between that shard's base image and {}: keys were moving between shards, which a restore cannot replay exactly; choose a moment before the resharding, or one after every shard whose slots changed has a new base image (capture takes one after each resharding)",
             plan.source.name, plan.at
         ))
     };
-    for entry in journal.events(plan.source.id, first, plan.last_seq) {
+    for entry in journal.events(plan.source.id, first, u64::MAX) {
+        if parts.iter().all(|p| p.done) {
+            break;
+        }
         let entry = entry?;
+        let late = entry.event.time_us() > at;
         let Some(pos) = entry.event.position.as_ref() else { continue };
         match entry.event.payload {
             Some(Payload::RedisSlotMap(m)) => {
+                map_done |= late;
+                if map_done {
+                    continue;
+                }
                 for s in &m.shards {
                     let Some(p) = parts.iter().find(|p| p.image.part == s.node_id) else {
                         continue;
@@ -161,29 +193,43 @@ fn check_window(journal: &Journal, plan: &RestorePlan, parts: &[Part]) -> Result
                     if entry.seq <= p.image.after_seq {
                         continue;
                     }
-                    let before = prev.as_ref().and_then(|pm| pm.shards.iter().find(|x| x.node_id == s.node_id));
+                    let before = prev
+                        .as_ref()
+                        .and_then(|pm| pm.shards.iter().find(|x| x.node_id == s.node_id));
                     if !s.moving.is_empty() || before.is_some_and(|b| b.ranges != s.ranges) {
-                        return Err(refuse(format!("shard {} ({}) had its slots moved at sequence {}", s.node_id, s.addr, entry.seq)));
+                        return Err(refuse(format!(
+                            "shard {} ({}) had its slots moved at sequence {}",
+                            s.node_id, s.addr, entry.seq
+                        )));
                     }
                 }
                 prev = Some(m);
             }
             Some(Payload::Redis(cmd)) => {
+                let Some(i) = part_of(parts, &stream_of(pos)) else { continue };
+                let p = &mut parts[i];
+                if entry.seq <= p.image.after_seq || p.done {
+                    continue;
+                }
+                if late {
+                    p.done = true;
+                    continue;
+                }
+                p.until = entry.seq;
                 if cmd.args.first().is_some_and(|a| a.eq_ignore_ascii_case(b"restore-asking")) {
-                    if let Some(i) = part_of(parts, &stream_of(pos)) {
-                        if entry.seq > parts[i].image.after_seq {
-                            return Err(refuse(format!(
-                                "a key migrated into shard {} at sequence {}",
-                                parts[i].image.part, entry.seq
-                            )));
-                        }
-                    }
+                    return Err(refuse(format!(
+                        "a key migrated into shard {} at sequence {}",
+                        p.image.part, entry.seq
+                    )));
                 }
             }
             _ => {}
         }
     }
-    Ok(())
+    Ok(Cut {
+        last_seq: parts.iter().map(|p| p.until).max().unwrap_or(0),
+        map: prev.map(|m| SlotMap::from_event(&m)),
+    })
 }
 
 /// Restores `plan` into the cluster at `url`.
@@ -196,11 +242,11 @@ pub fn restore(
     sink: &mut dyn ProgressSink,
 ) -> Result<Summary, RestoreError> {
     let mut parts = parts(journal, plan)?;
-    check_window(journal, plan, &parts)?;
+    let cut = cut(journal, plan, &mut parts)?;
     let target = topology::discover(url, &[], timeouts)?;
     let mut router = Router::connect(url, &target, timeouts)?;
     let mut version = 7;
-    for i in 0..router.len() {
+    for i in 0..router.node_count() {
         let keys = dbsize(&mut router, i)?;
         if keys > 0 && !force {
             return Err(RestoreError::Occupied {
@@ -220,7 +266,7 @@ pub fn restore(
     let started = Instant::now();
     let mut summary = Summary {
         parts: parts.len() as u64,
-        source_map: map_at(journal, plan, plan.last_seq)?.map(|(_, m)| m),
+        source_map: cut.map.clone(),
         ..Default::default()
     };
     let mut map = map_at(journal, plan, plan.image.as_ref().map_or(0, |m| m.after_seq))?.map(|(_, m)| m);
@@ -243,13 +289,16 @@ pub fn restore(
         }
         Ok(())
     };
-    for entry in journal.events(plan.source.id, first, plan.last_seq) {
+    for entry in journal.events(plan.source.id, first, cut.last_seq) {
         let entry = entry?;
         load(&mut router, &mut parts, entry.seq, &mut summary)?;
         let Some(pos) = entry.event.position.as_ref() else { continue };
+        let late = entry.event.time_us() > plan.at.as_micros();
         let cmd = match entry.event.payload {
             Some(Payload::RedisSlotMap(m)) => {
-                map = Some(SlotMap::from_event(&m));
+                if !late {
+                    map = Some(SlotMap::from_event(&m));
+                }
                 continue;
             }
             Some(Payload::Redis(cmd)) => cmd,
@@ -259,8 +308,8 @@ pub fn restore(
             tracing::warn!(position = %pos, "an event of no shard in the plan (a shard that had no base image by the moment) is left out");
             continue;
         };
-        if entry.seq <= parts[i].image.after_seq {
-            continue; // in the part's image already
+        if entry.seq <= parts[i].image.after_seq || entry.seq > parts[i].until {
+            continue; // in the part's image already, or after the moment
         }
         let name = cmd.args.first().map(|a| a.to_ascii_lowercase()).unwrap_or_default();
         match name.as_slice() {
@@ -317,7 +366,7 @@ fn transaction(router: &mut Router, queued: Vec<Vec<Vec<u8>>>) -> Result<(), Red
         let keys = router.keys.of(&args)?;
         let nodes: Vec<usize> = match router.node_of(&keys, &args)? {
             Some(i) => vec![i],
-            None => (0..router.len()).collect(),
+            None => (0..router.node_count()).collect(),
         };
         for i in nodes {
             match per_node.iter_mut().find(|(n, _)| *n == i) {
@@ -414,18 +463,27 @@ pub fn keys_held(url: &ClusterUrl, timeouts: &Timeouts) -> Result<u64, RedisErro
 
 /// The lines `restore --dry-run` adds: per part, its image and events.
 pub fn preview(journal: &Journal, plan: &RestorePlan) -> Result<Vec<String>, RestoreError> {
-    let parts = parts(journal, plan)?;
-    let mut lines = vec![format!("{} source shard(s), each from its own base image; keys routed by slot to the target's primaries", parts.len())];
-    if let Err(e) = check_window(journal, plan, &parts) {
-        lines.push(format!("would be refused: {e}"));
-    }
+    let mut parts = parts(journal, plan)?;
+    let mut lines = vec![format!("{} source shard(s), each from its own base image and its own events up to the moment; keys routed by slot to the target's primaries", parts.len())];
+    let cut = match cut(journal, plan, &mut parts) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            lines.push(format!("would be refused: {e}"));
+            None
+        }
+    };
     let mut counts: HashMap<usize, u64> = HashMap::new();
     let first = parts.first().map_or(1, |p| p.image.after_seq + 1);
-    for entry in journal.events(plan.source.id, first, plan.last_seq) {
+    let last = cut.as_ref().map_or(0, |c| c.last_seq);
+    for entry in journal.events(plan.source.id, first, last) {
         let entry = entry?;
         let Some(pos) = entry.event.position.as_ref() else { continue };
         if let Some(i) = part_of(&parts, &stream_of(pos)) {
-            if entry.seq > parts[i].image.after_seq && matches!(entry.event.payload, Some(Payload::Redis(_))) {
+            let p = &parts[i];
+            if entry.seq > p.image.after_seq
+                && entry.seq <= p.until
+                && matches!(entry.event.payload, Some(Payload::Redis(_)))
+            {
                 *counts.entry(i).or_default() += 1;
             }
         }

@@ -237,13 +237,8 @@ impl Router {
     }
 
     /// Number of primaries.
-    pub fn len(&self) -> usize {
+    pub fn node_count(&self) -> usize {
         self.nodes.len()
-    }
-
-    /// Always false: a router has at least one primary.
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
     }
 
     /// The node owning `slot`.
