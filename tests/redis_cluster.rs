@@ -46,7 +46,11 @@ impl Cluster {
         let mut ranges = Vec::new();
         for (i, node) in nodes.iter().enumerate() {
             let a = i * per;
-            let b = if i + 1 == n { SLOTS - 1 } else { (i + 1) * per - 1 };
+            let b = if i + 1 == n {
+                SLOTS - 1
+            } else {
+                (i + 1) * per - 1
+            };
             ranges.push((a as u16, b as u16));
             let mut c = node.client();
             c.cmd(&["CLUSTER", "SET-CONFIG-EPOCH", &(i + 1).to_string()])
@@ -62,7 +66,10 @@ impl Cluster {
         }
         let start = Instant::now();
         'wait: loop {
-            assert!(start.elapsed() < Duration::from_secs(60), "cluster never became ok");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "cluster never became ok"
+            );
             for node in &nodes {
                 let mut c = node.client();
                 let info = c.cmd(&["CLUSTER", "INFO"]).unwrap_or_default();
@@ -83,7 +90,10 @@ impl Cluster {
 
     /// The node serving `slot`.
     fn node_of(&self, slot: u16) -> usize {
-        self.ranges.iter().position(|&(a, b)| a <= slot && slot <= b).expect("slot served")
+        self.ranges
+            .iter()
+            .position(|&(a, b)| a <= slot && slot <= b)
+            .expect("slot served")
     }
 }
 
@@ -112,23 +122,40 @@ fn load(port: u16, tags: Vec<String>, ctl: Arc<Control>) {
         let t = &tags[(n as usize) % tags.len()];
         let k = format!("k{n}{{{t}}}");
         c.cmd(&["SET", &k, &format!("v{n}")]).expect("set");
-        c.cmd(&["INCRBY", &format!("ctr{{{t}}}"), "3"]).expect("incr");
-        c.cmd(&["RPUSH", &format!("list{{{t}}}"), &n.to_string()]).expect("rpush");
-        c.cmd(&["HSET", &format!("h{{{t}}}"), &format!("f{}", n % 17), &n.to_string()])
-            .expect("hset");
-        if n % 5 == 0 {
-            c.cmd(&["MSET", &format!("a{{{t}}}"), &n.to_string(), &format!("b{{{t}}}"), "x"])
-                .expect("mset");
-            c.cmd(&["SET", &format!("ttl{n}{{{t}}}"), "v", "EX", "3600"]).expect("ex");
+        c.cmd(&["INCRBY", &format!("ctr{{{t}}}"), "3"])
+            .expect("incr");
+        c.cmd(&["RPUSH", &format!("list{{{t}}}"), &n.to_string()])
+            .expect("rpush");
+        c.cmd(&[
+            "HSET",
+            &format!("h{{{t}}}"),
+            &format!("f{}", n % 17),
+            &n.to_string(),
+        ])
+        .expect("hset");
+        if n.is_multiple_of(5) {
+            c.cmd(&[
+                "MSET",
+                &format!("a{{{t}}}"),
+                &n.to_string(),
+                &format!("b{{{t}}}"),
+                "x",
+            ])
+            .expect("mset");
+            c.cmd(&["SET", &format!("ttl{n}{{{t}}}"), "v", "EX", "3600"])
+                .expect("ex");
         }
-        if n % 7 == 0 {
+        if n.is_multiple_of(7) {
             c.cmd(&["MULTI"]).expect("multi");
-            c.cmd(&["LPUSH", &format!("list{{{t}}}"), "m"]).expect("queued");
-            c.cmd(&["ZADD", &format!("z{{{t}}}"), &n.to_string(), &k]).expect("queued");
+            c.cmd(&["LPUSH", &format!("list{{{t}}}"), "m"])
+                .expect("queued");
+            c.cmd(&["ZADD", &format!("z{{{t}}}"), &n.to_string(), &k])
+                .expect("queued");
             c.cmd(&["EXEC"]).expect("exec");
         }
-        if n % 11 == 0 && n > 0 {
-            c.cmd(&["DEL", &format!("k{}{{{t}}}", n - 11)]).expect("del");
+        if n.is_multiple_of(11) && n > 0 {
+            c.cmd(&["DEL", &format!("k{}{{{t}}}", n - 11)])
+                .expect("del");
         }
         n += 1;
         ctl.done.fetch_add(1, Ordering::Relaxed);
@@ -184,23 +211,36 @@ fn wait_caught_up(run: &Run, c: &Cluster) {
                     .map(|v| v.trim().to_string())
                     .unwrap_or_default()
             };
-            (field("master_replid:"), field("master_repl_offset:").parse().unwrap_or(0))
+            (
+                field("master_replid:"),
+                field("master_repl_offset:").parse().unwrap_or(0),
+            )
         })
         .collect();
-    run.wait_source("cl", "every shard caught up", Duration::from_secs(90), |row| {
-        let pos = row["position"].as_str().unwrap_or_default();
-        want.iter().all(|(replid, off)| {
-            pos.split(',').any(|cp| {
-                cp.split_once(':')
-                    .is_some_and(|(r, o)| r == replid && o.parse::<u64>().is_ok_and(|o| o >= *off))
+    run.wait_source(
+        "cl",
+        "every shard caught up",
+        Duration::from_secs(90),
+        |row| {
+            let pos = row["position"].as_str().unwrap_or_default();
+            want.iter().all(|(replid, off)| {
+                pos.split(',').any(|cp| {
+                    cp.split_once(':').is_some_and(|(r, o)| {
+                        r == replid && o.parse::<u64>().is_ok_and(|o| o >= *off)
+                    })
+                })
             })
-        })
-    });
+        },
+    );
 }
 
 fn digest_json(run: &Run, url: &str) -> Value {
     let out = run.cli(&["digest", url, "--json"]);
-    assert!(out.status.success(), "digest failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "digest failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("digest json")
 }
 
@@ -228,7 +268,11 @@ fn assert_contiguous_per_shard(journal: &std::path::Path) -> usize {
     let mut last: HashMap<String, u64> = HashMap::new();
     let mut parts = std::collections::BTreeSet::new();
     for img in j.images(src.id).expect("images") {
-        assert!(parts.insert(img.part.clone()), "shard {} has two base images: a resume took a full sync", img.part);
+        assert!(
+            parts.insert(img.part.clone()),
+            "shard {} has two base images: a resume took a full sync",
+            img.part
+        );
         if let Some(PositionKind::Redis(p)) = img.position.and_then(|p| p.kind) {
             last.insert(p.replid, p.offset);
         }
@@ -246,13 +290,21 @@ fn assert_contiguous_per_shard(journal: &std::path::Path) -> usize {
                     .get(&p.replid)
                     .copied()
                     .unwrap_or_else(|| panic!("seq {}: no image for {}", e.seq, p.replid));
-                assert_eq!(p.offset, prev + encoded_len(&cmd.args), "seq {}: gap or duplicate after {prev}", e.seq);
+                assert_eq!(
+                    p.offset,
+                    prev + encoded_len(&cmd.args),
+                    "seq {}: gap or duplicate after {prev}",
+                    e.seq
+                );
                 last.insert(p.replid, p.offset);
             }
             other => panic!("seq {}: unexpected payload {other:?}", e.seq),
         }
     }
-    assert_eq!(maps, 1, "the slot map is journaled once while it does not change");
+    assert_eq!(
+        maps, 1,
+        "the slot map is journaled once while it does not change"
+    );
     parts.len()
 }
 
@@ -274,9 +326,11 @@ fn cluster_capture_kill9_twice_restore_into_another_shape() {
         let mut c = node.client();
         for t in tags_on(&source, i, 40) {
             for n in 0..20 {
-                c.cmd(&["SET", &format!("seed{n}{{{t}}}"), &format!("{i}-{n}")]).expect("seed");
+                c.cmd(&["SET", &format!("seed{n}{{{t}}}"), &format!("{i}-{n}")])
+                    .expect("seed");
             }
-            c.cmd(&["SADD", &format!("set{{{t}}}"), "a", "b", "c"]).expect("sadd");
+            c.cmd(&["SADD", &format!("set{{{t}}}"), "a", "b", "c"])
+                .expect("sadd");
         }
     }
 
@@ -285,7 +339,11 @@ fn cluster_capture_kill9_twice_restore_into_another_shape() {
         source.url()
     ));
     let out = run.cli(&["config", "validate"]);
-    assert!(out.status.success(), "config validate: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "config validate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let ctl = Arc::new(Control::default());
     let done = || ctl.done.load(Ordering::Relaxed);
@@ -315,7 +373,10 @@ fn cluster_capture_kill9_twice_restore_into_another_shape() {
             3,
             "round {round}: every shard resumes where it was; log:\n{log}"
         );
-        assert!(!log.contains("taking a new base image"), "round {round}: log:\n{log}");
+        assert!(
+            !log.contains("taking a new base image"),
+            "round {round}: log:\n{log}"
+        );
         if round == 0 {
             // A quiet moment in the middle: the source's digest then, to restore to.
             ctl.pause.store(true, Ordering::SeqCst);
@@ -380,9 +441,17 @@ fn cluster_capture_kill9_twice_restore_into_another_shape() {
     // cut at that moment (the shards' links append in their own order).
     let (at, then) = middle.expect("middle moment");
     let out = run.restore("cl", &at, &target.url(), &["--json", "--force"]);
-    assert!(out.status.success(), "restore at {at}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "restore at {at}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary: Value = serde_json::from_slice(&out.stdout).expect("restore json");
-    assert_eq!(parts(&summary["digest"]), parts(&then), "at {at}, per source shard");
+    assert_eq!(
+        parts(&summary["digest"]),
+        parts(&then),
+        "at {at}, per source shard"
+    );
     assert_eq!(summary["digest"]["overall"], then["overall"]);
     assert_ne!(then["overall"], want["overall"], "the moments differ");
 }

@@ -498,7 +498,7 @@ impl SourceJournal {
             Ok::<_, JournalError>(w)
         })
         .await
-                .map_err(|e| JournalError::Storage(format!("image task failed: {e}")))??;
+        .map_err(|e| JournalError::Storage(format!("image task failed: {e}")))??;
         Ok(ImageSink::start(writer))
     }
 

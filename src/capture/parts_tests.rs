@@ -51,18 +51,29 @@ fn parts_resume_alone_and_cover_together() {
             .unwrap();
         w.finish(&progress(150)).unwrap();
         assert_eq!(j.source("c").unwrap().stats.coverage_us, Some(100));
-        a.append_blocking(&[cmd("ra", 20, 300)], &progress(300)).unwrap();
-        b.append_blocking(&[cmd("rb", 9, 200)], &progress(200)).unwrap();
+        a.append_blocking(&[cmd("ra", 20, 300)], &progress(300))
+            .unwrap();
+        b.append_blocking(&[cmd("rb", 9, 200)], &progress(200))
+            .unwrap();
         assert_eq!(j.source("c").unwrap().stats.coverage_us, Some(200));
         // Each part sees its own checkpoint and image only.
         let cps = |v: &SourceJournal| -> Vec<String> {
-            v.checkpoints().unwrap().iter().map(|c| c.position.to_string()).collect()
+            v.checkpoints()
+                .unwrap()
+                .iter()
+                .map(|c| c.position.to_string())
+                .collect()
         };
         assert_eq!(cps(&a), ["ra:20"]);
         assert_eq!(cps(&b), ["rb:9"]);
         assert_eq!(whole.checkpoints().unwrap().len(), 2);
         assert_eq!(b.latest_image().unwrap().unwrap().part, "B");
-        assert!(a.clone().without_checkpoints().checkpoints().unwrap().is_empty());
+        assert!(a
+            .clone()
+            .without_checkpoints()
+            .checkpoints()
+            .unwrap()
+            .is_empty());
     }
     // After a reopen (a crash), the streams are still attributed to their parts.
     let j = Arc::new(Journal::open(&path, JournalOptions::default()).unwrap());
@@ -96,7 +107,10 @@ fn retention_keeps_every_parts_window() {
     let id = j.register_source("c", SourceKind::Redis).unwrap();
     let whole = SourceJournal::new(Arc::clone(&j), id, "c".into());
     let cov = Arc::new(PartCoverage::default());
-    let (a, b) = (whole.part("A", &cov).unwrap(), whole.part("B", &cov).unwrap());
+    let (a, b) = (
+        whole.part("A", &cov).unwrap(),
+        whole.part("B", &cov).unwrap(),
+    );
     let sec = 1_000_000;
     let image = |v: &SourceJournal, r: &str, t: i64| {
         v.begin_image(Position::redis(r, 0), Timestamp::from_micros(t), "f")
@@ -106,18 +120,27 @@ fn retention_keeps_every_parts_window() {
     };
     image(&a, "a1", sec);
     image(&b, "b1", 2 * sec);
-    a.append_blocking(&[cmd("a1", 1, 3 * sec)], &progress(3 * sec)).unwrap();
-    b.append_blocking(&[cmd("b1", 1, 3 * sec)], &progress(3 * sec)).unwrap();
+    a.append_blocking(&[cmd("a1", 1, 3 * sec)], &progress(3 * sec))
+        .unwrap();
+    b.append_blocking(&[cmd("b1", 1, 3 * sec)], &progress(3 * sec))
+        .unwrap();
     image(&a, "a2", 4 * sec); // A re-imaged; B's old image still starts B
-    a.append_blocking(&[cmd("a2", 1, 5 * sec)], &progress(5 * sec)).unwrap();
-    b.append_blocking(&[cmd("b1", 2, 5 * sec)], &progress(5 * sec)).unwrap();
+    a.append_blocking(&[cmd("a2", 1, 5 * sec)], &progress(5 * sec))
+        .unwrap();
+    b.append_blocking(&[cmd("b1", 2, 5 * sec)], &progress(5 * sec))
+        .unwrap();
     // Window: keep from 4.5 s on. A keeps a2; B keeps b1 and every event after it.
     let now = Timestamp::from_micros(10 * sec);
     let r = j
         .prune(now, std::time::Duration::from_micros(5_500_000), false)
         .unwrap();
     assert_eq!(r[0].images_dropped, 1, "A's first image only");
-    let images: Vec<String> = j.images(id).unwrap().iter().map(|m| m.part.clone()).collect();
+    let images: Vec<String> = j
+        .images(id)
+        .unwrap()
+        .iter()
+        .map(|m| m.part.clone())
+        .collect();
     assert_eq!(images, ["B", "A"]);
     // B's event after its image survives (A's older events may go).
     let left: Vec<String> = j

@@ -114,7 +114,9 @@ impl Payload {
                 format!("{} {} {}/{}", k.event_type, k.kind, k.namespace, k.name)
             }
             Payload::Marker(m) => format!("marker {}", m.name),
-            Payload::RedisSlotMap(m) => format!("redis cluster slot map: {} primaries", m.shards.len()),
+            Payload::RedisSlotMap(m) => {
+                format!("redis cluster slot map: {} primaries", m.shards.len())
+            }
             Payload::KafkaState(s) => format!(
                 "kafka state: {} topics, {} partitions, {} group offsets",
                 s.topics.len(),

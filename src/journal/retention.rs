@@ -67,7 +67,11 @@ impl Journal {
                 .fold(keep.after_seq, u64::min);
             report.kept_image = Some(keep.id);
             report.events_dropped = self.count_events(src, 0, cut)?;
-            let floor = keeps.iter().map(|k| k.time_us).max().unwrap_or(keep.time_us);
+            let floor = keeps
+                .iter()
+                .map(|k| k.time_us)
+                .max()
+                .unwrap_or(keep.time_us);
             let older: Vec<_> = all
                 .into_iter()
                 .filter(|m| kept_of(&m.part).is_some_and(|k| m.id < k.id))

@@ -141,7 +141,11 @@ pub fn digest(conn: &mut Conn) -> Result<DatasetDigest, RedisError> {
 
 /// Per-key hashes of one page of keys (two pipelined round trips); keys that
 /// vanished meanwhile are left out. (Also used by the cluster digest.)
-pub(crate) fn page_hashes(conn: &mut Conn, db: u32, keys: &[Vec<u8>]) -> Result<Vec<[u8; 32]>, RedisError> {
+pub(crate) fn page_hashes(
+    conn: &mut Conn,
+    db: u32,
+    keys: &[Vec<u8>],
+) -> Result<Vec<[u8; 32]>, RedisError> {
     let mut req = Vec::new();
     for k in keys {
         crate::connectors::redis::resp::encode_command(&[b"TYPE".as_slice(), k], &mut req);

@@ -123,7 +123,8 @@ impl Connector for Redis {
         if cluster::is_cluster_url(url) {
             // cluster: every node's keys, one part per primary.
             let u = cluster::ClusterUrl::parse(url).map_err(ConnectorError::from_display)?;
-            return cluster::digest::digest(&u, None, timeouts).map_err(ConnectorError::from_display);
+            return cluster::digest::digest(&u, None, timeouts)
+                .map_err(ConnectorError::from_display);
         }
         digest::digest_with(url, timeouts)
             .map(|d| d.to_digest())

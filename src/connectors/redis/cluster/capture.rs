@@ -79,7 +79,11 @@ pub fn run(url: &ClusterUrl, ctx: CaptureContext, timeouts: &Timeouts) -> Result
             if ctx.shutdown.is_fired() {
                 return Ok(());
             }
-            if let Some(id) = links.iter().find(|(_, l)| l.done.is_finished()).map(|(id, _)| id.clone()) {
+            if let Some(id) = links
+                .iter()
+                .find(|(_, l)| l.done.is_finished())
+                .map(|(id, _)| id.clone())
+            {
                 let link = links.remove(&id).ok_or(RedisError::Stopped)?;
                 return match link.done.join() {
                     Ok(Ok(())) if ctx.shutdown.is_fired() => Ok(()),
@@ -96,7 +100,11 @@ pub fn run(url: &ClusterUrl, ctx: CaptureContext, timeouts: &Timeouts) -> Result
             clear_reimage_notes(&journal, &links)?;
             if watched.elapsed() >= WATCH_EVERY {
                 watched = Instant::now();
-                let known: Vec<_> = map.shards.iter().map(|s| url.node(&s.host, s.port)).collect();
+                let known: Vec<_> = map
+                    .shards
+                    .iter()
+                    .map(|s| url.node(&s.host, s.port))
+                    .collect();
                 match observe(url, Some(known.as_slice()), timeouts) {
                     Ok(new) if new != map => {
                         follow(url, &ctx, &coverage, &mut links, &map, &new, timeouts)?;
@@ -167,7 +175,9 @@ impl std::ops::Deref for ObservedMap {
 }
 
 /// The last journaled map and its number.
-fn last_map(journal: &SourceJournal) -> Result<(Option<crate::event::RedisSlotMap>, u64), RedisError> {
+fn last_map(
+    journal: &SourceJournal,
+) -> Result<(Option<crate::event::RedisSlotMap>, u64), RedisError> {
     let cp = journal
         .checkpoints()?
         .into_iter()
@@ -285,8 +295,10 @@ fn follow(
         if changed && settled {
             // Its slots moved: re-image it, so restores after the move start
             // from a state taken after it.
-            ctx.journal
-                .set_note_blocking(&reimage_note(id), &ctx.journal.journal().next_seq().to_string())?;
+            ctx.journal.set_note_blocking(
+                &reimage_note(id),
+                &ctx.journal.journal().next_seq().to_string(),
+            )?;
             if let Some(l) = links.remove(*id) {
                 stop(l)?;
             }
@@ -310,7 +322,10 @@ fn stop(l: Link) -> Result<(), RedisError> {
 }
 
 /// Clears re-image notes whose part has a base image sealed after the request.
-fn clear_reimage_notes(journal: &SourceJournal, links: &BTreeMap<String, Link>) -> Result<(), RedisError> {
+fn clear_reimage_notes(
+    journal: &SourceJournal,
+    links: &BTreeMap<String, Link>,
+) -> Result<(), RedisError> {
     for id in links.keys() {
         let Some(asked) = journal
             .note(&reimage_note(id))?

@@ -19,7 +19,11 @@ use crate::digest::{hex, Digest, PartDigest};
 
 /// Digests every key of the cluster at `url`, with parts by the shards of
 /// `groups` (default: the cluster's own primaries).
-pub fn digest(url: &ClusterUrl, groups: Option<&SlotMap>, timeouts: &Timeouts) -> Result<Digest, RedisError> {
+pub fn digest(
+    url: &ClusterUrl,
+    groups: Option<&SlotMap>,
+    timeouts: &Timeouts,
+) -> Result<Digest, RedisError> {
     let map = topology::discover(url, &[], timeouts)?;
     let groups = groups.unwrap_or(&map);
     let owner = groups.owners();

@@ -153,7 +153,11 @@ impl Target for ClusterTarget {
         Rerun::StartOverWithForce
     }
 
-    fn preview(&mut self, journal: &Journal, plan: &RestorePlan) -> Result<Vec<String>, RestoreError> {
+    fn preview(
+        &mut self,
+        journal: &Journal,
+        plan: &RestorePlan,
+    ) -> Result<Vec<String>, RestoreError> {
         restore::preview(journal, plan)
     }
 
@@ -170,6 +174,10 @@ impl Target for ClusterTarget {
     }
 
     fn digest(&mut self) -> Result<Digest, RestoreError> {
-        Ok(digest::digest(&self.url, self.source_map.as_ref(), &self.timeouts)?)
+        Ok(digest::digest(
+            &self.url,
+            self.source_map.as_ref(),
+            &self.timeouts,
+        )?)
     }
 }

@@ -77,7 +77,9 @@ fn parts(journal: &Journal, plan: &RestorePlan) -> Result<Vec<Part>, RestoreErro
         let streams = if image.part.is_empty() {
             Vec::new() // every stream
         } else {
-            part_streams(journal, plan.source.id, &image.part)?.into_iter().collect()
+            part_streams(journal, plan.source.id, &image.part)?
+                .into_iter()
+                .collect()
         };
         out.push(Part {
             image,
@@ -103,7 +105,11 @@ fn part_of(parts: &[Part], stream: &[u8]) -> Option<usize> {
 }
 
 /// The newest slot map journaled at or before sequence `seq` (`None`: none yet).
-pub fn map_at(journal: &Journal, plan: &RestorePlan, seq: u64) -> Result<Option<(u64, SlotMap)>, RestoreError> {
+pub fn map_at(
+    journal: &Journal,
+    plan: &RestorePlan,
+    seq: u64,
+) -> Result<Option<(u64, SlotMap)>, RestoreError> {
     let src = plan.source.id;
     let newest = journal
         .checkpoints(src)?
@@ -113,7 +119,9 @@ pub fn map_at(journal: &Journal, plan: &RestorePlan, seq: u64) -> Result<Option<
             Some(PositionKind::Redis(r)) => Some(r.offset),
             _ => None,
         });
-    let Some(mut hi) = newest else { return Ok(None) };
+    let Some(mut hi) = newest else {
+        return Ok(None);
+    };
     let mut lo = 1u64;
     let mut best = None;
     // Maps are numbered 1, 2, ... in journal order: binary search on the number.
@@ -163,7 +171,10 @@ struct Cut {
 fn cut(journal: &Journal, plan: &RestorePlan, parts: &mut [Part]) -> Result<Cut, RestoreError> {
     let at = plan.at.as_micros();
     let Some(first) = parts.first().map(|p| p.image.after_seq + 1) else {
-        return Ok(Cut { last_seq: 0, map: None });
+        return Ok(Cut {
+            last_seq: 0,
+            map: None,
+        });
     };
     let mut prev = map_at(journal, plan, first.saturating_sub(1))?.map(|(_, m)| m.to_event());
     let mut map_done = false;
@@ -179,7 +190,9 @@ fn cut(journal: &Journal, plan: &RestorePlan, parts: &mut [Part]) -> Result<Cut,
         }
         let entry = entry?;
         let late = entry.event.time_us() > at;
-        let Some(pos) = entry.event.position.as_ref() else { continue };
+        let Some(pos) = entry.event.position.as_ref() else {
+            continue;
+        };
         match entry.event.payload {
             Some(Payload::RedisSlotMap(m)) => {
                 map_done |= late;
@@ -206,7 +219,9 @@ fn cut(journal: &Journal, plan: &RestorePlan, parts: &mut [Part]) -> Result<Cut,
                 prev = Some(m);
             }
             Some(Payload::Redis(cmd)) => {
-                let Some(i) = part_of(parts, &stream_of(pos)) else { continue };
+                let Some(i) = part_of(parts, &stream_of(pos)) else {
+                    continue;
+                };
                 let p = &mut parts[i];
                 if entry.seq <= p.image.after_seq || p.done {
                     continue;
@@ -216,7 +231,11 @@ fn cut(journal: &Journal, plan: &RestorePlan, parts: &mut [Part]) -> Result<Cut,
                     continue;
                 }
                 p.until = entry.seq;
-                if cmd.args.first().is_some_and(|a| a.eq_ignore_ascii_case(b"restore-asking")) {
+                if cmd
+                    .args
+                    .first()
+                    .is_some_and(|a| a.eq_ignore_ascii_case(b"restore-asking"))
+                {
                     return Err(refuse(format!(
                         "a key migrated into shard {} at sequence {}",
                         p.image.part, entry.seq
@@ -269,11 +288,23 @@ pub fn restore(
         source_map: cut.map.clone(),
         ..Default::default()
     };
-    let mut map = map_at(journal, plan, plan.image.as_ref().map_or(0, |m| m.after_seq))?.map(|(_, m)| m);
+    let mut map = map_at(
+        journal,
+        plan,
+        plan.image.as_ref().map_or(0, |m| m.after_seq),
+    )?
+    .map(|(_, m)| m);
     let first = parts.first().map_or(1, |p| p.image.after_seq + 1);
     let mut last_shown = Instant::now();
-    let load = |router: &mut Router, parts: &mut [Part], upto: u64, summary: &mut Summary| -> Result<(), RestoreError> {
-        for p in parts.iter_mut().filter(|p| !p.loaded && p.image.after_seq < upto) {
+    let load = |router: &mut Router,
+                parts: &mut [Part],
+                upto: u64,
+                summary: &mut Summary|
+     -> Result<(), RestoreError> {
+        for p in parts
+            .iter_mut()
+            .filter(|p| !p.loaded && p.image.after_seq < upto)
+        {
             p.loaded = true;
             for chunk in journal.image_chunks(&p.image) {
                 let chunk = decode_chunk(&chunk?).map_err(|e| {
@@ -292,7 +323,9 @@ pub fn restore(
     for entry in journal.events(plan.source.id, first, cut.last_seq) {
         let entry = entry?;
         load(&mut router, &mut parts, entry.seq, &mut summary)?;
-        let Some(pos) = entry.event.position.as_ref() else { continue };
+        let Some(pos) = entry.event.position.as_ref() else {
+            continue;
+        };
         let late = entry.event.time_us() > plan.at.as_micros();
         let cmd = match entry.event.payload {
             Some(Payload::RedisSlotMap(m)) => {
@@ -311,7 +344,11 @@ pub fn restore(
         if entry.seq <= parts[i].image.after_seq || entry.seq > parts[i].until {
             continue; // in the part's image already, or after the moment
         }
-        let name = cmd.args.first().map(|a| a.to_ascii_lowercase()).unwrap_or_default();
+        let name = cmd
+            .args
+            .first()
+            .map(|a| a.to_ascii_lowercase())
+            .unwrap_or_default();
         match name.as_slice() {
             b"ping" | b"replconf" | b"select" => continue,
             b"multi" => {
@@ -353,7 +390,12 @@ pub fn restore(
     // Parts sealed after the last event replayed (or with no events since).
     load(&mut router, &mut parts, u64::MAX, &mut summary)?;
     router.finish()?;
-    tracing::info!(keys = summary.keys, commands = summary.commands, seconds = started.elapsed().as_secs_f64(), "cluster restore applied");
+    tracing::info!(
+        keys = summary.keys,
+        commands = summary.commands,
+        seconds = started.elapsed().as_secs_f64(),
+        "cluster restore applied"
+    );
     Ok(summary)
 }
 
@@ -376,11 +418,11 @@ fn transaction(router: &mut Router, queued: Vec<Vec<Vec<u8>>>) -> Result<(), Red
         }
     }
     for (i, cmds) in per_node {
-        router.to_node(i, &["MULTI"])?;
+        router.send_to(i, &["MULTI"])?;
         for c in &cmds {
-            router.to_node(i, c)?;
+            router.send_to(i, c)?;
         }
-        router.to_node(i, &["EXEC"])?;
+        router.send_to(i, &["EXEC"])?;
     }
     Ok(())
 }
@@ -394,14 +436,17 @@ fn flush_part(router: &mut Router, part: &str, map: Option<&SlotMap>) -> Result<
         if !part.is_empty() {
             tracing::warn!(shard = %part, "FLUSHALL of a shard missing from the journaled slot map: emptying the whole target");
         }
-        return router.to_all(&["FLUSHALL"]);
+        return router.broadcast(&["FLUSHALL"]);
     };
     for &(a, b) in &shard.ranges {
         for slot in a..=b {
             let node = router.owner(slot);
             loop {
                 let keys = router
-                    .request(node, &["CLUSTER", "GETKEYSINSLOT", &slot.to_string(), "1000"])?
+                    .request(
+                        node,
+                        &["CLUSTER", "GETKEYSINSLOT", &slot.to_string(), "1000"],
+                    )?
                     .into_array();
                 if keys.is_empty() {
                     break;
@@ -426,7 +471,10 @@ fn dbsize(router: &mut Router, i: usize) -> Result<u64, RedisError> {
 }
 
 fn major(router: &mut Router, i: usize) -> Result<u32, RedisError> {
-    let info = router.request(i, &["INFO", "server"])?.text().unwrap_or_default();
+    let info = router
+        .request(i, &["INFO", "server"])?
+        .text()
+        .unwrap_or_default();
     Ok(info
         .lines()
         .find_map(|l| l.strip_prefix("redis_version:"))
@@ -446,7 +494,8 @@ fn expect_ok(router: &mut Router, i: usize, args: &[&str]) -> Result<(), RedisEr
 }
 
 /// What `--force` does to a cluster target.
-pub const FORCE_EFFECT: &str = "empty every primary first (FLUSHALL, and FUNCTION FLUSH on Redis 7 and later)";
+pub const FORCE_EFFECT: &str =
+    "empty every primary first (FLUSHALL, and FUNCTION FLUSH on Redis 7 and later)";
 
 /// Keys held by the cluster at `url` (sum of `DBSIZE` over its primaries).
 pub fn keys_held(url: &ClusterUrl, timeouts: &Timeouts) -> Result<u64, RedisError> {
@@ -477,7 +526,9 @@ pub fn preview(journal: &Journal, plan: &RestorePlan) -> Result<Vec<String>, Res
     let last = cut.as_ref().map_or(0, |c| c.last_seq);
     for entry in journal.events(plan.source.id, first, last) {
         let entry = entry?;
-        let Some(pos) = entry.event.position.as_ref() else { continue };
+        let Some(pos) = entry.event.position.as_ref() else {
+            continue;
+        };
         if let Some(i) = part_of(&parts, &stream_of(pos)) {
             let p = &parts[i];
             if entry.seq > p.image.after_seq
@@ -491,7 +542,11 @@ pub fn preview(journal: &Journal, plan: &RestorePlan) -> Result<Vec<String>, Res
     for (i, p) in parts.iter().enumerate() {
         lines.push(format!(
             "shard {}: base image #{} ({} bytes), then {} journaled commands",
-            if p.image.part.is_empty() { "(single server)" } else { &p.image.part },
+            if p.image.part.is_empty() {
+                "(single server)"
+            } else {
+                &p.image.part
+            },
             p.image.id,
             p.image.bytes,
             counts.get(&i).copied().unwrap_or(0)

@@ -39,7 +39,11 @@ impl Keys {
         let mut specs = HashMap::new();
         for c in conn.call(&["COMMAND"])?.into_array() {
             let v = c.into_array();
-            let name = v.first().and_then(Reply::text).unwrap_or_default().to_ascii_lowercase();
+            let name = v
+                .first()
+                .and_then(Reply::text)
+                .unwrap_or_default()
+                .to_ascii_lowercase();
             let int = |i: usize| match v.get(i) {
                 Some(Reply::Int(n)) => *n,
                 _ => 0,
@@ -175,7 +179,11 @@ pub struct Router {
 
 impl Router {
     /// Connects to every primary of `map` (which must serve every slot).
-    pub fn connect(url: &ClusterUrl, map: &SlotMap, timeouts: &Timeouts) -> Result<Router, RedisError> {
+    pub fn connect(
+        url: &ClusterUrl,
+        map: &SlotMap,
+        timeouts: &Timeouts,
+    ) -> Result<Router, RedisError> {
         let owners = map.owners();
         if let Some(free) = owners.iter().position(Option::is_none) {
             return Err(RedisError::ClusterMismatch {
@@ -196,7 +204,10 @@ impl Router {
             addrs.push(s.addr());
         }
         let s0 = &map.shards[0];
-        let keys = Keys::new(Conn::connect(&url.node(&s0.host, s0.port), timeouts.connect)?)?;
+        let keys = Keys::new(Conn::connect(
+            &url.node(&s0.host, s0.port),
+            timeouts.connect,
+        )?)?;
         Ok(Router {
             nodes,
             owner: owners.into_iter().map(|o| o.unwrap_or(0)).collect(),
@@ -207,7 +218,11 @@ impl Router {
 
     /// Index of the node owning the slot of `keys` (all in one slot), or an error
     /// naming the command.
-    pub fn node_of<A: AsRef<[u8]>>(&self, keys: &[Vec<u8>], args: &[A]) -> Result<Option<usize>, RedisError> {
+    pub fn node_of<A: AsRef<[u8]>>(
+        &self,
+        keys: &[Vec<u8>],
+        args: &[A],
+    ) -> Result<Option<usize>, RedisError> {
         let mut slots = keys.iter().map(|k| key_slot(k));
         let Some(first) = slots.next() else {
             return Ok(None);
@@ -216,7 +231,9 @@ impl Router {
             return Err(RedisError::ClusterMismatch {
                 detail: format!(
                     "command {} has keys in several slots, which no cluster node can run",
-                    args.first().map(|a| String::from_utf8_lossy(a.as_ref()).to_uppercase()).unwrap_or_default()
+                    args.first()
+                        .map(|a| String::from_utf8_lossy(a.as_ref()).to_uppercase())
+                        .unwrap_or_default()
                 ),
             });
         }
@@ -224,12 +241,12 @@ impl Router {
     }
 
     /// Sends `args` to node `i`.
-    pub fn to_node<A: AsRef<[u8]>>(&mut self, i: usize, args: &[A]) -> Result<(), RedisError> {
+    pub fn send_to<A: AsRef<[u8]>>(&mut self, i: usize, args: &[A]) -> Result<(), RedisError> {
         self.nodes[i].push(args)
     }
 
     /// Sends `args` to every primary.
-    pub fn to_all<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<(), RedisError> {
+    pub fn broadcast<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<(), RedisError> {
         for n in &mut self.nodes {
             n.push(args)?;
         }
@@ -257,7 +274,7 @@ impl Router {
         let mut sent = 0;
         for n in &mut self.nodes {
             n.flush()?;
-            errors.extend(n.errors.drain(..));
+            errors.append(&mut n.errors);
             sent += n.sent;
         }
         if !errors.is_empty() {
@@ -285,12 +302,12 @@ impl CommandSink for Router {
         }
         let keys = self.keys.of(args)?;
         match self.node_of(&keys, args)? {
-            Some(i) => self.to_node(i, args),
-            None => self.to_all(args),
+            Some(i) => self.send_to(i, args),
+            None => self.broadcast(args),
         }
     }
 
     fn send_global<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<(), RedisError> {
-        self.to_all(args)
+        self.broadcast(args)
     }
 }

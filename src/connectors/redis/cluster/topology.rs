@@ -46,14 +46,18 @@ impl ClusterUrl {
     pub fn parse(url: &str) -> Result<ClusterUrl, RedisError> {
         let bad = |reason: &str| RedisError::Url {
             url: crate::config::redact_url(url),
-            reason: format!("{reason} (a cluster is redis+cluster://[user:password@]host:port[,host:port...])"),
+            reason: format!(
+                "{reason} (a cluster is redis+cluster://[user:password@]host:port[,host:port...])"
+            ),
         };
         let rest = url
             .strip_prefix("redis+cluster://")
             .ok_or_else(|| bad("the scheme must be redis+cluster://"))?;
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
         if authority.len() != rest.len() && !rest[authority.len()..].trim_matches('/').is_empty() {
-            return Err(bad("a cluster has database 0 only and takes no path or query"));
+            return Err(bad(
+                "a cluster has database 0 only and takes no path or query",
+            ));
         }
         let (userinfo, hosts) = match authority.rfind('@') {
             Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
@@ -117,7 +121,13 @@ impl Shard {
 pub fn ranges_text(ranges: &[(u16, u16)]) -> String {
     let v: Vec<String> = ranges
         .iter()
-        .map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
         .collect();
     v.join(",")
 }
@@ -239,7 +249,11 @@ fn crc16(data: &[u8]) -> u16 {
 /// Asks the seeds, in turn, for the slot map (`CLUSTER SLOTS`, which every
 /// version since 3.0 answers, with node ids since 4.0). The first seed that
 /// answers decides; the error of the last one is returned when none does.
-pub fn discover(url: &ClusterUrl, extra: &[RedisUrl], timeouts: &Timeouts) -> Result<SlotMap, RedisError> {
+pub fn discover(
+    url: &ClusterUrl,
+    extra: &[RedisUrl],
+    timeouts: &Timeouts,
+) -> Result<SlotMap, RedisError> {
     let mut last = None;
     for seed in extra.iter().chain(&url.seeds) {
         match discover_at(seed, timeouts) {
@@ -262,9 +276,7 @@ fn discover_at(seed: &RedisUrl, timeouts: &Timeouts) -> Result<SlotMap, RedisErr
         .map_err(|e| RedisError::io(conn.addr(), e))?;
     let reply = match conn.request(&["CLUSTER", "SLOTS"])? {
         Reply::Error(e) if e.contains("cluster support disabled") || e.contains("not enabled") => {
-            return Err(RedisError::NotCluster {
-                addr: seed.addr(),
-            })
+            return Err(RedisError::NotCluster { addr: seed.addr() })
         }
         Reply::Error(e) => {
             return Err(RedisError::Server {
@@ -282,7 +294,8 @@ fn discover_at(seed: &RedisUrl, timeouts: &Timeouts) -> Result<SlotMap, RedisErr
     let mut by_node: BTreeMap<String, Shard> = BTreeMap::new();
     for range in reply.into_array() {
         let mut it = range.into_array().into_iter();
-        let (Some(Reply::Int(a)), Some(Reply::Int(b)), Some(primary)) = (it.next(), it.next(), it.next())
+        let (Some(Reply::Int(a)), Some(Reply::Int(b)), Some(primary)) =
+            (it.next(), it.next(), it.next())
         else {
             return Err(proto("malformed slot range"));
         };
@@ -298,7 +311,11 @@ fn discover_at(seed: &RedisUrl, timeouts: &Timeouts) -> Result<SlotMap, RedisErr
             .filter(|id| !id.is_empty())
             .ok_or_else(|| proto("no node id (Redis before 4.0 is not supported)"))?;
         // An empty host means "the address you reached me on" (cluster-announce).
-        let host = if host.is_empty() || host == "?" { seed.host.clone() } else { host };
+        let host = if host.is_empty() || host == "?" {
+            seed.host.clone()
+        } else {
+            host
+        };
         let (a, b) = (
             u16::try_from(a).map_err(|_| proto("bad slot"))?,
             u16::try_from(b).map_err(|_| proto("bad slot"))?,
@@ -335,7 +352,9 @@ fn discover_at(seed: &RedisUrl, timeouts: &Timeouts) -> Result<SlotMap, RedisErr
 /// between shards.
 pub fn moving_slots(conn: &mut Conn) -> Result<Vec<u16>, RedisError> {
     let text = conn.call(&["CLUSTER", "NODES"])?.text().unwrap_or_default();
-    let mine = text.lines().find(|l| l.split(' ').nth(2).is_some_and(|f| f.contains("myself")));
+    let mine = text
+        .lines()
+        .find(|l| l.split(' ').nth(2).is_some_and(|f| f.contains("myself")));
     Ok(mine
         .map(|l| {
             l.split(' ')
