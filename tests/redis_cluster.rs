@@ -25,6 +25,8 @@ struct Cluster {
     nodes: Vec<Redis>,
     /// Inclusive slot range of each node.
     ranges: Vec<(u16, u16)>,
+    /// Slots moved since (slot, new node), newest last.
+    moved: Vec<(u16, usize)>,
 }
 
 impl Cluster {
@@ -81,7 +83,11 @@ impl Cluster {
             }
             break;
         }
-        Cluster { nodes, ranges }
+        Cluster {
+            nodes,
+            ranges,
+            moved: Vec::new(),
+        }
     }
 
     fn url(&self) -> String {
@@ -90,6 +96,9 @@ impl Cluster {
 
     /// The node serving `slot`.
     fn node_of(&self, slot: u16) -> usize {
+        if let Some(&(_, n)) = self.moved.iter().rev().find(|(s, _)| *s == slot) {
+            return n;
+        }
         self.ranges
             .iter()
             .position(|&(a, b)| a <= slot && slot <= b)
@@ -464,4 +473,171 @@ fn cluster_url_is_checked_without_connecting() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("port"), "{err}");
     assert!(!err.contains("secret"), "{err}");
+}
+
+/// Waits until the journal's newest slot map is the cluster's, and each of
+/// `movers` has a base image that follows that map.
+fn wait_map_followed(run: &Run, c: &Cluster, movers: &[String]) {
+    use tidemark::connectors::redis::cluster::topology::{discover, ClusterUrl, SlotMap};
+    let url = ClusterUrl::parse(&c.url()).expect("url");
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "capture never followed the resharding; log:\n{}",
+            run.log()
+        );
+        let live = discover(&url, &[], &Default::default()).expect("slot map");
+        let j = Journal::open_read_only(&run.dir().join("journal")).expect("journal");
+        let src = j.source("cl").expect("source");
+        let last = j
+            .events(src.id, 1, u64::MAX)
+            .filter_map(|e| e.ok())
+            .filter_map(|e| match e.event.payload {
+                Some(Payload::RedisSlotMap(m)) => Some((e.seq, SlotMap::from_event(&m))),
+                _ => None,
+            })
+            .last();
+        if let Some((seq, map)) = last {
+            let images = j.images(src.id).expect("images");
+            let imaged = movers
+                .iter()
+                .all(|id| images.iter().any(|m| &m.part == id && m.after_seq >= seq));
+            if map.same_slots(&live) && imaged {
+                return;
+            }
+        }
+        drop(j);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Moves `slot` from node `from` to node `to` of `c` the way `redis-cli --cluster
+/// reshard` does: IMPORTING/MIGRATING, `MIGRATE` of its keys, then the new owner.
+/// `between` runs after the keys moved and before the slot changes owner.
+fn move_slot(c: &Cluster, slot: u16, from: usize, to: usize, between: &mut dyn FnMut()) {
+    let (mut a, mut b) = (c.nodes[from].client(), c.nodes[to].client());
+    let (ida, idb) = (
+        a.cmd(&["CLUSTER", "MYID"]).expect("myid"),
+        b.cmd(&["CLUSTER", "MYID"]).expect("myid"),
+    );
+    let s = slot.to_string();
+    b.cmd(&["CLUSTER", "SETSLOT", &s, "IMPORTING", &ida])
+        .expect("importing");
+    a.cmd(&["CLUSTER", "SETSLOT", &s, "MIGRATING", &idb])
+        .expect("migrating");
+    loop {
+        let keys = a
+            .cmd(&["CLUSTER", "GETKEYSINSLOT", &s, "100"])
+            .expect("getkeys");
+        if keys.is_empty() {
+            break;
+        }
+        let port = c.nodes[to].port.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend(keys.lines());
+        a.cmd(&args).expect("migrate");
+    }
+    between();
+    for n in &c.nodes {
+        n.client()
+            .cmd(&["CLUSTER", "SETSLOT", &s, "NODE", &idb])
+            .expect("setslot node");
+    }
+}
+
+#[test]
+fn cluster_resharding_is_followed() {
+    let Some(bin) = redis70() else { return };
+    let mut source = Cluster::start(&bin, 3);
+    let target = Cluster::start(&bin, 2);
+    let tags = tags_on(&source, 0, 3);
+    for (i, node) in source.nodes.iter().enumerate() {
+        let mut c = node.client();
+        for t in tags_on(&source, i, 30) {
+            for n in 0..10 {
+                c.cmd(&["SET", &format!("s{n}{{{t}}}"), &format!("{i}-{n}")])
+                    .expect("seed");
+            }
+            c.cmd(&["RPUSH", &format!("l{{{t}}}"), "a", "b"])
+                .expect("rpush");
+        }
+    }
+    let mut run = Run::new(&format!(
+        "[[source]]\nname = \"cl\"\nkind = \"redis\"\nurl = \"{}\"\n",
+        source.url()
+    ));
+    run.start(&[]);
+    run.wait_covered("cl");
+    let images = |run: &Run| {
+        run.source("cl")
+            .and_then(|r| r["base_images"].as_u64())
+            .unwrap_or(0)
+    };
+    assert_eq!(images(&run), 3);
+
+    // Three slots of node 0 (holding keys) move to node 1. In the middle of the
+    // first move, a moment that a restore must refuse (keys half moved).
+    let mut during = None;
+    for (k, t) in tags.iter().enumerate() {
+        let slot = key_slot(t.as_bytes());
+        {
+            let mut mark = || {
+                if k == 0 {
+                    wait_caught_up(&run, &source);
+                    during = Some(tidemark::time::Timestamp::now().to_rfc3339());
+                }
+            };
+            move_slot(&source, slot, 0, 1, &mut mark);
+        }
+        source.ranges_moved(slot, 1);
+    }
+    // Capture sees the new map and re-images the two primaries whose slots changed
+    // (once or, if it saw the moves apart, more often).
+    let movers: Vec<String> = source.nodes[..2]
+        .iter()
+        .map(|n| n.client().cmd(&["CLUSTER", "MYID"]).expect("myid"))
+        .collect();
+    wait_map_followed(&run, &source, &movers);
+    // Writes after the resharding, to the new owner of a moved slot.
+    let mut c1 = source.nodes[1].client();
+    c1.cmd(&["SET", &format!("after{{{}}}", tags[0]), "x"])
+        .expect("write to the new owner");
+    wait_caught_up(&run, &source);
+    run.wait_covered("cl");
+    assert!(run.stop(), "run stops; log:\n{}", run.log());
+    let log = run.log();
+    assert!(log.contains("taking a new base image of it"), "{log}");
+
+    let want = digest_json(&run, &source.url());
+    let out = run.restore("cl", "latest", &target.url(), &["--json"]);
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        parts(&summary["digest"]),
+        parts(&want),
+        "per shard, by the new slot map"
+    );
+    assert_eq!(summary["digest"]["overall"], want["overall"]);
+
+    let during = during.expect("moment during the move");
+    let out = run.restore("cl", &during, &target.url(), &["--force"]);
+    assert!(
+        !out.status.success(),
+        "a moment with keys half moved is refused"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("moving between shards"), "{err}");
+}
+
+impl Cluster {
+    /// Records that `slot` now belongs to node `to` (for `node_of`).
+    fn ranges_moved(&mut self, slot: u16, to: usize) {
+        // Ranges stay contiguous per node in this helper: keep an override list.
+        self.moved.push((slot, to));
+    }
 }

@@ -37,8 +37,8 @@ use crate::time::Timestamp;
 /// How often the slot map is read again.
 pub const WATCH_EVERY: Duration = Duration::from_secs(2);
 
-/// The note asking for a part to be re-imaged: the journal's next sequence number
-/// when it was asked (cleared once the part has an image sealed after it).
+/// The note asking for a part to be re-imaged: the id of the part's newest image
+/// when it was asked (emptied once the part has a newer one; ids only rise).
 fn reimage_note(node: &str) -> String {
     format!("cluster.reimage.{node}")
 }
@@ -107,8 +107,10 @@ pub fn run(url: &ClusterUrl, ctx: CaptureContext, timeouts: &Timeouts) -> Result
                     .collect();
                 match observe(url, Some(known.as_slice()), timeouts) {
                     Ok(new) if new != map => {
-                        follow(url, &ctx, &coverage, &mut links, &map, &new, timeouts)?;
+                        // Journaled before the links change: a re-image sealed
+                        // fast must still follow the map that asked for it.
                         record(&journal, &new, &mut last, &mut n)?;
+                        follow(url, &ctx, &coverage, &mut links, &map, &new, timeouts)?;
                         map = new;
                     }
                     Ok(_) => {}
@@ -295,10 +297,9 @@ fn follow(
         if changed && settled {
             // Its slots moved: re-image it, so restores after the move start
             // from a state taken after it.
-            ctx.journal.set_note_blocking(
-                &reimage_note(id),
-                &ctx.journal.journal().next_seq().to_string(),
-            )?;
+            let newest = newest_image_id(&ctx.journal, id)?;
+            ctx.journal
+                .set_note_blocking(&reimage_note(id), &newest.to_string())?;
             if let Some(l) = links.remove(*id) {
                 stop(l)?;
             }
@@ -321,7 +322,19 @@ fn stop(l: Link) -> Result<(), RedisError> {
     }
 }
 
-/// Clears re-image notes whose part has a base image sealed after the request.
+/// The id of the newest base image of part `node` (0: none).
+fn newest_image_id(journal: &SourceJournal, node: &str) -> Result<u64, RedisError> {
+    Ok(journal
+        .journal()
+        .images(journal.id())?
+        .iter()
+        .filter(|m| m.part == node)
+        .map(|m| m.id)
+        .max()
+        .unwrap_or(0))
+}
+
+/// Clears re-image notes whose part has a newer base image than at the request.
 fn clear_reimage_notes(
     journal: &SourceJournal,
     links: &BTreeMap<String, Link>,
@@ -333,12 +346,7 @@ fn clear_reimage_notes(
         else {
             continue;
         };
-        let imaged = journal
-            .journal()
-            .images(journal.id())?
-            .iter()
-            .any(|m| m.part == *id && m.after_seq >= asked);
-        if imaged {
+        if newest_image_id(journal, id)? > asked {
             // Notes cannot be deleted: an empty one is no request.
             journal.set_note_blocking(&reimage_note(id), "")?;
         }
