@@ -301,9 +301,9 @@ fn bad_inputs_fail_with_one_clear_line() {
     }
     tm.stop();
     run_fails(
-        "rediss://127.0.0.1:1",
-        &["TLS", "not supported yet"],
-        "\u{0}",
+        "rediss://:tls-secret@127.0.0.1:1?ca=/nonexistent/ca.pem",
+        &["ca=/nonexistent/ca.pem", "cannot be read"],
+        "tls-secret",
     );
     let out = std::process::Command::new(common::tidemark::bin())
         .args(["digest", "redis://:pw-in-url@127.0.0.1:1"])

@@ -12,6 +12,7 @@
 
 pub mod bin_client;
 pub mod rdb_scenario;
+pub mod sentinel;
 pub mod tidemark;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -112,6 +113,12 @@ impl Redis {
         self.child = spawn_redis(&self.bin, &args, self.dir.path(), self.port);
     }
 
+    /// SIGKILL, as a crash: no shutdown, nothing saved, connections reset.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The server's working directory (`dump.rdb` after `SAVE`).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -178,7 +185,10 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        stop_child(&mut self.child, libc::SIGTERM, Duration::from_secs(10));
+        // Not after `kill9`: its pid may belong to another process by now.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            stop_child(&mut self.child, libc::SIGTERM, Duration::from_secs(10));
+        }
     }
 }
 

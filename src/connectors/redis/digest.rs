@@ -75,12 +75,14 @@ pub fn digest_url(url: &str) -> Result<DatasetDigest, RedisError> {
     digest_with(url, &crate::config::Timeouts::default())
 }
 
-/// [`digest_url`] with explicit timeouts.
+/// [`digest_url`] with explicit timeouts. `url` is one server (`redis://`,
+/// `rediss://`), or an address list or Sentinel URL: then the primary's dataset.
 pub fn digest_with(
     url: &str,
     timeouts: &crate::config::Timeouts,
 ) -> Result<DatasetDigest, RedisError> {
-    digest_at(&RedisUrl::parse(url)?, timeouts)
+    let mut conn = super::locate::Locator::parse(url)?.connect(timeouts)?;
+    digest(&mut conn)
 }
 
 /// [`digest_with`] for a parsed URL.

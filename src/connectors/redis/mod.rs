@@ -1,6 +1,8 @@
 //! Redis (and Valkey) capture: tidemark follows the primary as a replica.
 //!
-//! - `resp`: the URL, a blocking RESP2 client, the replication-stream parser.
+//! - `url`: the URL forms; `tls`: `rediss://`; `locate`: finding the primary
+//!   (one server, an address list, Sentinel) at every (re)connect.
+//! - `resp`: a blocking RESP2 client, the replication-stream parser.
 //! - `rdb`: the streaming RDB parser (versions 9 to 12).
 //! - `image`: the base-image chunk format `redis-kv-v1`.
 //! - `replica`: handshake, full sync into a base image, the command stream.
@@ -20,12 +22,15 @@ pub mod cluster;
 pub mod config;
 pub mod digest;
 pub mod image;
+pub mod locate;
 mod probe;
 pub mod rdb;
 mod replica;
 pub mod resp;
 pub mod restore;
 mod stream;
+pub mod tls;
+pub mod url;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,8 +44,15 @@ use crate::journal::JournalError;
 use crate::restore::{RestoreError, Target};
 
 /// URL schemes of Redis.
-/// (`redis+cluster` is a cluster: see [`cluster`].)
-pub const SCHEMES: &[&str] = &["redis", "rediss", cluster::topology::SCHEME];
+/// (`redis+cluster` is a cluster: see [`cluster`]; `redis+sentinel` names
+/// Sentinels: see [`locate`].)
+pub const SCHEMES: &[&str] = &[
+    "redis",
+    "rediss",
+    "redis+sentinel",
+    "rediss+sentinel",
+    cluster::topology::SCHEME,
+];
 
 /// The Redis (and Valkey) connector.
 pub struct Redis;
@@ -136,9 +148,11 @@ impl Connector for Redis {
             let u = cluster::ClusterUrl::parse(url).map_err(ConnectorError::from_display)?;
             return cluster::digest::identity(&u, timeouts).map_err(ConnectorError::from_display);
         }
-        let url = resp::RedisUrl::parse(url).map_err(ConnectorError::from_display)?;
-        let mut c =
-            resp::Conn::connect(&url, timeouts.connect).map_err(ConnectorError::from_display)?;
+        let locator = locate::Locator::parse(url).map_err(ConnectorError::from_display)?;
+        let mut c = locator
+            .connect(timeouts)
+            .map_err(ConnectorError::from_display)?;
+        let addr = c.addr().to_string();
         let info = c
             .call(&["INFO", "server"])
             .map_err(ConnectorError::from_display)?
@@ -148,7 +162,7 @@ impl Connector for Redis {
             .lines()
             .find_map(|l| l.strip_prefix("run_id:"))
             .map(|v| v.trim().to_string())
-            .unwrap_or_else(|| url.addr());
+            .unwrap_or(addr);
         Ok(run_id)
     }
 }
@@ -157,16 +171,39 @@ impl Connector for Redis {
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
     /// The URL cannot be used.
-    #[error("bad Redis url `{url}`: {reason}; use redis://[user:password@]host:port")]
+    #[error("bad Redis url `{url}`: {reason}")]
     Url {
         /// The URL, password masked.
         url: String,
         /// What is wrong.
         reason: String,
     },
-    /// `rediss://`.
-    #[error("rediss:// (TLS) is not supported yet; use redis:// on a trusted network or a TLS tunnel (stunnel, spiped)")]
-    TlsNotSupported,
+    /// TLS failed (`rediss://`).
+    #[error("TLS to Redis at {addr}: {error}")]
+    Tls {
+        /// host:port.
+        addr: String,
+        /// What failed.
+        error: tls::TlsError,
+    },
+    /// No server of an address list or Sentinel is the primary right now.
+    #[error(
+        "no primary found among {among} ({tried}); a failover may be under way: capture retries"
+    )]
+    NoPrimary {
+        /// Where tidemark looked.
+        among: String,
+        /// What each server or Sentinel answered.
+        tried: String,
+    },
+    /// No Sentinel monitors a primary of the URL's name.
+    #[error("the Sentinels {sentinels} monitor no primary named `{master}`; check the name at the end of the redis+sentinel:// url (`SENTINEL MASTERS` lists them)")]
+    UnknownMaster {
+        /// The name asked for.
+        master: String,
+        /// The Sentinels asked.
+        sentinels: String,
+    },
     /// No TCP connection.
     #[error("cannot connect to Redis at {addr}: {detail}; check the url's host and port and that the server is running")]
     Connect {
@@ -296,7 +333,9 @@ impl RedisError {
         }
         RedisError::Io {
             addr: addr.to_string(),
-            detail: e.to_string(),
+            detail: tls::session_failure(&e)
+                .map(|reason| format!("TLS: {reason}"))
+                .unwrap_or_else(|| e.to_string()),
         }
     }
 
@@ -310,7 +349,8 @@ impl RedisError {
                 | RedisError::Server { .. }
                 | RedisError::Timeout { .. }
                 | RedisError::Stalled { .. }
-        )
+                | RedisError::NoPrimary { .. }
+        ) || matches!(self, RedisError::Tls { error, .. } if error.is_transient())
     }
 }
 
@@ -323,18 +363,26 @@ impl Fault for RedisError {
 /// The capture of one Redis source.
 pub struct RedisSource {
     name: String,
-    url: resp::RedisUrl,
+    locator: locate::Locator,
     timeouts: Timeouts,
+    followed: Arc<locate::Followed>,
 }
 
 impl RedisSource {
-    /// Checks the URL; connects to nothing.
-    pub fn new(name: &str, url: &str, opts: &CaptureOptions) -> Result<RedisSource, CaptureError> {
-        let url = resp::RedisUrl::parse(url).map_err(|e| CaptureError::of(name, e))?;
+    /// Checks the URL; connects to nothing. `followed` carries which primary the
+    /// source follows from one capture attempt to the next.
+    pub fn new(
+        name: &str,
+        url: &str,
+        opts: &CaptureOptions,
+        followed: Arc<locate::Followed>,
+    ) -> Result<RedisSource, CaptureError> {
+        let locator = locate::Locator::parse(url).map_err(|e| CaptureError::of(name, e))?;
         Ok(RedisSource {
             name: name.to_string(),
-            url,
+            locator,
             timeouts: opts.timeouts,
+            followed,
         })
     }
 }
@@ -343,16 +391,19 @@ impl Source for RedisSource {
     /// Reaches the server, authenticates and checks it is a primary, before the
     /// journal is opened.
     fn preflight(&self) -> BoxFuture<'_, Result<(), CaptureError>> {
-        let (url, timeouts) = (self.url.clone(), self.timeouts);
-        crate::capture::preflight_blocking(&self.name, move || replica::preflight(&url, &timeouts))
+        let (locator, timeouts) = (self.locator.clone(), self.timeouts);
+        crate::capture::preflight_blocking(&self.name, move || {
+            replica::preflight(&locator, &timeouts)
+        })
     }
 
     fn run(self: Box<Self>, ctx: CaptureContext) -> BoxFuture<'static, Result<(), CaptureError>> {
         Box::pin(async move {
             let name = self.name.clone();
-            let joined =
-                tokio::task::spawn_blocking(move || replica::run(&self.url, ctx, &self.timeouts))
-                    .await;
+            let joined = tokio::task::spawn_blocking(move || {
+                replica::run(&self.locator, ctx, &self.timeouts, &self.followed)
+            })
+            .await;
             match joined {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(RedisError::Journal(e))) => Err(CaptureError::Journal(e)),

@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use super::resp::{Conn, RedisUrl};
+use super::locate::Locator;
 use super::RedisError;
 use crate::config::Timeouts;
 use crate::journal::{Journal, SourceId};
@@ -22,8 +22,8 @@ pub fn lag(url: &str, journal: &Journal, id: SourceId, timeouts: &Timeouts) -> s
             .map(|(_, o)| o)
     });
     let probe = || -> Result<(u64, u64), RedisError> {
-        let url = RedisUrl::parse(url)?;
-        let mut c = Conn::connect(&url, timeouts.connect)?;
+        // An address list or Sentinel: the primary now.
+        let mut c = Locator::parse(url)?.connect(timeouts)?;
         let info = c.call(&["INFO", "replication"])?.text().unwrap_or_default();
         let field = |k: &str| {
             info.lines()

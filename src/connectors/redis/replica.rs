@@ -1,6 +1,12 @@
-//! One replica session after another: handshake, `PSYNC`, full sync into a base
-//! image when the primary asks for one, then the command stream until the link
-//! drops (reconnect, `PSYNC` from the journal's checkpoint) or shutdown.
+//! One replica session after another: find the primary (see [`super::locate`]),
+//! handshake, `PSYNC`, full sync into a base image when the primary asks for one,
+//! then the command stream until the link drops (reconnect: find the primary
+//! again, `PSYNC` from the journal's checkpoint) or shutdown.
+//!
+//! After a failover the promoted replica answers `PSYNC <old replid> <offset+1>`
+//! with `+CONTINUE <new replid>` when it holds everything the journal does:
+//! offsets go on, and events from then on carry the new replication id (a new
+//! stream of the source's positions; the journal's sequence orders both).
 //!
 //! Everything here is blocking I/O on a thread of the blocking pool: the RDB
 //! parser reads a `BufRead`, and a synced append is a blocking call anyway.
@@ -9,8 +15,9 @@ use std::io::{BufRead, Read, Write};
 use std::time::Instant;
 
 use super::image::{self, ChunkBuilder};
+use super::locate::{Followed, Locator, Resync};
 use super::rdb::RdbParser;
-use super::resp::{self, Conn, RedisUrl};
+use super::resp::{self, Conn};
 use super::RedisError;
 use crate::capture::{CaptureContext, SourceJournal};
 use crate::config::Timeouts;
@@ -32,12 +39,17 @@ pub(super) struct Cursor {
 /// One replica session: captures until shutdown (`Ok`) or the first failure; the
 /// supervisor decides whether to start another (which resumes with `PSYNC` from
 /// the journal's checkpoint).
-pub fn run(url: &RedisUrl, mut ctx: CaptureContext, timeouts: &Timeouts) -> Result<(), RedisError> {
+pub fn run(
+    locator: &Locator,
+    mut ctx: CaptureContext,
+    timeouts: &Timeouts,
+    followed: &Followed,
+) -> Result<(), RedisError> {
     let mut cursor = resume_point(&ctx.journal)?;
     if ctx.shutdown.is_fired() {
         return Ok(());
     }
-    match session(url, &mut ctx, &mut cursor, timeouts) {
+    match session(locator, &mut ctx, &mut cursor, timeouts, followed) {
         Ok(()) | Err(RedisError::Stopped) => Ok(()),
         Err(e) => Err(e),
     }
@@ -76,18 +88,19 @@ fn redis_pos(p: Option<&Position>) -> Option<(String, u64)> {
 }
 
 fn session(
-    url: &RedisUrl,
+    locator: &Locator,
     ctx: &mut CaptureContext,
     cursor: &mut Option<Cursor>,
     timeouts: &Timeouts,
+    followed: &Followed,
 ) -> Result<(), RedisError> {
     // Reads during the handshake and a full sync: the primary sends a newline every
     // second while it prepares the RDB, so `read` bounds a silent primary.
-    let mut conn = Conn::connect(url, timeouts.connect)?;
-    conn.stream()
-        .set_read_timeout(Some(timeouts.read))
-        .map_err(|e| RedisError::io(conn.addr(), e))?;
-    check_primary(&mut conn)?;
+    let found = locator.primary(
+        timeouts,
+        cursor.as_ref().map(|c| (c.replid.as_str(), c.offset)),
+    )?;
+    let mut conn = found.conn;
     let port = conn
         .stream()
         .local_addr()
@@ -110,44 +123,73 @@ fn session(
             break String::from_utf8_lossy(&line).into_owned();
         }
     };
+    let name = ctx.journal.name().to_string();
+    let addr = conn.addr().to_string();
     let words: Vec<&str> = reply.split_whitespace().collect();
     match words.as_slice() {
         ["+FULLRESYNC", replid, offset] => {
             let offset = offset.parse::<u64>().map_err(|_| RedisError::Protocol {
-                addr: conn.addr().to_string(),
+                addr: addr.clone(),
                 detail: format!("bad offset in `{reply}`"),
             })?;
             if let Some(old) = cursor.as_ref() {
-                tracing::warn!(source = %ctx.journal.name(), old = %format!("{}:{}", old.replid, old.offset), new = %format!("{replid}:{offset}"),
-                    "the primary cannot continue from the journal's position (restart, failover or backlog exceeded); taking a new base image");
+                tracing::warn!(source = %name, primary = %addr, old = %format!("{}:{}", old.replid, old.offset), new = %format!("{replid}:{offset}"),
+                    "the primary cannot continue from the journal's position (restart, failover to a server that lacks part of the journal's history, or backlog exceeded); taking a new base image");
             }
             ctx.capturing.now();
             full_sync(&mut conn, ctx, replid, offset)?;
+            let resync = if cursor.is_some() {
+                Resync::Full
+            } else {
+                Resync::First
+            };
+            let changed = cursor.as_ref().is_some_and(|c| c.replid != *replid);
             *cursor = Some(Cursor {
                 replid: replid.to_string(),
                 offset,
                 db: 0,
             });
+            if let Some(previous) =
+                followed.arrived(&ctx.journal, &addr, &found.via, replid, resync, changed)
+            {
+                tracing::warn!(source = %name, previous = %previous, primary = %addr, via = %found.via,
+                    "following a new primary; it could not continue the journal's history, so a new base image was taken");
+            }
         }
         ["+CONTINUE", rest @ ..] => {
             ctx.capturing.now();
             let Some(c) = cursor.as_mut() else {
                 return Err(RedisError::Protocol {
-                    addr: conn.addr().to_string(),
+                    addr,
                     detail: "+CONTINUE to a full-sync request".into(),
                 });
             };
+            let mut changed = false;
             if let Some(new_id) = rest.first() {
                 if *new_id != c.replid {
-                    tracing::info!(source = %ctx.journal.name(), old = %c.replid, new = %new_id, "the primary's replication id changed; offsets continue");
+                    tracing::info!(source = %name, primary = %addr, old = %c.replid, new = %new_id, offset = c.offset,
+                        "the primary's replication id changed (a failover: it continues the old history); offsets continue, no new base image");
                     c.replid = new_id.to_string();
+                    changed = true;
                 }
             }
-            tracing::info!(source = %ctx.journal.name(), replid = %c.replid, offset = c.offset, "resumed replication (PSYNC continue)");
+            let moved = followed.arrived(
+                &ctx.journal,
+                &addr,
+                &found.via,
+                &c.replid,
+                Resync::Continue,
+                changed,
+            );
+            if let Some(previous) = moved {
+                tracing::info!(source = %name, previous = %previous, primary = %addr, via = %found.via,
+                    "following a new primary; it continued the journal's history");
+            }
+            tracing::info!(source = %name, primary = %addr, replid = %c.replid, offset = c.offset, "resumed replication (PSYNC continue)");
         }
         _ => {
             return Err(RedisError::Server {
-                addr: conn.addr().to_string(),
+                addr,
                 command: "PSYNC".into(),
                 detail: reply,
             })
@@ -157,34 +199,11 @@ fn session(
     super::stream::stream(conn, ctx, c, timeouts.stall)
 }
 
-/// Refuses a replica: it would hand us a history that is not the primary's.
-/// Connects, authenticates and checks that the server is a primary, changing
-/// nothing: what `run` checks before it opens the journal.
-pub fn preflight(url: &RedisUrl, timeouts: &Timeouts) -> Result<(), RedisError> {
-    let mut conn = Conn::connect(url, timeouts.connect)?;
-    check_primary(&mut conn)
-}
-
-fn check_primary(conn: &mut Conn) -> Result<(), RedisError> {
-    let Ok(info) = conn.call(&["INFO", "replication"]) else {
-        return Ok(()); // INFO not granted to this ACL user: PSYNC decides
-    };
-    let text = info.text().unwrap_or_default();
-    let field = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
-    };
-    if field("role:").as_deref() == Some("slave") {
-        return Err(RedisError::NotPrimary {
-            addr: conn.addr().to_string(),
-            primary: format!(
-                "{}:{}",
-                field("master_host:").unwrap_or_default(),
-                field("master_port:").unwrap_or_default()
-            ),
-        });
-    }
-    Ok(())
+/// Connects, authenticates and checks that the URL's server (or, for an address
+/// list or Sentinel, some server) is a primary, changing nothing: what `run`
+/// checks before it opens the journal.
+pub fn preflight(locator: &Locator, timeouts: &Timeouts) -> Result<(), RedisError> {
+    locator.primary(timeouts, None).map(drop)
 }
 
 /// Reads the RDB that follows `+FULLRESYNC` into a new base image.
@@ -301,11 +320,7 @@ fn full_sync(
     Ok(())
 }
 
-pub(super) fn send_ack(
-    sock: &mut std::net::TcpStream,
-    offset: u64,
-    addr: &str,
-) -> Result<(), RedisError> {
+pub(super) fn send_ack<W: Write>(sock: &mut W, offset: u64, addr: &str) -> Result<(), RedisError> {
     let mut b = Vec::with_capacity(64);
     resp::encode_command(&["REPLCONF", "ACK", &offset.to_string()], &mut b);
     sock.write_all(&b).map_err(|e| RedisError::io(addr, e))

@@ -1,4 +1,4 @@
-//! RESP2 on a blocking TCP connection: the `redis://` URL, a small request/reply
+//! RESP2 on a blocking connection (plain TCP or TLS): a small request/reply
 //! client (handshake, restore, digest, status) and an incremental parser of the
 //! replication stream that reports exactly how many bytes each command took (the
 //! replication offset is a byte count).
@@ -7,112 +7,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+pub use super::tls::Stream;
+pub use super::url::RedisUrl;
 use super::RedisError;
-
-/// Where and how to connect, from a `redis://[user[:password]@]host[:port][/db]` URL.
-/// `Debug` never shows the password.
-#[derive(Clone)]
-pub struct RedisUrl {
-    /// Host name or address.
-    pub host: String,
-    /// TCP port (default 6379).
-    pub port: u16,
-    /// ACL user, if given.
-    pub user: Option<String>,
-    /// Password, if given. Never printed.
-    pub password: Option<String>,
-}
-
-impl std::fmt::Debug for RedisUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "redis://{}:{}", self.host, self.port)
-    }
-}
-
-impl std::fmt::Display for RedisUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "redis://{}:{}", self.host, self.port)
-    }
-}
-
-impl RedisUrl {
-    /// Parses a URL. `rediss://` is refused: TLS is not supported yet.
-    pub fn parse(url: &str) -> Result<RedisUrl, RedisError> {
-        let bad = |reason: &str| RedisError::Url {
-            url: crate::config::redact_url(url),
-            reason: reason.to_string(),
-        };
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| bad("expected redis://host:port"))?;
-        match scheme {
-            "redis" => {}
-            "rediss" => return Err(RedisError::TlsNotSupported),
-            _ => return Err(bad("the scheme must be redis://")),
-        }
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-        let (userinfo, hostport) = match authority.rfind('@') {
-            Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
-            None => (None, authority),
-        };
-        let (user, password) = match userinfo {
-            None => (None, None),
-            Some(ui) => {
-                let (u, p) = match ui.split_once(':') {
-                    Some((u, p)) => (u, Some(p)),
-                    None => (ui, None),
-                };
-                let u = percent_decode(u).map_err(|_| bad("bad %-escape in the user"))?;
-                let p = p
-                    .map(percent_decode)
-                    .transpose()
-                    .map_err(|_| bad("bad %-escape in the password"))?;
-                // `redis://:pw@host` is a password for the default user.
-                ((!u.is_empty()).then_some(u), p.filter(|p| !p.is_empty()))
-            }
-        };
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| bad("the port must be a number from 1 to 65535"))?,
-            ),
-            _ => (hostport, 6379),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(bad("no host"));
-        }
-        Ok(RedisUrl {
-            host: host.to_string(),
-            port,
-            user,
-            password,
-        })
-    }
-
-    /// `host:port`, for messages.
-    pub fn addr(&self) -> String {
-        format!("{}:{}", self.host, self.port)
-    }
-}
-
-fn percent_decode(s: &str) -> Result<String, ()> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3).ok_or(())?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| ())?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| ())
-}
 
 /// A RESP2 reply.
 #[derive(Debug, Clone, PartialEq)]
@@ -187,13 +84,14 @@ pub fn encoded_len<A: AsRef<[u8]>>(args: &[A]) -> u64 {
 
 /// A blocking connection: requests and replies.
 pub struct Conn {
-    /// Buffered reads; the writer is the same socket.
-    pub reader: BufReader<TcpStream>,
+    /// Buffered reads; writes go to the same stream (`reader.get_mut()`).
+    pub reader: BufReader<Stream>,
     addr: String,
 }
 
 impl Conn {
-    /// Connects and authenticates as the URL says.
+    /// Connects (TLS handshake for `rediss://`) and authenticates as the URL
+    /// says. `timeout` bounds the TCP connect and each read until it returns.
     pub fn connect(url: &RedisUrl, timeout: Duration) -> Result<Conn, RedisError> {
         let addr = url.addr();
         let connect_err = |e: std::io::Error| RedisError::Connect {
@@ -211,10 +109,22 @@ impl Conn {
         let s = TcpStream::connect_timeout(&sa, timeout).map_err(connect_err)?;
         s.set_nodelay(true).map_err(connect_err)?;
         s.set_read_timeout(Some(timeout)).map_err(connect_err)?;
+        let stream = match &url.tls {
+            None => Stream::Plain(s),
+            Some(tls) => Stream::Tls(Box::new(tls.connect(s, &url.host).map_err(|error| {
+                RedisError::Tls {
+                    addr: addr.clone(),
+                    error,
+                }
+            })?)),
+        };
         let mut c = Conn {
-            reader: BufReader::with_capacity(1 << 16, s),
+            reader: BufReader::with_capacity(1 << 16, stream),
             addr,
         };
+        if url.tls.is_some() {
+            c.confirm_tls()?;
+        }
         if let Some(pw) = &url.password {
             let reply = match &url.user {
                 Some(u) => c.request(&[b"AUTH".as_slice(), u.as_bytes(), pw.as_bytes()])?,
@@ -230,14 +140,67 @@ impl Conn {
         Ok(c)
     }
 
+    /// One round trip right after the handshake. With TLS 1.3 a server checks
+    /// the client's certificate after the client considers the handshake done,
+    /// and its refusal arrives as an alert on the first read, or, when the
+    /// server closes first, as a reset that can swallow the alert: turn either
+    /// into a TLS error that says what to check, not a broken connection later.
+    /// A bare reset or close stays transient (a server going down right then
+    /// looks the same).
+    fn confirm_tls(&mut self) -> Result<(), RedisError> {
+        use std::io::ErrorKind as K;
+        let closed = |addr: &str, e: Option<std::io::Error>| {
+            let (reason, io) = match e.as_ref().and_then(super::tls::session_failure) {
+                Some(alert) => (alert, false),
+                None => (
+                    format!(
+                        "the server closed the session right after the handshake ({})",
+                        e.map_or_else(|| "end of stream".to_string(), |e| e.to_string())
+                    ),
+                    true,
+                ),
+            };
+            RedisError::Tls {
+                addr: addr.to_string(),
+                error: super::tls::TlsError::Handshake { reason, io },
+            }
+        };
+        let sent = self.reader.get_mut().write_all(b"*1\r\n$4\r\nPING\r\n");
+        let first = sent.and_then(|()| self.reader.fill_buf().map(|b| b.is_empty()));
+        match first {
+            Ok(false) => {}
+            Ok(true) => return Err(closed(&self.addr, None)),
+            Err(e)
+                if super::tls::session_failure(&e).is_some()
+                    || matches!(
+                        e.kind(),
+                        K::ConnectionReset
+                            | K::ConnectionAborted
+                            | K::BrokenPipe
+                            | K::UnexpectedEof
+                    ) =>
+            {
+                return Err(closed(&self.addr, Some(e)))
+            }
+            Err(e) => return Err(RedisError::io(&self.addr, e)),
+        }
+        // `+PONG`, or `-NOAUTH` before AUTH: either proves the session.
+        self.read_reply().map(drop)
+    }
+
     /// `host:port` of the server.
     pub fn addr(&self) -> &str {
         &self.addr
     }
 
-    /// The socket (for timeouts and writes).
+    /// The TCP socket (for timeouts and addresses; write through [`Conn::send_raw`]).
     pub fn stream(&self) -> &TcpStream {
-        self.reader.get_ref()
+        self.reader.get_ref().tcp()
+    }
+
+    /// Whether the connection is TLS.
+    pub fn is_tls(&self) -> bool {
+        self.reader.get_ref().is_tls()
     }
 
     /// Sends raw bytes.
@@ -421,24 +384,6 @@ fn header(buf: &[u8], pos: &mut usize, tag: u8) -> Result<Option<usize>, String>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn url_forms() {
-        let u = RedisUrl::parse("redis://alice:p%40ss@db.local:6380/0").unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.user.as_deref()),
-            ("db.local", 6380, Some("alice"))
-        );
-        assert_eq!(u.password.as_deref(), Some("p@ss"));
-        let u = RedisUrl::parse("redis://:secret@127.0.0.1").unwrap();
-        assert_eq!((u.user.clone(), u.port), (None, 6379));
-        assert!(!format!("{u:?}").contains("secret"));
-        assert!(matches!(
-            RedisUrl::parse("rediss://h:1"),
-            Err(RedisError::TlsNotSupported)
-        ));
-        assert!(RedisUrl::parse("redis://h:notaport").is_err());
-    }
 
     #[test]
     fn commands_parse_incrementally_with_exact_sizes() {
