@@ -258,7 +258,13 @@ fn start(
     tracing::info!(source = %ctx.journal.name(), node = %s.node_id, addr = %s.addr(), slots = %s.ranges_text(), "capturing shard");
     let done = std::thread::Builder::new()
         .name(name)
-        .spawn(move || crate::connectors::redis::replica::run(&node, link_ctx, &timeouts))
+        .spawn(move || {
+            // One server per shard link; the shard's own primary is not followed
+            // through failovers here (a failover is a new shard with a new image).
+            let locator = crate::connectors::redis::locate::Locator::One(node);
+            let followed = crate::connectors::redis::locate::Followed::default();
+            crate::connectors::redis::replica::run(&locator, link_ctx, &timeouts, &followed)
+        })
         .map_err(|e| RedisError::Io {
             addr: s.addr(),
             detail: format!("cannot start the shard's capture thread: {e}"),

@@ -89,7 +89,8 @@ impl Source for ClusterSource {
         crate::capture::preflight_blocking(&self.name, move || {
             let map = topology::discover(&url, &[], &timeouts)?;
             for s in &map.shards {
-                super::replica::preflight(&url.node(&s.host, s.port), &timeouts)?;
+                let node = super::locate::Locator::One(url.node(&s.host, s.port));
+                super::replica::preflight(&node, &timeouts)?;
             }
             Ok::<(), RedisError>(())
         })
