@@ -104,32 +104,14 @@ pub fn digest(conn: &mut Conn) -> Result<DatasetDigest, RedisError> {
     let mut total = 0;
     for (db, _) in keyspace(conn)? {
         conn.call(&["SELECT", &db.to_string()])?;
-        let mut seen: HashSet<Vec<u8>> = HashSet::new();
-        let mut cursor = b"0".to_vec();
         let mut count = 0;
-        loop {
-            let mut reply = conn
-                .call(&[b"SCAN".as_slice(), &cursor, b"COUNT", b"1000"])?
-                .into_array();
-            let keys = if reply.len() == 2 {
-                reply.pop().map(Reply::into_array).unwrap_or_default()
-            } else {
-                Vec::new()
-            };
-            cursor = reply.pop().and_then(Reply::into_bytes).unwrap_or_default();
-            let fresh: Vec<Vec<u8>> = keys
-                .into_iter()
-                .filter_map(Reply::into_bytes)
-                .filter(|k| seen.insert(k.clone()))
-                .collect();
+        scan_pages(conn, |conn, fresh| {
             for h in page_hashes(conn, db, &fresh)? {
                 add(&mut sum, &h);
                 count += 1;
             }
-            if cursor == b"0" || cursor.is_empty() {
-                break;
-            }
-        }
+            Ok(())
+        })?;
         dbs.push((db, count));
         total += count;
     }
@@ -139,6 +121,36 @@ pub fn digest(conn: &mut Conn) -> Result<DatasetDigest, RedisError> {
         dbs,
         keys: total,
     })
+}
+
+/// Calls `f` with each page of keys `SCAN` returns in the selected database, each
+/// key once (a `SCAN` may return a key twice).
+pub(crate) fn scan_pages(
+    conn: &mut Conn,
+    mut f: impl FnMut(&mut Conn, Vec<Vec<u8>>) -> Result<(), RedisError>,
+) -> Result<(), RedisError> {
+    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    let mut cursor = b"0".to_vec();
+    loop {
+        let mut reply = conn
+            .call(&[b"SCAN".as_slice(), &cursor, b"COUNT", b"1000"])?
+            .into_array();
+        let keys = if reply.len() == 2 {
+            reply.pop().map(Reply::into_array).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        cursor = reply.pop().and_then(Reply::into_bytes).unwrap_or_default();
+        let fresh: Vec<Vec<u8>> = keys
+            .into_iter()
+            .filter_map(Reply::into_bytes)
+            .filter(|k| seen.insert(k.clone()))
+            .collect();
+        f(conn, fresh)?;
+        if cursor == b"0" || cursor.is_empty() {
+            return Ok(());
+        }
+    }
 }
 
 /// Per-key hashes of one page of keys (two pipelined round trips); keys that

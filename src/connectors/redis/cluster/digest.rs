@@ -8,12 +8,10 @@
 //! moment (the keys of each source shard's slots, wherever they landed), so the
 //! parts of a restore and of the source compare one to one.
 
-use std::collections::HashSet;
-
 use super::topology::{self, key_slot, ClusterUrl, SlotMap};
 use crate::config::Timeouts;
-use crate::connectors::redis::digest::{add_hash, page_hashes};
-use crate::connectors::redis::resp::{Conn, Reply};
+use crate::connectors::redis::digest::{add_hash, page_hashes, scan_pages};
+use crate::connectors::redis::resp::Conn;
 use crate::connectors::redis::RedisError;
 use crate::digest::{hex, Digest, PartDigest};
 
@@ -35,23 +33,7 @@ pub fn digest(
         conn.stream()
             .set_read_timeout(Some(timeouts.read))
             .map_err(|e| RedisError::io(conn.addr(), e))?;
-        let mut seen: HashSet<Vec<u8>> = HashSet::new();
-        let mut cursor = b"0".to_vec();
-        loop {
-            let mut reply = conn
-                .call(&[b"SCAN".as_slice(), &cursor, b"COUNT", b"1000"])?
-                .into_array();
-            let keys = if reply.len() == 2 {
-                reply.pop().map(Reply::into_array).unwrap_or_default()
-            } else {
-                Vec::new()
-            };
-            cursor = reply.pop().and_then(Reply::into_bytes).unwrap_or_default();
-            let fresh: Vec<Vec<u8>> = keys
-                .into_iter()
-                .filter_map(Reply::into_bytes)
-                .filter(|k| seen.insert(k.clone()))
-                .collect();
+        scan_pages(&mut conn, |conn, fresh| {
             // Keys of one page grouped by part, so each hash lands in its part.
             let mut by_group: Vec<(Option<usize>, Vec<Vec<u8>>)> = Vec::new();
             for k in fresh {
@@ -66,16 +48,14 @@ pub fn digest(
                     Some(i) => &mut sums[i],
                     None => &mut unowned,
                 };
-                for h in page_hashes(&mut conn, 0, &keys)? {
+                for h in page_hashes(conn, 0, &keys)? {
                     add_hash(&mut slot.0, &h);
                     add_hash(&mut total, &h);
                     slot.1 += 1;
                 }
             }
-            if cursor == b"0" || cursor.is_empty() {
-                break;
-            }
-        }
+            Ok(())
+        })?;
     }
     let mut parts: Vec<PartDigest> = groups
         .shards
