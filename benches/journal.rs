@@ -6,7 +6,13 @@
 //! 2. Finding the position for a timestamp (and for a source position) in a journal of
 //!    10M events, against a point read of one event.
 //!
-//! Run: `cargo bench --profile dev --bench journal [-- --events N --lookup-events M]`
+//! 3. Five sources appending at once (`sync = "always"`, one thread each), against
+//!    five threads writing the same batches to raw RocksDB: the group commit.
+//! 4. The journal's side of a restore to latest (plan, read the image, read and
+//!    decode the events after it) with an image every `--interval` events, for
+//!    histories of 1x, 5x and 10x the interval: flat when images bound the replay.
+//!
+//! Run: `cargo bench --profile dev --bench journal [-- --events N --lookup-events M --interval K]`
 //! (the dev profile builds dependencies optimised; see ARCHITECTURE.md).
 
 mod support;
@@ -138,6 +144,175 @@ fn bench_append(n: u64) {
     }
 }
 
+fn raw_parallel(dir: &std::path::Path, per_source: &[Vec<Vec<Vec<u8>>>]) -> Duration {
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    o.set_max_background_jobs(2);
+    o.set_bytes_per_sync(1 << 20);
+    o.set_enable_pipelined_write(true);
+    let db = DB::open(&o, dir).unwrap();
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for (n, batches) in per_source.iter().enumerate() {
+            let db = &db;
+            s.spawn(move || {
+                let mut wo = WriteOptions::default();
+                wo.set_sync(true);
+                let mut seq = 0u64;
+                for b in batches {
+                    let mut wb = WriteBatch::with_capacity_bytes(b.len() * 240);
+                    for v in b {
+                        seq += 1;
+                        let mut k = (n as u32).to_be_bytes().to_vec();
+                        k.extend_from_slice(&seq.to_be_bytes());
+                        wb.put(k, v);
+                    }
+                    db.write_opt(wb, &wo).unwrap();
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+fn journal_parallel(dir: &std::path::Path, per_source: &[Vec<Vec<ChangeEvent>>]) -> Duration {
+    let j = Journal::open(dir, JournalOptions::default()).unwrap();
+    let ids: Vec<_> = (0..per_source.len())
+        .map(|n| {
+            j.register_source(&format!("s{n}"), SourceKind::Kafka)
+                .unwrap()
+        })
+        .collect();
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for (batches, src) in per_source.iter().zip(ids) {
+            let j = &j;
+            s.spawn(move || {
+                for b in batches {
+                    j.append(src, b, &Progress::default()).unwrap();
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+fn bench_five(n: u64) {
+    let per: Vec<Vec<Vec<ChangeEvent>>> = (0..5).map(|_| batches(n / 5)).collect();
+    let raw: Vec<Vec<Vec<Vec<u8>>>> = per
+        .iter()
+        .map(|s| {
+            s.iter()
+                .map(|b| b.iter().map(|e| e.encode_to_vec()).collect())
+                .collect()
+        })
+        .collect();
+    println!("\n## five sources at once: {n} events of {EVENT_BYTES} bytes, sync = always, one thread per source");
+    let (mut rr, mut jr, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let r = n as f64 / raw_parallel(a.path(), &raw).as_secs_f64();
+        let j = n as f64 / journal_parallel(b.path(), &per).as_secs_f64();
+        rr.push(r);
+        jr.push(j);
+        ratios.push(j / r);
+    }
+    println!(
+        "raw RocksDB (5 writers) {:>10.0} ev/s   journal (5 sources) {:>10.0} ev/s   ratio {:.2}   (median of 3 interleaved rounds)",
+        median(rr),
+        median(jr),
+        median(ratios)
+    );
+}
+
+fn bench_restore_cost(interval: u64) {
+    println!("\n## journal side of a restore to latest, an image every {interval} events (each image 8 chunks of 64 KiB)");
+    println!(
+        "{:<10} {:>12} {:>14} {:>12} {:>10}",
+        "history", "events", "replayed", "time", "vs 1x"
+    );
+    let mut base = None;
+    for mult in [1u64, 5, 10] {
+        let dir = tempfile::tempdir().unwrap();
+        let j = std::sync::Arc::new(
+            Journal::open(
+                dir.path(),
+                JournalOptions {
+                    sync: SyncPolicy::Os,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
+        let src = j.register_source("bench", SourceKind::Redis).unwrap();
+        let t0 = 1_700_000_000_000_000i64;
+        let total = interval * mult;
+        let mut k = 0u64;
+        while k < total {
+            let b: Vec<ChangeEvent> = (k..k + BATCH as u64)
+                .map(|i| {
+                    let mut e = event(i as i64, t0 + i as i64);
+                    e.position = Some(Position::redis("bench", i + 1));
+                    e.payload = Some(Payload::Redis(tidemark::event::RedisCommand {
+                        db: 0,
+                        args: vec![b"SET".to_vec(), i.to_be_bytes().to_vec(), vec![7u8; 150]],
+                    }));
+                    e
+                })
+                .collect();
+            k += b.len() as u64;
+            j.append(
+                src,
+                &b,
+                &Progress {
+                    coverage: Some(Timestamp::from_micros(t0 + k as i64)),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            if k % interval == 0 || k == BATCH as u64 {
+                let mut w = j
+                    .begin_image(
+                        src,
+                        Position::redis("bench", k),
+                        Timestamp::from_micros(t0 + k as i64),
+                        "bench",
+                    )
+                    .unwrap();
+                for c in 0..8u8 {
+                    w.put_chunk(&vec![c; 64 << 10]).unwrap();
+                }
+                w.finish(&Progress::default()).unwrap();
+            }
+        }
+        j.flush().unwrap();
+        let runs: Vec<Duration> = (0..5)
+            .map(|_| {
+                let start = Instant::now();
+                let plan =
+                    tidemark::restore::plan(&j, "bench", tidemark::time::TimeSpec::Latest).unwrap();
+                let image = plan.image.clone().unwrap();
+                let bytes: usize = j.image_chunks(&image).map(|c| c.unwrap().len()).sum();
+                assert_eq!(bytes as u64, image.bytes);
+                let replayed = j.events(src, plan.first_seq, plan.last_seq).count() as u64;
+                assert_eq!(replayed, plan.events);
+                start.elapsed()
+            })
+            .collect();
+        let plan = tidemark::restore::plan(&j, "bench", tidemark::time::TimeSpec::Latest).unwrap();
+        let t = median(runs.iter().map(|d| d.as_secs_f64()).collect());
+        let b = *base.get_or_insert(t);
+        println!(
+            "{:<10} {total:>12} {:>14} {:>10.1}ms {:>9.2}x",
+            format!("{mult}x"),
+            plan.events,
+            t * 1000.0,
+            t / b
+        );
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p) as usize]
 }
@@ -231,5 +406,7 @@ fn main() {
         return; // `cargo bench -- --list` probes harness=false benches
     }
     bench_append(arg("--events", 200_000));
+    bench_five(arg("--events", 200_000));
+    bench_restore_cost(arg("--interval", 100_000));
     bench_lookup(arg("--lookup-events", 10_000_000));
 }

@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::capture::images::ImagePolicy;
+use crate::capture::CaptureOptions;
 use crate::connectors::{self, SourceSettings};
 
 pub use crate::redact::redact_url;
@@ -189,6 +191,9 @@ pub struct SourceConfig {
     pub kind: SourceKind,
     /// The kind's own settings.
     pub settings: Arc<dyn SourceSettings>,
+    /// When it takes base images after its first (`image_interval`,
+    /// `image_after_bytes`).
+    pub images: ImagePolicy,
 }
 
 impl SourceConfig {
@@ -200,6 +205,14 @@ impl SourceConfig {
     /// The source's kind.
     pub fn kind(&self) -> SourceKind {
         self.kind
+    }
+
+    /// `base` with this source's own capture settings (its image schedule).
+    pub fn capture_options(&self, base: &CaptureOptions) -> CaptureOptions {
+        CaptureOptions {
+            images: self.images,
+            ..base.clone()
+        }
     }
 
     /// One source from its kind's keys (for the demo, tests and benchmarks).
@@ -463,12 +476,60 @@ fn parse_source(mut table: toml::Table, at: &str) -> Result<SourceConfig, Config
             kind,
         });
     };
+    let images = parse_image_policy(&mut table, at)?;
     let settings = connector.parse_source(&name, table, at)?;
     Ok(SourceConfig {
         name,
         kind,
         settings,
+        images,
     })
+}
+
+/// Takes `image_interval` and `image_after_bytes` out of a `[[source]]` table.
+fn parse_image_policy(table: &mut toml::Table, at: &str) -> Result<ImagePolicy, ConfigError> {
+    let mut policy = ImagePolicy::default();
+    let off = |v: &str| matches!(v.trim(), "off" | "never" | "none");
+    match table.remove("image_interval") {
+        None => {}
+        Some(toml::Value::String(v)) if off(&v) => policy.interval = None,
+        Some(toml::Value::String(v)) => match humantime::parse_duration(v.trim()) {
+            Ok(d) if d >= Duration::from_secs(1) => policy.interval = Some(d),
+            _ => return Err(invalid(
+                format!("{at}.image_interval"),
+                format!(
+                    "`{v}` is not a duration of at least 1s; write e.g. \"6h\", \"30m\" or \"off\""
+                ),
+            )),
+        },
+        Some(_) => {
+            return Err(invalid(
+                format!("{at}.image_interval"),
+                "must be a string such as \"6h\" or \"off\"",
+            ))
+        }
+    }
+    match table.remove("image_after_bytes") {
+        None => {}
+        Some(toml::Value::String(v)) if off(&v) => policy.after_bytes = None,
+        Some(toml::Value::Integer(n)) if n > 0 => policy.after_bytes = Some(n as u64),
+        Some(toml::Value::String(v)) => match crate::capture::images::parse_bytes(&v) {
+            Some(n) if n > 0 => policy.after_bytes = Some(n),
+            _ => {
+                return Err(invalid(
+                    format!("{at}.image_after_bytes"),
+                    format!("`{v}` is not a size; write e.g. \"10GiB\", \"500MB\" or \"off\""),
+                ))
+            }
+        },
+        Some(_) => {
+            return Err(invalid(
+                format!("{at}.image_after_bytes"),
+                "must be a size such as \"10GiB\" or \"off\"",
+            ))
+        }
+    }
+    Ok(policy)
 }
 
 /// Adds a section's members as sources named `<section>.<suffix>`; returns the group.
@@ -493,6 +554,7 @@ fn add_members(
             name,
             kind: section.kind,
             settings,
+            images: section.images,
         });
     }
     Ok((section.name.clone(), names))

@@ -27,6 +27,7 @@
 //!   acknowledges it, and returns `Ok(())`.
 
 pub mod backoff;
+pub mod images;
 pub mod supervisor;
 
 use std::future::Future;
@@ -163,11 +164,13 @@ pub struct CaptureOptions {
     /// Take over server-side resources (replication slots) this journal did not
     /// create (`run --take-over-slots`).
     pub take_over_slots: bool,
+    /// When the source takes its next base image (its `[[source]]` settings).
+    pub images: images::ImagePolicy,
 }
 
 /// Builds the capture for `cfg` without connecting to anything.
 pub fn build(cfg: &SourceConfig, opts: &CaptureOptions) -> Result<Box<dyn Source>, CaptureError> {
-    cfg.settings.capture(cfg.name(), opts)
+    cfg.settings.capture(cfg.name(), &cfg.capture_options(opts))
 }
 
 /// Registers `cfg`'s source in `journal` and returns its stop trigger and the
@@ -190,8 +193,8 @@ pub fn start(
     let (trigger, shutdown) = shutdown_pair();
     let sj = SourceJournal::new(Arc::clone(journal), id, cfg.name().to_string());
     let (settings, name) = (Arc::clone(&cfg.settings), cfg.name().to_string());
-    let factory: supervisor::Factory =
-        Box::new(move || settings.capture(&name, &CaptureOptions::default()));
+    let opts = cfg.capture_options(&CaptureOptions::default());
+    let factory: supervisor::Factory = Box::new(move || settings.capture(&name, &opts));
     Ok((
         trigger,
         Box::pin(supervisor::supervise(factory, sj, shutdown, None)),
@@ -378,6 +381,11 @@ impl SourceJournal {
     /// The journal itself (for readers that need more than this view).
     pub fn journal(&self) -> &Arc<Journal> {
         &self.journal
+    }
+
+    /// Whether this is one part's view (see [`PartScope`]).
+    pub fn is_part(&self) -> bool {
+        self.scope.is_some()
     }
 
     /// The source's id in the journal.
@@ -638,6 +646,12 @@ impl SourceImageWriter {
         self.writer.chunks()
     }
 
+    /// Seals an image taken while capture went on, after the source's events up to
+    /// `after_seq`; see [`ImageWriter::finish_placed`].
+    pub fn finish_placed(self, after_seq: u64) -> Result<BaseImageMeta, JournalError> {
+        self.writer.finish_placed(after_seq)
+    }
+
     /// Seals the image with `progress` in one synced write (coverage turned into
     /// the source's in a part's view).
     pub fn finish(self, progress: &Progress) -> Result<BaseImageMeta, JournalError> {
@@ -657,6 +671,7 @@ pub struct ImageSink {
 enum ImageMsg {
     Chunk(Vec<u8>),
     Finish(Progress),
+    FinishPlaced(u64),
 }
 
 impl ImageSink {
@@ -668,6 +683,7 @@ impl ImageSink {
                 match msg {
                     ImageMsg::Chunk(data) => writer.put_chunk(&data)?,
                     ImageMsg::Finish(progress) => return writer.finish(&progress).map(Some),
+                    ImageMsg::FinishPlaced(after) => return writer.finish_placed(after).map(Some),
                 }
             }
             // Dropped unfinished: the writer's chunks are removed at the next open.
@@ -686,8 +702,18 @@ impl ImageSink {
 
     /// Seals the image with `progress` in one atomic write.
     pub async fn finish(self, progress: Progress) -> Result<BaseImageMeta, JournalError> {
+        self.seal(ImageMsg::Finish(progress)).await
+    }
+
+    /// Seals an image taken while capture went on, after the source's events up to
+    /// `after_seq`; see [`ImageWriter::finish_placed`].
+    pub async fn finish_placed(self, after_seq: u64) -> Result<BaseImageMeta, JournalError> {
+        self.seal(ImageMsg::FinishPlaced(after_seq)).await
+    }
+
+    async fn seal(self, msg: ImageMsg) -> Result<BaseImageMeta, JournalError> {
         let ImageSink { tx, done } = self;
-        let _ = tx.send(ImageMsg::Finish(progress)).await;
+        let _ = tx.send(msg).await;
         drop(tx);
         match done.await {
             Ok(Ok(Some(meta))) => Ok(meta),

@@ -3,11 +3,13 @@
 
 mod demo;
 mod digest;
+mod image;
 mod log;
 mod prune;
 mod restore;
 mod run;
 mod status;
+mod verify;
 
 use std::path::{Path, PathBuf};
 
@@ -119,6 +121,20 @@ pub enum Command {
         /// The configured source.
         source: String,
     },
+    /// Base images: `image take SOURCE` asks the running capture for one now.
+    Image {
+        /// What to do.
+        #[command(subcommand)]
+        action: ImageAction,
+    },
+    /// Scrub the journal: every record's checksum, the indexes against the events,
+    /// every image's chunks against its metadata. Exits non-zero on any damage,
+    /// naming the sources and moments that can no longer be restored.
+    Verify {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply the configured retention now.
     Prune {
         /// Report what would be dropped; change nothing.
@@ -130,6 +146,25 @@ pub enum Command {
         /// What to do with the configuration.
         #[command(subcommand)]
         action: ConfigAction,
+    },
+}
+
+/// `tidemark image ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImageAction {
+    /// Ask the running `tidemark run` for a base image of SOURCE now (taken while
+    /// capture goes on, like a scheduled one).
+    Take {
+        /// The configured source.
+        source: String,
+        /// Wait until the image is sealed and print it.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List a source's base images.
+    List {
+        /// The source.
+        source: String,
     },
 }
 
@@ -194,6 +229,9 @@ pub fn main() -> std::process::ExitCode {
             | Command::Log { .. }
             | Command::Digest { .. }
             | Command::Config { .. }
+            | Command::Image {
+                action: ImageAction::List { .. }
+            }
     ) {
         // Commands that only print: `tidemark status | head -1` ends quietly, as
         // other Unix tools do, instead of panicking on the closed pipe. (Not for
@@ -324,6 +362,13 @@ pub fn execute(cli: Cli, matches: &ArgMatches) -> Result<()> {
             },
         ),
         Command::Prune { dry_run } => prune::prune(&cfg, dry_run),
+        Command::Image {
+            action: ImageAction::Take { source, wait },
+        } => image::take(&cfg, &source, wait),
+        Command::Image {
+            action: ImageAction::List { source },
+        } => image::list(&cfg, &source),
+        Command::Verify { json } => verify::verify(&cfg, json),
         Command::Resync { source } => prune::resync(&cfg, &source),
         Command::Digest { .. } | Command::Demo { .. } => Ok(()), // handled above, without a configuration
     }

@@ -20,6 +20,10 @@ use crate::time::Timestamp;
 
 /// How often retention runs while capturing.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// The background scrub: first an hour after start, then once a day (one pass
+/// reads the journal through once; `tidemark verify` runs one now).
+const SCRUB_FIRST: Duration = Duration::from_secs(3600);
+const SCRUB_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// Flags of `run`.
 #[derive(Debug, Default)]
@@ -34,6 +38,7 @@ pub fn run(cfg: &Config, flags: Flags) -> Result<()> {
     let opts = CaptureOptions {
         timeouts: cfg.timeouts,
         take_over_slots: flags.take_over_slots,
+        ..Default::default()
     };
     // Build and preflight every capture before touching the journal.
     let mut built = Vec::new();
@@ -66,7 +71,7 @@ pub fn run(cfg: &Config, flags: Flags) -> Result<()> {
             let id = journal.register_source(s.name(), s.kind())?;
             tracing::info!(source = %s.name(), kind = %s.kind(), "capture starting");
             let sj = SourceJournal::new(Arc::clone(&journal), id, s.name().to_string());
-            let (settings, name, opts) = (Arc::clone(&s.settings), s.name().to_string(), opts.clone());
+            let (settings, name, opts) = (Arc::clone(&s.settings), s.name().to_string(), s.capture_options(&opts));
             let factory: Factory = Box::new(move || settings.capture(&name, &opts));
             let name = s.name().to_string();
             let fut = supervisor::supervise(factory, sj, shutdown.clone(), first_error);
@@ -86,6 +91,30 @@ pub fn run(cfg: &Config, flags: Flags) -> Result<()> {
                         Ok(Err(error)) => tracing::error!(%error, "retention failed"),
                         Err(error) => tracing::error!(%error, "retention task failed"),
                         Ok(Ok(_)) => {}
+                    }
+                }
+            });
+        }
+        {
+            let (journal, mut stop) = (Arc::clone(&journal), shutdown.clone());
+            tokio::spawn(async move {
+                let first = tokio::time::Instant::now() + SCRUB_FIRST;
+                let mut tick = tokio::time::interval_at(first, SCRUB_EVERY);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.wait() => return,
+                    }
+                    let j = Arc::clone(&journal);
+                    match tokio::task::spawn_blocking(move || j.scrub()).await {
+                        Ok(Ok(r)) if r.damage.is_empty() => tracing::info!(events = r.events, images = r.images, "journal scrub found no damage"),
+                        Ok(Ok(r)) => {
+                            for d in &r.damage {
+                                tracing::error!(record = %d.record, affects = %d.affects, "journal scrub: damaged record");
+                            }
+                        }
+                        Ok(Err(error)) => tracing::error!(%error, "journal scrub failed"),
+                        Err(error) => tracing::error!(%error, "journal scrub task failed"),
                     }
                 }
             });

@@ -40,6 +40,22 @@ pub fn status(cfg: &Config, as_json: bool) -> Result<()> {
         let resync_pending = journal
             .note(s.id, crate::journal::RESYNC_NOTE)?
             .is_some_and(|n| !n.is_empty());
+        let images = journal.images(s.id)?;
+        let newest_image = images.last().map(|m| {
+            json!({ "id": m.id, "time": fmt_time(Some(m.time_us)), "sealed": if m.sealed_us > 0 { fmt_time(Some(m.sealed_us)) } else { "-".into() }, "bytes": m.bytes })
+        });
+        // The oldest moment a restore can reach: the oldest image for kinds that
+        // start from one, else the oldest event kept.
+        let oldest = if crate::restore::kind_uses_images(s.kind) {
+            images.iter().map(|m| m.time_us).min()
+        } else {
+            journal
+                .events(s.id, 0, u64::MAX)
+                .next()
+                .transpose()?
+                .map(|e| e.event.time_us())
+        }
+        .map(|t| t.max(s.stats.floor_us.unwrap_or(i64::MIN)));
         let mut row = json!({
             "name": s.name,
             "kind": s.kind.as_str(),
@@ -52,6 +68,9 @@ pub fn status(cfg: &Config, as_json: bool) -> Result<()> {
             "events": s.stats.event_count,
             "base_images": s.stats.images,
             "retained_from": s.stats.floor_us.map(|_| fmt_time(s.stats.floor_us)),
+            "bytes_held": journal.source_bytes(s.id)?,
+            "oldest_restorable": oldest.map(|t| fmt_time(Some(t))),
+            "newest_image": newest_image,
             "configured": configured.is_some(),
             "health": health,
             "breaks": breaks,
@@ -93,6 +112,20 @@ pub fn status(cfg: &Config, as_json: bool) -> Result<()> {
                 "  (no longer configured)"
             } else {
                 ""
+            }
+        );
+        println!(
+            "    holds {} bytes; restorable from {}; newest base image {}",
+            r["bytes_held"],
+            s("oldest_restorable"),
+            match &r["newest_image"] {
+                serde_json::Value::Null => "none".to_string(),
+                m => format!(
+                    "#{} at {} (sealed {})",
+                    m["id"],
+                    m["time"].as_str().unwrap_or("-"),
+                    m["sealed"].as_str().unwrap_or("-")
+                ),
             }
         );
         let sup = &r["supervision"];

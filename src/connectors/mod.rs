@@ -161,6 +161,13 @@ pub trait Connector: Sync {
         timeouts: &Timeouts,
     ) -> Result<Digest, ConnectorError>;
 
+    /// Whether capture takes base images on a schedule (`image_interval`,
+    /// `image_after_bytes`, `tidemark image take`) while it goes on. Kinds without
+    /// it have their first image only (or none: Kafka).
+    fn scheduled_images(&self) -> bool {
+        false
+    }
+
     /// Whether `tidemark resync` can end a source's history with a break and start
     /// a new one (a connector that supports it reads [`crate::journal::RESYNC_NOTE`]
     /// when its capture starts). Kinds that resynchronise by themselves (Redis full

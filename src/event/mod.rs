@@ -459,4 +459,12 @@ pub struct BaseImageMeta {
     /// Empty: the whole source. A restore starts each part from its own newest image.
     #[prost(string, tag = "8")]
     pub part: String,
+    /// When the image was sealed, by tidemark's clock (µs); 0 in images sealed
+    /// before it was recorded. Schedules count from it (`time_us` is the source's).
+    #[prost(int64, tag = "9")]
+    pub sealed_us: i64,
+    /// The source's event bytes journaled up to the seal
+    /// ([`crate::journal::SourceStats::bytes`]): `image_after_bytes` counts from it.
+    #[prost(uint64, tag = "10")]
+    pub source_bytes: u64,
 }

@@ -260,6 +260,68 @@ impl ImageWriter {
     }
 }
 
+impl ImageWriter {
+    /// Seals an image taken while capture went on: it follows the source's events
+    /// up to `after_seq` (which the caller found among the journaled stream), and
+    /// leaves checkpoints and coverage alone. Its time is the source's time axis at
+    /// `after_seq` (never before the previous image's): a restore to any moment at
+    /// or after it that starts here replays exactly the events after `after_seq`.
+    pub fn finish_placed(mut self, after_seq: u64) -> Result<BaseImageMeta, JournalError> {
+        let journal = Arc::clone(&self.journal);
+        let mut wb = std::mem::take(&mut self.pending);
+        let mut st = journal.lock_for_write()?;
+        let Some(info) = st.sources.get(&self.src) else {
+            return Err(JournalError::Storage(format!(
+                "image of unregistered source id {}",
+                self.src
+            )));
+        };
+        let mut stats = info.stats.clone();
+        let previous = journal.image_at_or_before(self.src, ImageBound::Seq(u64::MAX))?;
+        if previous.as_ref().is_some_and(|p| p.after_seq > after_seq) {
+            return Err(JournalError::Storage(format!(
+                "image placed after sequence {after_seq} would precede the previous image (after {})",
+                previous.map_or(0, |p| p.after_seq)
+            )));
+        }
+        let axis = journal.watermark_at(self.src, after_seq)?;
+        let mut time = axis.unwrap_or(self.meta.time_us);
+        if let Some(p) = &previous {
+            time = time.max(p.time_us);
+        }
+        self.meta.time_us = time;
+        self.meta.after_seq = after_seq;
+        self.meta.sealed_us = Timestamp::now().as_micros();
+        self.meta.source_bytes = stats.bytes;
+        stats.images += 1;
+        let next_image = st.next_image.max(self.meta.id + 1);
+        wb.put_cf(
+            journal.cf(keys::CF_META),
+            keys::META_NEXT_IMAGE,
+            record::seal(&next_image.to_be_bytes()),
+        );
+        wb.put_cf(
+            journal.cf(keys::CF_IMAGES),
+            keys::image(self.src, self.meta.id),
+            record::seal_msg(&self.meta),
+        );
+        wb.put_cf(
+            journal.cf(keys::CF_STATE),
+            keys::stats(self.src),
+            record::seal_msg(&stats),
+        );
+        journal.write(wb)?;
+        st.next_image = next_image;
+        if let Some(live) = st.sources.get_mut(&self.src) {
+            live.stats = stats;
+        }
+        journal.publish(&st, Some(self.src));
+        drop(st);
+        self.finished = true;
+        Ok(self.meta.clone())
+    }
+}
+
 impl Drop for ImageWriter {
     fn drop(&mut self) {
         if !self.finished {

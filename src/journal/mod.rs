@@ -18,16 +18,19 @@
 //! durability); reads go straight to RocksDB and never block appends.
 
 mod breaks;
+mod commit;
 mod image;
 mod keys;
 mod read;
 mod record;
 mod retention;
+mod scrub;
 
 pub use breaks::{Break, RESYNC_NOTE};
 pub use image::{ImageBound, ImageWriter};
 pub use read::{Checkpoint, LogEntry};
 pub use retention::PruneReport;
+pub use scrub::{flip_byte_for_test, Damage, ScrubReport, TestRecord};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -188,6 +191,9 @@ pub struct SourceStats {
     /// Base images in the journal.
     #[prost(uint64, tag = "7")]
     pub images: u64,
+    /// Encoded bytes of every event ever appended (retention does not lower it).
+    #[prost(uint64, tag = "8")]
+    pub bytes: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -229,6 +235,8 @@ struct WriterState {
     next_image: u64,
     next_source: u32,
     sources: HashMap<SourceId, SourceInfo>,
+    /// The group commit's state (see [`commit`]).
+    commit: commit::CommitState,
 }
 
 /// An open journal. Share it with `Arc`; every method takes `&self`.
@@ -238,6 +246,8 @@ pub struct Journal {
     read_only: bool,
     sync: bool,
     state: Mutex<WriterState>,
+    /// Signalled when a group write ends (see [`commit`]).
+    committed: std::sync::Condvar,
     /// What readers see of `state`, published after each write: reads never wait
     /// for the writer lock, which an append holds across its fsync.
     view: RwLock<View>,
@@ -329,7 +339,9 @@ impl Journal {
                 next_image: 1,
                 next_source: 1,
                 sources: HashMap::new(),
+                commit: Default::default(),
             }),
+            committed: std::sync::Condvar::new(),
             view: RwLock::new(View {
                 next_seq: 1,
                 sources: HashMap::new(),
@@ -357,6 +369,7 @@ impl Journal {
             next_image: 1,
             next_source: 1,
             sources: HashMap::new(),
+            commit: Default::default(),
         };
         let mut it = self.db.raw_iterator_cf(self.cf(keys::CF_BATCHES));
         it.seek_to_last();
@@ -583,7 +596,8 @@ impl Journal {
     }
 
     /// [`Journal::append`] that also writes `wb` and, if given, seals `image`
-    /// (setting its `after_seq`) in the same atomic batch.
+    /// (setting its `after_seq`) in the same atomic batch. Plain appends go through
+    /// the group commit ([`commit`]); these wait until no group write is in flight.
     fn append_inner(
         &self,
         src: SourceId,
@@ -592,15 +606,84 @@ impl Journal {
         mut wb: WriteBatch,
         image: Option<&mut crate::event::BaseImageMeta>,
     ) -> Result<Appended, JournalError> {
+        if image.is_none() && wb.is_empty() {
+            return self.append_grouped(src, events, progress);
+        }
         let mut st = self.lock_for_write()?;
         let first_seq = st.next_seq;
-        let info = st.sources.get(&src).ok_or_else(|| {
+        let info = st.sources.get(&src).cloned().ok_or_else(|| {
             JournalError::Storage(format!("append to unregistered source id {src}"))
         })?;
+        let next_image = st.next_image;
+        let (stats, count) = self.build(
+            &info, first_seq, events, progress, &mut wb, image, next_image,
+        )?;
+        self.write(wb)?;
+        st.next_seq += count;
+        if let Some(info) = st.sources.get_mut(&src) {
+            info.stats = stats;
+        }
+        self.publish(&st, Some(src));
+        Ok(Appended { first_seq, count })
+    }
+
+    /// Checks everything that can make an append fail before anything is built, so
+    /// [`Journal::build`] never leaves half an append in a shared batch.
+    fn validate(
+        info: &SourceInfo,
+        events: &[ChangeEvent],
+        progress: &Progress,
+    ) -> Result<(), JournalError> {
         let invalid = |reason: String| JournalError::InvalidEvent {
             source_name: info.name.clone(),
             reason,
         };
+        let mut probe = Vec::with_capacity(64);
+        for (i, e) in events.iter().enumerate() {
+            let pos = e
+                .position
+                .as_ref()
+                .ok_or_else(|| invalid(format!("event {i} has no position")))?;
+            if pos.source_kind() != Some(info.kind) {
+                return Err(invalid(format!(
+                    "event {i} has position {pos}, not a {} position",
+                    info.kind
+                )));
+            }
+            probe.clear();
+            if pos.write_index_key(&mut probe).is_none() {
+                return Err(invalid(format!(
+                    "event {i} has an empty or unindexable position"
+                )));
+            }
+        }
+        for pos in &progress.checkpoint {
+            if pos.source_kind() != Some(info.kind) {
+                return Err(invalid(format!(
+                    "checkpoint {pos} is not a {} position",
+                    info.kind
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts an append's events, index entries, checkpoints, image seal and counters
+    /// into `wb` (after [`Journal::validate`], so it fails before writing anything);
+    /// returns the source's new counters and the number of events.
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        &self,
+        info: &SourceInfo,
+        first_seq: u64,
+        events: &[ChangeEvent],
+        progress: &Progress,
+        wb: &mut WriteBatch,
+        image: Option<&mut crate::event::BaseImageMeta>,
+        next_image: u64,
+    ) -> Result<(SourceStats, u64), JournalError> {
+        Self::validate(info, events, progress)?;
+        let src = info.id;
         let mut stats = info.stats.clone();
         let (cf_events, cf_pos, cf_time) = (
             self.cf(keys::CF_EVENTS),
@@ -615,25 +698,18 @@ impl Journal {
         let mut per_stream: Vec<(Vec<u8>, Vec<u8>, u64, &Position)> = Vec::new();
         for (i, e) in events.iter().enumerate() {
             let seq = first_seq + i as u64;
-            let pos = e
-                .position
-                .as_ref()
-                .ok_or_else(|| invalid(format!("event {i} has no position")))?;
-            if pos.source_kind() != Some(info.kind) {
-                return Err(invalid(format!(
-                    "event {i} has position {pos}, not a {} position",
-                    info.kind
-                )));
-            }
+            // Validated above: every event has an indexable position of the kind.
+            let Some(pos) = e.position.as_ref() else {
+                continue;
+            };
             pos_key.clear();
             pos_key.extend_from_slice(&src.to_be_bytes());
             let Some(stream_len) = pos.write_index_key(&mut pos_key) else {
-                return Err(invalid(format!(
-                    "event {i} has an empty or unindexable position"
-                )));
+                continue;
             };
             encode_event(e, &mut buf);
             wb.put_cf(cf_events, keys::event(src, seq), &buf);
+            stats.bytes += buf.len() as u64;
             let t = e.time_us();
             if stats.watermark_us.is_none_or(|w| t > w) {
                 stats.watermark_us = Some(t);
@@ -670,12 +746,6 @@ impl Journal {
             progress.checkpoint.iter().collect()
         };
         for pos in checkpoint {
-            if pos.source_kind() != Some(info.kind) {
-                return Err(invalid(format!(
-                    "checkpoint {pos} is not a {} position",
-                    info.kind
-                )));
-            }
             let (stream, _) = pos.index_key().unwrap_or_default();
             let cp = read::CheckpointRecord {
                 position: Some(pos.clone()),
@@ -689,8 +759,10 @@ impl Journal {
         }
         if let Some(meta) = image {
             meta.after_seq = first_seq + count - 1;
+            meta.sealed_us = crate::time::Timestamp::now().as_micros();
+            meta.source_bytes = stats.bytes;
             stats.images += 1;
-            let next_image = st.next_image.max(meta.id + 1);
+            let next_image = next_image.max(meta.id + 1);
             wb.put_cf(
                 self.cf(keys::CF_META),
                 keys::META_NEXT_IMAGE,
@@ -714,13 +786,7 @@ impl Journal {
             keys::stats(src),
             record::seal_msg(&stats),
         );
-        self.write(wb)?;
-        st.next_seq += count;
-        if let Some(info) = st.sources.get_mut(&src) {
-            info.stats = stats;
-        }
-        self.publish(&st, Some(src));
-        Ok(Appended { first_seq, count })
+        Ok((stats, count))
     }
 
     /// Sequence number the next appended event will get.
@@ -795,11 +861,17 @@ impl Journal {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The writer lock once no group write is in flight: for writes that carry
+    /// counters (image seals, retention), which must not overtake a group's events.
     fn lock_for_write(&self) -> Result<MutexGuard<'_, WriterState>, JournalError> {
         if self.read_only {
             return Err(JournalError::ReadOnly(self.path.clone()));
         }
-        Ok(self.lock())
+        let mut st = self.lock();
+        while st.commit.writing {
+            st = self.committed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        Ok(st)
     }
 
     fn try_cf(&self, name: &str) -> Option<&ColumnFamily> {

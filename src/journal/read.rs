@@ -167,6 +167,53 @@ impl Journal {
         self.last_seq_below(src, bound)
     }
 
+    /// About how many bytes `src`'s events and base images occupy on disk
+    /// (RocksDB's estimate over their key ranges in the table files; what is still
+    /// only in memory is not counted).
+    pub fn source_bytes(&self, src: SourceId) -> Result<u64, JournalError> {
+        let events = self.db.get_approximate_sizes_cf(
+            self.cf(keys::CF_EVENTS),
+            &[rocksdb::Range::new(
+                &keys::event(src, 0),
+                &keys::source_end(src),
+            )],
+        );
+        let mut total: u64 = events.iter().sum();
+        let chunks = self.cf(keys::CF_CHUNKS);
+        for m in self.images(src)? {
+            let k0 = keys::chunk(m.id, 0);
+            let k1 = keys::chunk(m.id + 1, 0);
+            total += self
+                .db
+                .get_approximate_sizes_cf(chunks, &[rocksdb::Range::new(&k0, &k1)])
+                .iter()
+                .sum::<u64>();
+        }
+        Ok(total)
+    }
+
+    /// The time axis of `src` at sequence number `seq`: the running maximum of the
+    /// times of its events up to `seq` (`None` if it has none there). Walks the time
+    /// index back from its newest entry, so it costs one step per index entry after
+    /// `seq` (placing an image just behind the stream's head).
+    pub fn watermark_at(&self, src: SourceId, seq: u64) -> Result<Option<i64>, JournalError> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(src.to_be_bytes().to_vec());
+        ro.set_iterate_upper_bound(keys::source_end(src).to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(keys::CF_TIME), ro);
+        it.seek_to_last();
+        while let Some(k) = it.key() {
+            if keys::be_u64(k, 12).is_some_and(|s| s <= seq) {
+                let t = keys::be_u64(k, 4).map(|u| (u ^ (1 << 63)) as i64);
+                it.status()?;
+                return Ok(t);
+            }
+            it.prev();
+        }
+        it.status()?;
+        Ok(None)
+    }
+
     /// The newest sequence number of `src` strictly below `bound`.
     pub fn last_seq_below(&self, src: SourceId, bound: u64) -> Result<Option<u64>, JournalError> {
         if bound == 0 {

@@ -114,6 +114,20 @@ impl Journal {
             live.stats = stats;
             self.publish(&st, Some(src));
             drop(st);
+            // Range deletes only hide the records: compact the ranges so the space
+            // is given back now rather than at some later compaction.
+            self.db.compact_range_cf(
+                self.cf(keys::CF_EVENTS),
+                Some(&keys::event(src, 0)[..]),
+                Some(&keys::event(src, cut + 1)[..]),
+            );
+            for m in &older {
+                self.db.compact_range_cf(
+                    self.cf(keys::CF_CHUNKS),
+                    Some(&keys::chunk(m.id, 0)[..]),
+                    Some(&keys::chunk(m.id + 1, 0)[..]),
+                );
+            }
             tracing::info!(source = %info.name, events = report.events_dropped, images = report.images_dropped, "retention pruned history");
             reports.push(report);
         }

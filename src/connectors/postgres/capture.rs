@@ -26,6 +26,7 @@ use super::repl::{
 };
 use super::setup::SlotInfo;
 use super::{image, repl, sequences, setup, PgError};
+use crate::capture::images::ImageSchedule;
 use crate::capture::{
     BoxFuture, CaptureContext, CaptureError, CaptureOptions, Source, SourceJournal,
 };
@@ -45,6 +46,16 @@ const HEARTBEAT_MIN_GAP: Duration = Duration::from_millis(200);
 const RETAINED_WAL_WARNING: i64 = 4 << 30;
 /// The journal note naming the slot this journal created for the source.
 const SLOT_NOTE: &str = "postgres.slot_created";
+
+/// A scheduled image being taken; dropped with the stream (an error, a shutdown),
+/// it is abandoned and its chunks removed.
+struct Imaging(tokio::task::JoinHandle<Result<crate::event::BaseImageMeta, PgError>>);
+
+impl Drop for Imaging {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// Captures one PostgreSQL database.
 pub struct PostgresSource {
@@ -286,6 +297,8 @@ impl PostgresSource {
         };
         let mut tick = tokio::time::interval(Duration::from_millis(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut schedule = ImageSchedule::new(self.opts.images, ctx.journal.clone());
+        let mut imaging: Option<Imaging> = None;
         let (mut last_status, mut last_health, mut last_heartbeat) = (
             Instant::now(),
             Instant::now() - HEALTH_EVERY,
@@ -370,8 +383,52 @@ impl PostgresSource {
                         self.report_health(&client, &ctx.journal).await;
                         last_health = Instant::now();
                     }
+                    self.schedule_image(&ctx.journal, &mut schedule, &mut imaging).await;
                 }
             }
+        }
+    }
+
+    /// Starts a scheduled base image when one is due, and collects the one running
+    /// when it ends; it runs beside the stream, never pausing it.
+    async fn schedule_image(
+        &self,
+        journal: &SourceJournal,
+        schedule: &mut ImageSchedule,
+        imaging: &mut Option<Imaging>,
+    ) {
+        if let Some(running) = imaging.as_mut() {
+            if !running.0.is_finished() {
+                return;
+            }
+            match (&mut running.0).await {
+                Ok(Ok(meta)) => {
+                    tracing::info!(source = %self.name, image = meta.id, "scheduled base image taken");
+                    schedule.taken();
+                }
+                Ok(Err(error)) => {
+                    tracing::error!(source = %self.name, %error, "scheduled base image failed; capture goes on, the next try is in a minute");
+                    schedule.failed();
+                }
+                Err(error) => {
+                    tracing::error!(source = %self.name, %error, "scheduled base image task failed");
+                    schedule.failed();
+                }
+            }
+            *imaging = None;
+            return;
+        }
+        if let Some(reason) = schedule.due() {
+            tracing::info!(source = %self.name, %reason, "taking a scheduled base image");
+            let (conn, journal, publication, slot) = (
+                self.conn.clone(),
+                journal.clone(),
+                self.publication.clone(),
+                self.slot.clone(),
+            );
+            *imaging = Some(Imaging(tokio::spawn(async move {
+                image::take_placed(&conn, &journal, &publication, &slot).await
+            })));
         }
     }
 

@@ -175,7 +175,8 @@ async fn dump_schema(conn: &ConnInfo, snapshot: &str, section: &str) -> Result<S
 }
 
 /// Copies the database as of the exported `snapshot` into a base image at
-/// `consistent_point`, sealing it with that position as the checkpoint.
+/// `consistent_point`, sealing it with that position as the checkpoint: the image a
+/// history starts from.
 pub async fn take(
     conn: &ConnInfo,
     journal: &SourceJournal,
@@ -183,8 +184,28 @@ pub async fn take(
     snapshot: &str,
     consistent_point: Lsn,
 ) -> Result<BaseImageMeta, PgError> {
-    let started = std::time::Instant::now();
     let time = Timestamp::now();
+    let image = copy(conn, journal, publication, snapshot, consistent_point, time).await?;
+    Ok(image
+        .finish(Progress {
+            checkpoint: vec![Position::postgres(consistent_point.as_u64())],
+            coverage: Some(time),
+        })
+        .await?)
+}
+
+/// Copies the database as of the exported `snapshot` (taken at `consistent_point`)
+/// into an image that is complete but not sealed: the caller seals it, at the start
+/// of a history or placed among the stream's events.
+pub async fn copy(
+    conn: &ConnInfo,
+    journal: &SourceJournal,
+    publication: &str,
+    snapshot: &str,
+    consistent_point: Lsn,
+    time: Timestamp,
+) -> Result<crate::capture::ImageSink, PgError> {
+    let started = std::time::Instant::now();
     let mut image = journal
         .image_sink(Position::postgres(consistent_point.as_u64()), time, FORMAT)
         .await?;
@@ -276,20 +297,57 @@ pub async fn take(
     image.put(encode(PgImagePart::PostData(post_data))).await?;
     client.batch_execute("COMMIT").await.map_err(q)?;
     progress.finish_and_clear();
-    let meta = image
-        .finish(Progress {
-            checkpoint: vec![Position::postgres(consistent_point.as_u64())],
-            coverage: Some(time),
-        })
-        .await?;
     tracing::info!(
         source = journal.name(),
         tables = table_count,
         bytes = rows_bytes,
         position = %consistent_point,
         seconds = started.elapsed().as_secs_f64(),
-        "base image taken"
+        "base image copied"
     );
+    Ok(image)
+}
+
+/// Takes a base image while capture goes on, without pausing it: a temporary slot
+/// on a second replication connection exports a snapshot at its consistent point
+/// C; the database is copied in that snapshot; the image is sealed once the
+/// main stream has journaled past C, placed after the last change committed before
+/// C (those are exactly the transactions the snapshot sees).
+pub async fn take_placed(
+    conn: &ConnInfo,
+    journal: &SourceJournal,
+    publication: &str,
+    slot: &str,
+) -> Result<BaseImageMeta, PgError> {
+    let mut repl = super::repl::ReplicationConnection::connect(&conn.replication()).await?;
+    let mut temp = format!("{slot}_image");
+    temp.truncate(63);
+    let created = repl
+        .create_replication_slot(&temp, true, super::repl::SnapshotAction::Export)
+        .await?;
+    let snapshot = created.snapshot_name.ok_or_else(|| {
+        PgError::History("the server exported no snapshot for the scheduled image".into())
+    })?;
+    let c = created.consistent_point;
+    let image = copy(conn, journal, publication, &snapshot, c, Timestamp::now()).await?;
+    // The temporary slot goes with its connection; the copy no longer needs it.
+    drop(repl);
+    loop {
+        let reached = journal.checkpoints()?.iter().any(|cp| {
+            matches!(&cp.position.kind, Some(crate::position::PositionKind::Postgres(p)) if p.lsn >= c.as_u64())
+        });
+        if reached {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let before_c = Position::postgres_change(c.as_u64().saturating_sub(1), u32::MAX);
+    let found = journal.journal().seq_at_position(journal.id(), &before_c)?;
+    let previous = journal.latest_image()?.map_or(0, |m| m.after_seq);
+    let meta = image
+        .finish_placed(found.unwrap_or(0).max(previous))
+        .await?;
+    tracing::info!(source = journal.name(), image = meta.id, position = %c, after_seq = meta.after_seq, "scheduled base image sealed");
     Ok(meta)
 }
 

@@ -114,6 +114,10 @@ impl Connector for Postgres {
     fn resyncs(&self) -> bool {
         true
     }
+
+    fn scheduled_images(&self) -> bool {
+        true
+    }
 }
 
 /// The server's system identifier (unique per cluster, kept by physical copies)

@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod config;
 pub mod digest;
 pub mod image;
+mod images;
 pub mod locate;
 mod probe;
 pub mod rdb;
@@ -84,6 +85,10 @@ impl Connector for Redis {
     }
 
     fn uses_images(&self) -> bool {
+        true
+    }
+
+    fn scheduled_images(&self) -> bool {
         true
     }
 
@@ -366,6 +371,7 @@ pub struct RedisSource {
     locator: locate::Locator,
     timeouts: Timeouts,
     followed: Arc<locate::Followed>,
+    images: crate::capture::images::ImagePolicy,
 }
 
 impl RedisSource {
@@ -383,6 +389,7 @@ impl RedisSource {
             locator,
             timeouts: opts.timeouts,
             followed,
+            images: opts.images,
         })
     }
 }
@@ -401,7 +408,13 @@ impl Source for RedisSource {
         Box::pin(async move {
             let name = self.name.clone();
             let joined = tokio::task::spawn_blocking(move || {
-                replica::run(&self.locator, ctx, &self.timeouts, &self.followed)
+                replica::run(
+                    &self.locator,
+                    ctx,
+                    &self.timeouts,
+                    &self.followed,
+                    Some(self.images),
+                )
             })
             .await;
             match joined {

@@ -15,11 +15,13 @@ use std::io::{BufRead, Read, Write};
 use std::time::Instant;
 
 use super::image::{self, ChunkBuilder};
+use super::images::Scheduler;
 use super::locate::{Followed, Locator, Resync};
 use super::rdb::RdbParser;
 use super::resp::{self, Conn};
 use super::RedisError;
-use crate::capture::{CaptureContext, SourceJournal};
+use crate::capture::images::{ImagePolicy, ImageSchedule};
+use crate::capture::{CaptureContext, SourceImageWriter, SourceJournal};
 use crate::config::Timeouts;
 use crate::event::Payload;
 use crate::journal::Progress;
@@ -44,12 +46,13 @@ pub fn run(
     mut ctx: CaptureContext,
     timeouts: &Timeouts,
     followed: &Followed,
+    images: Option<ImagePolicy>,
 ) -> Result<(), RedisError> {
     let mut cursor = resume_point(&ctx.journal)?;
     if ctx.shutdown.is_fired() {
         return Ok(());
     }
-    match session(locator, &mut ctx, &mut cursor, timeouts, followed) {
+    match session(locator, &mut ctx, &mut cursor, timeouts, followed, images) {
         Ok(()) | Err(RedisError::Stopped) => Ok(()),
         Err(e) => Err(e),
     }
@@ -93,6 +96,7 @@ fn session(
     cursor: &mut Option<Cursor>,
     timeouts: &Timeouts,
     followed: &Followed,
+    images: Option<ImagePolicy>,
 ) -> Result<(), RedisError> {
     // Reads during the handshake and a full sync: the primary sends a newline every
     // second while it prepares the RDB, so `read` bounds a silent primary.
@@ -196,7 +200,17 @@ fn session(
         }
     }
     let c = cursor.as_mut().ok_or(RedisError::Stopped)?;
-    super::stream::stream(conn, ctx, c, timeouts.stall)
+    // Scheduled images on a second link, for a source in one part (a cluster
+    // shard's history is its own; its images come with its full syncs).
+    let scheduler = images.filter(|_| !ctx.journal.is_part()).map(|policy| {
+        Scheduler::new(
+            ImageSchedule::new(policy, ctx.journal.clone()),
+            locator.clone(),
+            *timeouts,
+            ctx.journal.clone(),
+        )
+    });
+    super::stream::stream(conn, ctx, c, timeouts.stall, scheduler)
 }
 
 /// Connects, authenticates and checks that the URL's server (or, for an address
@@ -216,6 +230,31 @@ fn full_sync(
     let started = Instant::now();
     let time = Timestamp::now();
     let addr = conn.addr().to_string();
+    let mut writer =
+        ctx.journal
+            .begin_image(Position::redis(replid, offset), time, image::FORMAT)?;
+    let shutdown = ctx.shutdown.clone();
+    let keys = read_rdb(conn, &mut writer, &|| shutdown.is_fired())?;
+    let meta = writer.finish(&Progress {
+        checkpoint: Vec::new(),
+        coverage: Some(time),
+    })?;
+    tracing::info!(source = %ctx.journal.name(), image = meta.id, keys, bytes = meta.bytes,
+        seconds = started.elapsed().as_secs_f64(), "base image taken from a full sync");
+    // Valkey starts the stream only once it hears an ACK after the transfer.
+    send_ack(conn.reader.get_mut(), offset, &addr)?;
+    Ok(())
+}
+
+/// Reads the RDB payload after `+FULLRESYNC` (length-prefixed or diskless with an
+/// EOF mark) into `writer`'s chunks; returns the number of keys. `stopped` is
+/// polled every few thousand keys.
+pub(super) fn read_rdb(
+    conn: &mut Conn,
+    writer: &mut SourceImageWriter,
+    stopped: &dyn Fn() -> bool,
+) -> Result<u64, RedisError> {
+    let addr = conn.addr().to_string();
     let proto = |detail: String| RedisError::Protocol {
         addr: addr.clone(),
         detail,
@@ -234,11 +273,7 @@ fn full_sync(
     } else {
         None
     };
-    let mut writer =
-        ctx.journal
-            .begin_image(Position::redis(replid, offset), time, image::FORMAT)?;
     let mut chunks = ChunkBuilder::default();
-    let shutdown = ctx.shutdown.clone();
     let mut put = |reader: &mut dyn BufRead| -> Result<(), RedisError> {
         let mut parser = RdbParser::new(reader);
         let mut n = 0u64;
@@ -264,7 +299,7 @@ fn full_sync(
             },
         })? {
             n += 1;
-            if n.is_multiple_of(4096) && shutdown.is_fired() {
+            if n.is_multiple_of(4096) && stopped() {
                 return Err(RedisError::Stopped);
             }
             if let Some(bytes) = image::record_of(item).and_then(|r| chunks.push(r)) {
@@ -309,15 +344,7 @@ fn full_sync(
     if let Some(bytes) = chunks.finish() {
         writer.put_chunk(&bytes)?;
     }
-    let meta = writer.finish(&Progress {
-        checkpoint: Vec::new(),
-        coverage: Some(time),
-    })?;
-    tracing::info!(source = %ctx.journal.name(), image = meta.id, keys = chunks.keys, bytes = meta.bytes,
-        seconds = started.elapsed().as_secs_f64(), "base image taken from a full sync");
-    // Valkey starts the stream only once it hears an ACK after the transfer.
-    send_ack(conn.reader.get_mut(), offset, &addr)?;
-    Ok(())
+    Ok(chunks.keys)
 }
 
 pub(super) fn send_ack<W: Write>(sock: &mut W, offset: u64, addr: &str) -> Result<(), RedisError> {

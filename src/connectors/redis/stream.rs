@@ -14,6 +14,7 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::images::Scheduler;
 use super::replica::{send_ack, Cursor};
 use super::resp::{self, Conn};
 use super::RedisError;
@@ -42,6 +43,7 @@ pub(super) fn stream(
     ctx: &mut CaptureContext,
     cur: &mut Cursor,
     stall: Duration,
+    images: Option<Scheduler>,
 ) -> Result<(), RedisError> {
     let durable = Arc::new(AtomicU64::new(cur.offset));
     let (tx, rx) = sync_channel::<Batch>(IN_FLIGHT);
@@ -61,7 +63,7 @@ pub(super) fn stream(
             }
             Ok(())
         });
-        let read = read_loop(conn, ctx, cur, tx, &durable, stall);
+        let read = read_loop(conn, ctx, cur, tx, &durable, stall, images);
         let appended = appender
             .join()
             .unwrap_or_else(|_| Err(JournalError::Storage("the append thread panicked".into())));
@@ -77,6 +79,7 @@ fn read_loop(
     tx: SyncSender<Batch>,
     durable: &AtomicU64,
     stall: Duration,
+    mut images: Option<Scheduler>,
 ) -> Result<(), RedisError> {
     let mut last_data = Instant::now();
     let addr = conn.addr().to_string();
@@ -149,6 +152,9 @@ fn read_loop(
             send_ack(&mut sock, durable.load(Ordering::Acquire), &addr)?;
             tracing::info!(source = %ctx.journal.name(), offset = cur.offset, "stopped; everything received is journaled and acknowledged");
             return Ok(());
+        }
+        if let Some(s) = images.as_mut() {
+            s.poll();
         }
         let done = durable.load(Ordering::Acquire);
         let answer_getack = getack_at.is_some_and(|g| done >= g);

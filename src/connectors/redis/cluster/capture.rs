@@ -263,7 +263,7 @@ fn start(
             // through failovers here (a failover is a new shard with a new image).
             let locator = crate::connectors::redis::locate::Locator::One(node);
             let followed = crate::connectors::redis::locate::Followed::default();
-            crate::connectors::redis::replica::run(&locator, link_ctx, &timeouts, &followed)
+            crate::connectors::redis::replica::run(&locator, link_ctx, &timeouts, &followed, None)
         })
         .map_err(|e| RedisError::Io {
             addr: s.addr(),
