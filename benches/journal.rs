@@ -176,7 +176,10 @@ fn raw_parallel(dir: &std::path::Path, per_source: &[Vec<Vec<Vec<u8>>>]) -> Dura
     start.elapsed()
 }
 
-fn journal_parallel(dir: &std::path::Path, per_source: &[Vec<Vec<ChangeEvent>>]) -> Duration {
+fn journal_parallel(
+    dir: &std::path::Path,
+    per_source: &[Vec<Vec<ChangeEvent>>],
+) -> (Duration, (u64, u64)) {
     let j = Journal::open(dir, JournalOptions::default()).unwrap();
     let ids: Vec<_> = (0..per_source.len())
         .map(|n| {
@@ -195,7 +198,7 @@ fn journal_parallel(dir: &std::path::Path, per_source: &[Vec<Vec<ChangeEvent>>])
             });
         }
     });
-    start.elapsed()
+    (start.elapsed(), j.group_commit_counts())
 }
 
 fn bench_five(n: u64) {
@@ -209,20 +212,24 @@ fn bench_five(n: u64) {
         })
         .collect();
     println!("\n## five sources at once: {n} events of {EVENT_BYTES} bytes, sync = always, one thread per source");
-    let (mut rr, mut jr, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rr, mut jr, mut ratios, mut per_write) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let r = n as f64 / raw_parallel(a.path(), &raw).as_secs_f64();
-        let j = n as f64 / journal_parallel(b.path(), &per).as_secs_f64();
+        let (took, (appends, writes)) = journal_parallel(b.path(), &per);
+        let j = n as f64 / took.as_secs_f64();
         rr.push(r);
         jr.push(j);
         ratios.push(j / r);
+        per_write.push(appends as f64 / writes.max(1) as f64);
     }
     println!(
-        "raw RocksDB (5 writers) {:>10.0} ev/s   journal (5 sources) {:>10.0} ev/s   ratio {:.2}   (median of 3 interleaved rounds)",
+        "raw RocksDB (5 writers) {:>10.0} ev/s   journal (5 sources) {:>10.0} ev/s   ratio {:.2}   appends per synced write {:.2}   (median of 3 interleaved rounds)",
         median(rr),
         median(jr),
-        median(ratios)
+        median(ratios),
+        median(per_write)
     );
 }
 

@@ -495,12 +495,14 @@ fn parse_image_policy(table: &mut toml::Table, at: &str) -> Result<ImagePolicy, 
         Some(toml::Value::String(v)) if off(&v) => policy.interval = None,
         Some(toml::Value::String(v)) => match humantime::parse_duration(v.trim()) {
             Ok(d) if d >= Duration::from_secs(1) => policy.interval = Some(d),
-            _ => return Err(invalid(
-                format!("{at}.image_interval"),
-                format!(
+            _ => {
+                return Err(invalid(
+                    format!("{at}.image_interval"),
+                    format!(
                     "`{v}` is not a duration of at least 1s; write e.g. \"6h\", \"30m\" or \"off\""
                 ),
-            )),
+                ))
+            }
         },
         Some(_) => {
             return Err(invalid(

@@ -42,6 +42,9 @@ pub(super) struct CommitState {
     durable_group: u64,
     /// Recent failures: the group ids `first..=last` failed with this message.
     failed: VecDeque<(u64, u64, String)>,
+    /// Appends and writes so far (their ratio is what grouping saved).
+    appends: u64,
+    writes: u64,
 }
 
 /// Appends written together.
@@ -117,6 +120,7 @@ impl Journal {
         group.after.insert(src, now);
         group.next_seq_after = st.next_seq;
         let appended = Appended { first_seq, count };
+        st.commit.appends += 1;
         let mine = group.id;
         if !leader {
             st.commit.gathering = Some(group);
@@ -139,6 +143,7 @@ impl Journal {
         let mut result = Ok(appended);
         loop {
             let wb = std::mem::take(&mut group.wb);
+            st.commit.writes += 1;
             drop(st);
             let written = self.write(wb);
             st = self.lock();
@@ -184,6 +189,12 @@ impl Journal {
         drop(st);
         self.committed.notify_all();
         result
+    }
+
+    /// Appends made through the group commit, and the writes that carried them.
+    pub fn group_commit_counts(&self) -> (u64, u64) {
+        let st = self.lock();
+        (st.commit.appends, st.commit.writes)
     }
 
     /// Publishes a durable group's counters to readers.

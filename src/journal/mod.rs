@@ -194,6 +194,10 @@ pub struct SourceStats {
     /// Encoded bytes of every event ever appended (retention does not lower it).
     #[prost(uint64, tag = "8")]
     pub bytes: u64,
+    /// Encoded bytes of the events the journal holds now (retention lowers it).
+    /// Counted from the version that added it: older events are not in it.
+    #[prost(uint64, tag = "9")]
+    pub held_bytes: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -710,6 +714,7 @@ impl Journal {
             encode_event(e, &mut buf);
             wb.put_cf(cf_events, keys::event(src, seq), &buf);
             stats.bytes += buf.len() as u64;
+            stats.held_bytes += buf.len() as u64;
             let t = e.time_us();
             if stats.watermark_us.is_none_or(|w| t > w) {
                 stats.watermark_us = Some(t);

@@ -167,29 +167,37 @@ impl Journal {
         self.last_seq_below(src, bound)
     }
 
-    /// About how many bytes `src`'s events and base images occupy on disk
-    /// (RocksDB's estimate over their key ranges in the table files; what is still
-    /// only in memory is not counted).
+    /// The bytes `src` holds in the journal: its events as stored (before block
+    /// compression) and its base images' chunks.
     pub fn source_bytes(&self, src: SourceId) -> Result<u64, JournalError> {
-        let events = self.db.get_approximate_sizes_cf(
-            self.cf(keys::CF_EVENTS),
-            &[rocksdb::Range::new(
-                &keys::event(src, 0),
-                &keys::source_end(src),
-            )],
-        );
-        let mut total: u64 = events.iter().sum();
-        let chunks = self.cf(keys::CF_CHUNKS);
-        for m in self.images(src)? {
-            let k0 = keys::chunk(m.id, 0);
-            let k1 = keys::chunk(m.id + 1, 0);
-            total += self
-                .db
-                .get_approximate_sizes_cf(chunks, &[rocksdb::Range::new(&k0, &k1)])
-                .iter()
-                .sum::<u64>();
+        let held = self
+            .view()
+            .sources
+            .get(&src)
+            .map_or(0, |s| s.stats.held_bytes);
+        let images: u64 = self.images(src)?.iter().map(|m| m.bytes).sum();
+        Ok(held + images)
+    }
+
+    /// Number and stored bytes of the events of `src` with `from <= seq <= through`.
+    pub(super) fn measure_events(
+        &self,
+        src: SourceId,
+        from: u64,
+        through: u64,
+    ) -> Result<(u64, u64), JournalError> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(keys::event(src, through.saturating_add(1)).to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(keys::CF_EVENTS), ro);
+        it.seek(keys::event(src, from));
+        let (mut n, mut bytes) = (0, 0);
+        while let Some(v) = it.value() {
+            n += 1;
+            bytes += v.len() as u64;
+            it.next();
         }
-        Ok(total)
+        it.status()?;
+        Ok((n, bytes))
     }
 
     /// The time axis of `src` at sequence number `seq`: the running maximum of the

@@ -66,7 +66,8 @@ impl Journal {
                 .map(|m| m.after_seq)
                 .fold(keep.after_seq, u64::min);
             report.kept_image = Some(keep.id);
-            report.events_dropped = self.count_events(src, 0, cut)?;
+            let (dropped, dropped_bytes) = self.measure_events(src, 0, cut)?;
+            report.events_dropped = dropped;
             let floor = keeps
                 .iter()
                 .map(|k| k.time_us)
@@ -103,6 +104,7 @@ impl Journal {
             };
             let mut stats = live.stats.clone();
             stats.event_count = stats.event_count.saturating_sub(report.events_dropped);
+            stats.held_bytes = stats.held_bytes.saturating_sub(dropped_bytes);
             stats.images = stats.images.saturating_sub(report.images_dropped);
             stats.floor_us = Some(floor);
             wb.put_cf(
