@@ -278,7 +278,7 @@ fn bench_restore_cost(interval: u64) {
                 },
             )
             .unwrap();
-            if k % interval == 0 || k == BATCH as u64 {
+            if k.is_multiple_of(interval) || k == BATCH as u64 {
                 let mut w = j
                     .begin_image(
                         src,

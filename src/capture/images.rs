@@ -151,7 +151,7 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
         "tib" => 1 << 40,
         _ => return None,
     };
-    (n >= 0.0).then(|| (n * mult as f64) as u64)
+    (n >= 0.0).then_some((n * mult as f64) as u64)
 }
 
 #[cfg(test)]

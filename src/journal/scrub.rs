@@ -68,7 +68,7 @@ impl Journal {
             it.next();
         }
         if let Err(e) = it.status() {
-            r.damage.push(storage("events", &e.to_string()));
+            r.damage.push(storage("events", e.as_ref()));
         }
         let floors: std::collections::HashSet<SourceId> = self
             .sources()
@@ -96,7 +96,7 @@ impl Journal {
             let (k, v) = match item {
                 Ok(kv) => kv,
                 Err(e) => {
-                    r.damage.push(storage("batches", &e.to_string()));
+                    r.damage.push(storage("batches", e.as_ref()));
                     break;
                 }
             };
@@ -169,7 +169,7 @@ impl Journal {
             it.next();
         }
         if let Err(e) = it.status() {
-            r.damage.push(storage("by_position", &e.to_string()));
+            r.damage.push(storage("by_position", e.as_ref()));
         }
         // Time index.
         let mut it = self.db.raw_iterator_cf(self.cf(keys::CF_TIME));
@@ -206,7 +206,7 @@ impl Journal {
             it.next();
         }
         if let Err(e) = it.status() {
-            r.damage.push(storage("by_time", &e.to_string()));
+            r.damage.push(storage("by_time", e.as_ref()));
         }
         // Images and their chunks.
         for item in self
@@ -216,7 +216,7 @@ impl Journal {
             let (k, v) = match item {
                 Ok(kv) => kv,
                 Err(e) => {
-                    r.damage.push(storage("images", &e.to_string()));
+                    r.damage.push(storage("images", e.as_ref()));
                     break;
                 }
             };
@@ -268,7 +268,7 @@ impl Journal {
                     }
                 }
                 Err(e) => {
-                    r.damage.push(storage("state", &e.to_string()));
+                    r.damage.push(storage("state", e.as_ref()));
                     break;
                 }
             }
