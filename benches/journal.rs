@@ -254,7 +254,8 @@ fn bench_restore_cost(interval: u64) {
         );
         let src = j.register_source("bench", SourceKind::Redis).unwrap();
         let t0 = 1_700_000_000_000_000i64;
-        let total = interval * mult;
+        // Half an interval after the newest image: what a restore to latest replays.
+        let total = interval * mult + interval / 2;
         let mut k = 0u64;
         while k < total {
             let b: Vec<ChangeEvent> = (k..k + BATCH as u64)
