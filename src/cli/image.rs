@@ -30,6 +30,11 @@ pub fn take(cfg: &Config, source: &str, wait: bool) -> Result<()> {
             src.kind
         );
     }
+    if !src.settings.scheduled_images() {
+        bail!(
+            "source `{source}` takes base images only through its own resynchronisations (a Redis Cluster source: each shard's full sync); nothing was requested"
+        );
+    }
     let path = &cfg.journal.path;
     let newest = |j: &Journal| -> Result<Option<u64>> {
         let id = j.source(source)?.id;

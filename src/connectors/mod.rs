@@ -192,6 +192,13 @@ pub trait SourceSettings: fmt::Debug + Send + Sync {
     /// Builds the capture of source `name`; connects to nothing.
     fn capture(&self, name: &str, opts: &CaptureOptions) -> Result<Box<dyn Source>, CaptureError>;
 
+    /// Whether this source takes scheduled images when its kind does
+    /// ([`Connector::scheduled_images`]); a Redis Cluster source does not (its shards
+    /// image through their own full syncs).
+    fn scheduled_images(&self) -> bool {
+        true
+    }
+
     /// Server-side resources this source takes that no other source may share
     /// (a replication slot on one server): `config validate` refuses two sources
     /// claiming the same one.

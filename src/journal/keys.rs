@@ -11,7 +11,8 @@ pub const CF_BATCHES: &str = "batches";
 /// the index by position, one entry per stream per batch (at the stream's first
 /// position in the batch).
 pub const CF_POS: &str = "by_position";
-/// `(source u32, time u64, seq u64)` → empty: the index by time.
+/// `(source u32, time u64, seq u64)` → empty: the index by time, one entry per batch
+/// where the source's time axis first rises in it (lookups walk the rest of the batch).
 pub const CF_TIME: &str = "by_time";
 /// `(source u32, image id u64)` → checksummed [`crate::event::BaseImageMeta`].
 pub const CF_IMAGES: &str = "images";

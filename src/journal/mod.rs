@@ -700,6 +700,7 @@ impl Journal {
         // first event (the batch's one position-index entry for the stream), and its
         // newest position (the default checkpoint).
         let mut per_stream: Vec<(Vec<u8>, Vec<u8>, u64, &Position)> = Vec::new();
+        let mut time_indexed = false;
         for (i, e) in events.iter().enumerate() {
             let seq = first_seq + i as u64;
             // Validated above: every event has an indexable position of the kind.
@@ -718,7 +719,12 @@ impl Journal {
             let t = e.time_us();
             if stats.watermark_us.is_none_or(|w| t > w) {
                 stats.watermark_us = Some(t);
-                wb.put_cf(cf_time, keys::time(src, t, seq), []);
+                // One time-index entry per batch, at its first rise of the axis:
+                // lookups walk the rest of the batch (see `seq_at_time`).
+                if !time_indexed {
+                    wb.put_cf(cf_time, keys::time(src, t, seq), []);
+                    time_indexed = true;
+                }
             }
             stats.last_event_time_us = Some(t);
             let stream = &pos_key[6..6 + stream_len];

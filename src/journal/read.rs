@@ -151,7 +151,11 @@ impl Journal {
     /// The axis is the running maximum of event times per source (source clocks may
     /// step back; the axis never does), so this is two index seeks, never a scan.
     pub fn seq_at_time(&self, src: SourceId, at: Timestamp) -> Result<Option<u64>, JournalError> {
-        // First index entry with time > at: its seq bounds the answer from above.
+        // The newest index entry at or before `at` (where the axis rose to t0 at s0)
+        // and the next one (the first event whose axis is above `at` is before it).
+        let Some((t0, s0)) = self.time_entry_at_or_before(src, at.as_micros())? else {
+            return Ok(None);
+        };
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(keys::source_end(src).to_vec());
         let mut it = self.db.raw_iterator_cf_opt(self.cf(keys::CF_TIME), ro);
@@ -164,7 +168,39 @@ impl Journal {
             None => u64::MAX,
         };
         it.status()?;
-        self.last_seq_below(src, bound)
+        // Between the two entries the axis only rises within batches (one entry per
+        // batch marks its first rise): walk them until it passes `at`.
+        let mut axis = t0;
+        let mut found = self.last_seq_below(src, s0.saturating_add(1))?;
+        for e in self.events(src, s0.saturating_add(1), bound.saturating_sub(1)) {
+            let e = e?;
+            axis = axis.max(e.event.time_us());
+            if axis > at.as_micros() {
+                break;
+            }
+            found = Some(e.seq);
+        }
+        Ok(found)
+    }
+
+    /// The newest time-index entry of `src` at or before `at`: `(time, seq)`.
+    fn time_entry_at_or_before(
+        &self,
+        src: SourceId,
+        at: i64,
+    ) -> Result<Option<(i64, u64)>, JournalError> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(src.to_be_bytes().to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(keys::CF_TIME), ro);
+        it.seek_for_prev(keys::time(src, at, u64::MAX));
+        let found = it.key().and_then(|k| {
+            (keys::be_u32(k, 0) == Some(src)).then(|| {
+                let t = keys::be_u64(k, 4).map(|u| (u ^ (1 << 63)) as i64)?;
+                Some((t, keys::be_u64(k, 12)?))
+            })?
+        });
+        it.status()?;
+        Ok(found)
     }
 
     /// The bytes `src` holds in the journal: its events as stored (before block
@@ -202,24 +238,31 @@ impl Journal {
 
     /// The time axis of `src` at sequence number `seq`: the running maximum of the
     /// times of its events up to `seq` (`None` if it has none there). Walks the time
-    /// index back from its newest entry, so it costs one step per index entry after
-    /// `seq` (placing an image just behind the stream's head).
+    /// index back from its newest entry (one step per batch after `seq`: placing an
+    /// image just behind the stream's head), then the events after that entry.
     pub fn watermark_at(&self, src: SourceId, seq: u64) -> Result<Option<i64>, JournalError> {
         let mut ro = ReadOptions::default();
         ro.set_iterate_lower_bound(src.to_be_bytes().to_vec());
         ro.set_iterate_upper_bound(keys::source_end(src).to_vec());
         let mut it = self.db.raw_iterator_cf_opt(self.cf(keys::CF_TIME), ro);
         it.seek_to_last();
+        let mut entry = None;
         while let Some(k) = it.key() {
-            if keys::be_u64(k, 12).is_some_and(|s| s <= seq) {
-                let t = keys::be_u64(k, 4).map(|u| (u ^ (1 << 63)) as i64);
-                it.status()?;
-                return Ok(t);
+            if let Some(s) = keys::be_u64(k, 12).filter(|s| *s <= seq) {
+                entry = keys::be_u64(k, 4).map(|u| ((u ^ (1 << 63)) as i64, s));
+                break;
             }
             it.prev();
         }
         it.status()?;
-        Ok(None)
+        let Some((mut axis, s0)) = entry else {
+            return Ok(None);
+        };
+        // The axis may have risen after the entry within its batch.
+        for e in self.events(src, s0.saturating_add(1), seq) {
+            axis = axis.max(e?.event.time_us());
+        }
+        Ok(Some(axis))
     }
 
     /// The newest sequence number of `src` strictly below `bound`.

@@ -56,6 +56,10 @@ impl ClusterSettings {
 }
 
 impl SourceSettings for ClusterSettings {
+    fn scheduled_images(&self) -> bool {
+        false
+    }
+
     fn capture(&self, name: &str, opts: &CaptureOptions) -> Result<Box<dyn Source>, CaptureError> {
         let url = ClusterUrl::parse(self.url.expose()).map_err(|e| CaptureError::of(name, e))?;
         Ok(Box::new(ClusterSource {
