@@ -337,8 +337,12 @@ mod tests {
     fn mongo_positions_order_by_ordinal_never_by_token() {
         // Token bytes in the opposite order of the stream (the stand-in's tokens
         // are not byte-ordered): the ordinal alone decides.
-        let a = Position::mongo(9, 5 << 32, "ff00", vec![1]).index_key().unwrap();
-        let b = Position::mongo(10, 4 << 32, "0001", vec![2]).index_key().unwrap();
+        let a = Position::mongo(9, 5 << 32, "ff00", vec![1])
+            .index_key()
+            .unwrap();
+        let b = Position::mongo(10, 4 << 32, "0001", vec![2])
+            .index_key()
+            .unwrap();
         assert_eq!(a.0, b.0);
         assert!(a.1 < b.1);
         let c = Position::mongo(256, 0, "", vec![]).index_key().unwrap();

@@ -26,7 +26,12 @@ use crate::restore::{RestoreError, Target};
 
 /// Every connector of this build, one line per kind.
 pub fn registry() -> &'static [&'static dyn Connector] {
-    &[&postgres::Postgres, &redis::Redis, &kafka::Kafka, &mongodb::Mongodb]
+    &[
+        &postgres::Postgres,
+        &redis::Redis,
+        &kafka::Kafka,
+        &mongodb::Mongodb,
+    ]
 }
 
 /// The connector of `kind`, if this build has one.

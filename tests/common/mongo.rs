@@ -13,7 +13,10 @@ pub fn secantusd_bin() -> Option<PathBuf> {
     match std::env::var_os("TIDEMARK_SECANTUSD") {
         Some(p) if PathBuf::from(&p).exists() => Some(PathBuf::from(p)),
         Some(p) => {
-            super::skip(&format!("TIDEMARK_SECANTUSD={} does not exist", p.to_string_lossy()));
+            super::skip(&format!(
+                "TIDEMARK_SECANTUSD={} does not exist",
+                p.to_string_lossy()
+            ));
             None
         }
         None => {
@@ -36,7 +39,10 @@ impl StandIn {
     /// answers on its port.
     pub fn start(args: &[&str]) -> Option<StandIn> {
         let bin = secantusd_bin()?;
-        eprintln!("MongoDB stand-in: SecantusDB ({}), not mongod", bin.display());
+        eprintln!(
+            "MongoDB stand-in: SecantusDB ({}), not mongod",
+            bin.display()
+        );
         let dir = tempfile::Builder::new()
             .prefix("tidemark-secantus-")
             .tempdir()
@@ -45,9 +51,18 @@ impl StandIn {
         let log = dir.path().join("server.log");
         let logf = std::fs::File::create(&log).expect("log");
         let mut child = Command::new(&bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--storage-path"])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--storage-path",
+            ])
             .arg(dir.path().join("data"))
             .arg("--enable-test-commands")
+            // A no-op oplog entry every second, as mongod writes one every 10 s on a
+            // replica set: what moves an idle stream's postBatchResumeToken.
+            .args(["--noop-heartbeat-seconds", "1"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("log fd"))

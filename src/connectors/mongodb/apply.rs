@@ -188,7 +188,9 @@ async fn apply_event(conn: &Conn, change: &MongoChange, ev: &RawDocument) -> Res
 /// The `indexes` of an operationDescription, without the server-set `v`.
 fn index_list(desc: Option<&RawDocument>) -> Result<Vec<Bson>, String> {
     let desc = desc.ok_or("no operationDescription")?;
-    let arr = desc.get_array("indexes").map_err(|e| format!("no indexes: {e}"))?;
+    let arr = desc
+        .get_array("indexes")
+        .map_err(|e| format!("no indexes: {e}"))?;
     let mut out = Vec::new();
     for ix in arr {
         let ix = ix.map_err(|e| e.to_string())?;
@@ -207,7 +209,9 @@ fn check_paths(ud: &RawDocument) -> Result<(), String> {
     };
     for item in paths {
         let (path, parts) = item.map_err(|e| e.to_string())?;
-        let Some(parts) = parts.as_array() else { continue };
+        let Some(parts) = parts.as_array() else {
+            continue;
+        };
         for p in parts {
             let p = p.map_err(|e| e.to_string())?;
             if let Some(s) = p.as_str() {

@@ -83,16 +83,19 @@ impl MongoSource {
         let conn = Conn::open(&self.url, &self.timeouts)
             .await
             .map_err(|e| self.fail(e))?;
-        let journaled = ctx.journal.checkpoints()?.into_iter().rev().find_map(|c| {
-            match c.position.kind {
-                Some(PositionKind::Mongo(p)) => Some(Resume {
-                    ordinal: p.ordinal,
-                    cluster_time: p.cluster_time,
-                    token: p.token_bson,
-                }),
-                _ => None,
-            }
-        });
+        let journaled =
+            ctx.journal
+                .checkpoints()?
+                .into_iter()
+                .rev()
+                .find_map(|c| match c.position.kind {
+                    Some(PositionKind::Mongo(p)) => Some(Resume {
+                        ordinal: p.ordinal,
+                        cluster_time: p.cluster_time,
+                        token: p.token_bson,
+                    }),
+                    _ => None,
+                });
         let mut resume = match journaled {
             Some(r) => r,
             None => self.image(&conn, &ctx.journal, 0).await?,
@@ -105,7 +108,9 @@ impl MongoSource {
                     images += 1;
                     tracing::error!(source = %self.name, error = %e, "oplog history lost: recording a break and taking a new base image");
                     ctx.journal
-                        .record_break("the oplog no longer held the resume point (MongoDB error 286)")
+                        .record_break(
+                            "the oplog no longer held the resume point (MongoDB error 286)",
+                        )
                         .await?;
                     resume = self.image(&conn, &ctx.journal, resume.ordinal).await?;
                 }
@@ -122,17 +127,23 @@ impl MongoSource {
         ordinal: u64,
     ) -> Result<Resume, CaptureError> {
         for attempt in 1..=IMAGE_TRIES {
-            let before = image::list(conn, &self.sel).await.map_err(|e| self.fail(e))?;
+            let before = image::list(conn, &self.sel)
+                .await
+                .map_err(|e| self.fail(e))?;
             let t0 = conn.operation_time().await.map_err(|e| self.fail(e))?;
             let pos = Position::mongo(ordinal, ts_u64(t0), "", Vec::new());
             tracing::info!(source = %self.name, collections = before.len(), "taking a base image");
-            let mut sink = sj.image_sink(pos.clone(), Timestamp::now(), image::FORMAT).await?;
+            let mut sink = sj
+                .image_sink(pos.clone(), Timestamp::now(), image::FORMAT)
+                .await?;
             let counts = match image::read(conn, &before, &mut sink, &self.name).await {
                 Ok(c) => c,
                 Err(ReadError::Mongo(e)) => return Err(self.fail(e)),
                 Err(ReadError::Journal(e)) => return Err(e.into()),
             };
-            let after = image::list(conn, &self.sel).await.map_err(|e| self.fail(e))?;
+            let after = image::list(conn, &self.sel)
+                .await
+                .map_err(|e| self.fail(e))?;
             if !image::same_listing(&before, &after) {
                 tracing::warn!(source = %self.name, attempt, "collections were created, dropped or renamed during the base image; taking it again");
                 drop(sink);
@@ -208,7 +219,9 @@ impl MongoSource {
                     batch.close_txn();
                     // Idle progress at most once a second (each is a synced write).
                     if batch.events.is_empty()
-                        && batch.idle_at.is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+                        && batch
+                            .idle_at
+                            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
                     {
                         continue;
                     }
@@ -255,7 +268,8 @@ impl MongoSource {
         let mut next = resume.clone();
         let mut coverage = batch.last_time.map(Timestamp::from_micros);
         if let Some(ev) = events.last() {
-            if let Some(PositionKind::Mongo(p)) = ev.position.as_ref().and_then(|p| p.kind.clone()) {
+            if let Some(PositionKind::Mongo(p)) = ev.position.as_ref().and_then(|p| p.kind.clone())
+            {
                 next = Resume {
                     ordinal: p.ordinal,
                     cluster_time: p.cluster_time,
@@ -285,7 +299,8 @@ impl MongoSource {
                 data = doc.get_str("_data").unwrap_or_default().to_string();
             }
         }
-        let checkpoint = Position::mongo(next.ordinal, next.cluster_time, &data, next.token.clone());
+        let checkpoint =
+            Position::mongo(next.ordinal, next.cluster_time, &data, next.token.clone());
         ctx.journal
             .append(
                 events,
@@ -303,7 +318,9 @@ impl MongoSource {
     /// The journal's event for one change-stream event, given its ordinal.
     fn convert(&self, raw: &RawDocument, ordinal: u64) -> Result<Option<ChangeEvent>, MongoError> {
         let bad = |what: &str| MongoError::Data(format!("a change event without {what}: {raw:?}"));
-        let op = raw.get_str("operationType").map_err(|_| bad("operationType"))?;
+        let op = raw
+            .get_str("operationType")
+            .map_err(|_| bad("operationType"))?;
         if op == "invalidate" {
             return Err(MongoError::Data(
                 "the deployment-level change stream was invalidated; this server's change streams are not supported".into(),
@@ -318,7 +335,10 @@ impl MongoSource {
         };
         let to = raw
             .get_document("to")
-            .or_else(|_| raw.get_document("operationDescription").and_then(|d| d.get_document("to")))
+            .or_else(|_| {
+                raw.get_document("operationDescription")
+                    .and_then(|d| d.get_document("to"))
+            })
             .ok()
             .map(|t| {
                 (
@@ -340,10 +360,14 @@ impl MongoSource {
         let id = raw
             .get_document("_id")
             .map_err(|_| bad("_id"))
-            .and_then(|d| mongodb::bson::Document::try_from(d).map_err(|e| MongoError::Data(e.to_string())))
+            .and_then(|d| {
+                mongodb::bson::Document::try_from(d).map_err(|e| MongoError::Data(e.to_string()))
+            })
             .map_err(|e| MongoError::Data(format!("resume token: {e}")))?;
         let (token_bson, data) = token::token_doc_bytes(&id)?;
-        let cluster = raw.get_timestamp("clusterTime").map_err(|_| bad("clusterTime"))?;
+        let cluster = raw
+            .get_timestamp("clusterTime")
+            .map_err(|_| bad("clusterTime"))?;
         let commit_us = match raw.get_datetime("wallTime") {
             Ok(t) => t.timestamp_millis() * 1000,
             Err(_) => i64::from(cluster.time) * 1_000_000,
@@ -398,7 +422,10 @@ struct Batch {
 impl Batch {
     /// Adds an event (`None`: filtered out, but it still closes a transaction).
     fn add(&mut self, ev: Option<ChangeEvent>, _raw: &RawDocument) -> Result<(), MongoError> {
-        let id = ev.as_ref().and_then(|e| e.txn.as_ref()).map(|t| t.id.clone());
+        let id = ev
+            .as_ref()
+            .and_then(|e| e.txn.as_ref())
+            .map(|t| t.id.clone());
         if self.txn.is_some() && self.txn != id {
             self.close_txn();
         }

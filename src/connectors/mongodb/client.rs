@@ -67,8 +67,7 @@ impl Fault for MongoError {
 /// again: the resumable set of MongoDB's change-stream specification, plus the
 /// network and election codes.
 const TRANSIENT_CODES: &[i32] = &[
-    6, 7, 43, 63, 89, 91, 133, 150, 189, 234, 262, 9001, 10107, 11600, 11602, 13388, 13435,
-    13436,
+    6, 7, 43, 63, 89, 91, 133, 150, 189, 234, 262, 9001, 10107, 11600, 11602, 13388, 13435, 13436,
 ];
 
 /// The server error code of `e`, if it is a server error.
@@ -141,7 +140,12 @@ impl Conn {
     }
 
     /// Runs `cmd` on database `db`.
-    pub async fn command(&self, db: &str, cmd: Document, what: &str) -> Result<Document, MongoError> {
+    pub async fn command(
+        &self,
+        db: &str,
+        cmd: Document,
+        what: &str,
+    ) -> Result<Document, MongoError> {
         self.client
             .database(db)
             .run_command(cmd)
@@ -191,7 +195,11 @@ impl Conn {
             .run_cursor_command(doc! {"listCollections": 1})
             .await
             .map_err(|e| self.err("listCollections", e))?;
-        while cursor.advance().await.map_err(|e| self.err("listCollections", e))? {
+        while cursor
+            .advance()
+            .await
+            .map_err(|e| self.err("listCollections", e))?
+        {
             let entry = cursor.current().to_raw_document_buf();
             let name = entry.get_str("name").unwrap_or_default();
             if !name.starts_with("system.") {
@@ -211,7 +219,11 @@ impl Conn {
             .run_cursor_command(doc! {"listIndexes": coll})
             .await
             .map_err(|e| self.err("listIndexes", e))?;
-        while cursor.advance().await.map_err(|e| self.err("listIndexes", e))? {
+        while cursor
+            .advance()
+            .await
+            .map_err(|e| self.err("listIndexes", e))?
+        {
             out.push(cursor.current().to_raw_document_buf());
         }
         out.sort_by(|a, b| a.get_str("name").ok().cmp(&b.get_str("name").ok()));
@@ -255,7 +267,9 @@ impl Selection {
         {
             return true;
         }
-        self.collections.iter().any(|c| *c == format!("{db}.{coll}"))
+        self.collections
+            .iter()
+            .any(|c| *c == format!("{db}.{coll}"))
     }
 }
 

@@ -96,13 +96,22 @@ mod tests {
     fn checks_filters_and_masks_the_password() {
         let s = parse("url = \"mongodb://u:hunter2@h:1/?replicaSet=rs\"\ndatabases = [\"app\"]\ncollections = [\"b.c\"]").unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
-        let e = parse("url = \"mongodb://h\"\ndatabases = [\"admin\"]").unwrap_err().to_string();
-        assert!(e.contains("source[0].databases[0]") && e.contains("system"), "{e}");
-        let e = parse("url = \"mongodb://h\"\ncollections = [\"nodot\"]").unwrap_err().to_string();
+        let e = parse("url = \"mongodb://h\"\ndatabases = [\"admin\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("source[0].databases[0]") && e.contains("system"),
+            "{e}"
+        );
+        let e = parse("url = \"mongodb://h\"\ncollections = [\"nodot\"]")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("source[0].collections[0]"), "{e}");
         let e = parse("url = \"redis://h\"").unwrap_err().to_string();
         assert!(e.contains("source[0].url"), "{e}");
-        let e = parse("url = \"mongodb://h\"\nfilter = 1").unwrap_err().to_string();
+        let e = parse("url = \"mongodb://h\"\nfilter = 1")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("filter"), "{e}");
     }
 }

@@ -29,7 +29,11 @@ pub async fn digest(conn: &Conn) -> Result<Digest, MongoError> {
     Ok(Digest::from_parts(UNIT, parts))
 }
 
-async fn collection(conn: &Conn, db: &str, info: &RawDocumentBuf) -> Result<PartDigest, MongoError> {
+async fn collection(
+    conn: &Conn,
+    db: &str,
+    info: &RawDocumentBuf,
+) -> Result<PartDigest, MongoError> {
     let name = info.get_str("name").unwrap_or_default().to_string();
     let kind = info.get_str("type").unwrap_or("collection").to_string();
     let mut meta = format!("type={kind}\n");
@@ -46,10 +50,7 @@ async fn collection(conn: &Conn, db: &str, info: &RawDocumentBuf) -> Result<Part
                 meta.push_str(&format!("index={}\n", sorted_fields(&ix)));
             }
         }
-        let coll = conn
-            .client
-            .database(db)
-            .collection::<RawDocumentBuf>(&name);
+        let coll = conn.client.database(db).collection::<RawDocumentBuf>(&name);
         let what = format!("digest of {db}.{name}");
         let mut cursor = coll
             .find(mongodb::bson::doc! {})

@@ -154,7 +154,11 @@ pub async fn read(
         let mut info = l.info.clone();
         if l.kind() == "collection" {
             let mut arr = RawArrayBuf::new();
-            for ix in conn.indexes(&l.db, l.name()).await.map_err(ReadError::Mongo)? {
+            for ix in conn
+                .indexes(&l.db, l.name())
+                .await
+                .map_err(ReadError::Mongo)?
+            {
                 arr.push(RawBson::Document(ix));
             }
             info.append("indexes", RawBson::Array(arr));
@@ -177,7 +181,9 @@ pub async fn read(
             find
         };
         let what = format!("reading {}.{}", l.db, l.name());
-        let mut cursor = find.await.map_err(|e| ReadError::Mongo(conn.err(&what, e)))?;
+        let mut cursor = find
+            .await
+            .map_err(|e| ReadError::Mongo(conn.err(&what, e)))?;
         while cursor
             .advance()
             .await
@@ -213,6 +219,7 @@ fn push_record(buf: &mut Vec<u8>, k: &str, db: &str, coll: &str, key: &str, valu
 }
 
 /// One record of an image chunk.
+#[derive(Debug)]
 pub enum Record<'a> {
     /// A collection or view and its `listCollections` entry (with `indexes`).
     Coll {
@@ -248,7 +255,10 @@ pub fn records(chunk: &[u8]) -> Result<Vec<Record<'_>>, String> {
         let r = RawDocument::from_bytes(&chunk[at..at + len])
             .map_err(|e| format!("record at byte {at}: {e}"))?;
         at += len;
-        let field = |k: &str| r.get_str(k).map_err(|e| format!("record at byte {at}: {k}: {e}"));
+        let field = |k: &str| {
+            r.get_str(k)
+                .map_err(|e| format!("record at byte {at}: {k}: {e}"))
+        };
         let (k, db, coll) = (field("k")?, field("db")?, field("coll")?);
         out.push(match k {
             "coll" => Record::Coll {
@@ -274,7 +284,9 @@ pub fn create_command(coll: &str, info: &RawDocument) -> Result<Document, String
     if let Ok(opts) = info.get_document("options") {
         let opts = Document::try_from(opts).map_err(|e| e.to_string())?;
         for (k, v) in opts {
-            if let ("clusteredIndex", mongodb::bson::Bson::Document(mut ci)) = (k.as_str(), v.clone()) {
+            if let ("clusteredIndex", mongodb::bson::Bson::Document(mut ci)) =
+                (k.as_str(), v.clone())
+            {
                 ci.remove("v");
                 cmd.insert(k, ci);
             } else {

@@ -90,7 +90,11 @@ impl Connector for Mongodb {
             let set = hello.get_str("setName").unwrap_or_default().to_string();
             let mut hosts: Vec<String> = hello
                 .get_array("hosts")
-                .map(|a| a.iter().filter_map(|h| h.as_str().map(str::to_lowercase)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|h| h.as_str().map(str::to_lowercase))
+                        .collect()
+                })
                 .unwrap_or_default();
             hosts.sort();
             Ok::<_, client::MongoError>(format!("{set}/{}", hosts.join(",")))

@@ -23,7 +23,7 @@ use crate::config::Timeouts;
 use crate::digest::Digest;
 use crate::event::Payload;
 use crate::journal::Journal;
-use crate::restore::{Applied, ProgressSink, RestoreError, RestorePlan, Rerun, Target};
+use crate::restore::{Applied, ProgressSink, Rerun, RestoreError, RestorePlan, Target};
 
 /// Documents per `insert` while loading the image.
 const INSERT_BATCH: usize = 1000;
@@ -103,10 +103,12 @@ impl MongoTarget {
                         let indexes = index_specs(info).map_err(RestoreError::Apply)?;
                         self.rt
                             .block_on(async {
-                                conn.command(db, create, &format!("creating {db}.{coll}")).await?;
+                                conn.command(db, create, &format!("creating {db}.{coll}"))
+                                    .await?;
                                 if !indexes.is_empty() {
                                     let cmd = doc! {"createIndexes": coll, "indexes": indexes};
-                                    conn.command(db, cmd, &format!("indexing {db}.{coll}")).await?;
+                                    conn.command(db, cmd, &format!("indexing {db}.{coll}"))
+                                        .await?;
                                 }
                                 Ok::<_, MongoError>(())
                             })
@@ -130,8 +132,12 @@ impl MongoTarget {
             }
         }
         self.flush_docs(&conn, &pending_ns, &mut pending)?;
-        applied.counts.push(("collections from the image".into(), colls));
-        applied.counts.push(("documents from the image".into(), docs));
+        applied
+            .counts
+            .push(("collections from the image".into(), colls));
+        applied
+            .counts
+            .push(("documents from the image".into(), docs));
         Ok(())
     }
 
@@ -241,7 +247,9 @@ impl Target for MongoTarget {
                         open.push(change);
                         if t.commit {
                             for c in open.drain(..) {
-                                self.rt.block_on(apply(&conn, &c)).map_err(RestoreError::Apply)?;
+                                self.rt
+                                    .block_on(apply(&conn, &c))
+                                    .map_err(RestoreError::Apply)?;
                                 events += 1;
                             }
                             open_id = None;

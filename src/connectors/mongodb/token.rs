@@ -129,9 +129,21 @@ mod tests {
 
     #[test]
     fn timestamps_pack_in_order() {
-        let a = ts_u64(Timestamp { time: 5, increment: 9 });
-        let b = ts_u64(Timestamp { time: 6, increment: 0 });
+        let a = ts_u64(Timestamp {
+            time: 5,
+            increment: 9,
+        });
+        let b = ts_u64(Timestamp {
+            time: 6,
+            increment: 0,
+        });
         assert!(a < b);
-        assert_eq!(ts_from_u64(a), Timestamp { time: 5, increment: 9 });
+        assert_eq!(
+            ts_from_u64(a),
+            Timestamp {
+                time: 5,
+                increment: 9
+            }
+        );
     }
 }
