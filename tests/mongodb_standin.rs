@@ -337,3 +337,74 @@ fn standin_mongodb_capture_survives_kill9_and_restores_three_moments_by_digest()
         assert_eq!(group[2]["txn"]["commit"], true);
     }
 }
+
+#[test]
+fn standin_mongodb_oplog_pruned_past_the_journal_records_a_break_and_a_new_image() {
+    // The stand-in prunes its oplog to 60 entries; 286 is its answer to a resume
+    // point pruned away (without the error labels mongod adds).
+    let Some(source) = StandIn::start(&["--oplog-max-entries", "60"]) else {
+        return;
+    };
+    let Some(target) = StandIn::start(&[]) else {
+        return;
+    };
+    let rt = rt();
+    let c = rt.block_on(source.client());
+    let t = c.database("app").collection::<Document>("t");
+    rt.block_on(async {
+        for i in 0..5 {
+            t.insert_one(doc! {"_id": i}).await.expect("insert");
+        }
+    });
+    let mut run = Run::new(&config(&source.url()));
+    run.start(&[]);
+    run.wait_covered("docs");
+    rt.block_on(async { t.insert_one(doc! {"_id": 5, "before": "break"}).await })
+        .expect("insert");
+    let before = Moment::now();
+    let d_before = digest(&source.url());
+    run.wait_covered("docs");
+    assert!(run.stop(), "stop; log:\n{}", run.log());
+
+    // While capture is down, far more changes than the oplog keeps.
+    rt.block_on(async {
+        for i in 100..300 {
+            t.insert_one(doc! {"_id": i}).await.expect("insert");
+        }
+    });
+    let gap = Moment::now();
+
+    run.start(&[]);
+    let row = run.wait_source(
+        "docs",
+        "a break and a second image",
+        Duration::from_secs(90),
+        |r| r["base_images"] == 2 && r["breaks"].as_array().is_some_and(|b| b.len() == 1),
+    );
+    eprintln!("stand-in: status after the prune: {}", row["breaks"]);
+    assert!(run.log().contains("286"), "log:\n{}", run.log());
+    rt.block_on(async { t.delete_one(doc! {"_id": 0}).await })
+        .expect("delete");
+    let after = Moment::now();
+    let d_after = digest(&source.url());
+    run.wait_covered("docs");
+    assert!(run.stop());
+
+    assert_eq!(
+        restore_digest(&run, &before.to_rfc3339(), &target.url()),
+        d_before,
+        "restore before the break"
+    );
+    let out = run.restore("docs", &gap.to_rfc3339(), &target.url(), &["--force"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a restore into the gap must be refused"
+    );
+    assert!(err.contains("break") && err.contains("286"), "{err}");
+    assert_eq!(
+        restore_digest(&run, &after.to_rfc3339(), &target.url()),
+        d_after,
+        "restore after the new image"
+    );
+}

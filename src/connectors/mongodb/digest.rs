@@ -9,7 +9,7 @@
 //! top-level option and index fields sorted by name (their order is the server's,
 //! not the data's). Views are digested by their definition.
 
-use mongodb::bson::{RawBson, RawDocument, RawDocumentBuf};
+use mongodb::bson::{RawDocument, RawDocumentBuf};
 use sha2::{Digest as _, Sha256};
 
 use super::client::{Conn, MongoError};
@@ -85,7 +85,7 @@ fn sorted_fields(doc: &RawDocument) -> String {
             continue;
         }
         let mut one = RawDocumentBuf::new();
-        one.append(k, RawBson::from(v.to_raw_bson()));
+        one.append(k, v.to_raw_bson());
         fields.push((k.to_string(), hex(one.as_bytes())));
     }
     fields.sort();
