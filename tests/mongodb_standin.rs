@@ -217,6 +217,19 @@ fn parts(url: &str) -> Vec<String> {
         .collect()
 }
 
+/// An image stands for the source from the end of its read, rounded up to the
+/// server's next second: waits until coverage is past that, so the next change
+/// and the moment after it follow the image.
+fn wait_past_image(run: &Run) {
+    let past = Moment::from_micros(Moment::now().as_micros() + 2_000_000).to_rfc3339();
+    run.wait_source(
+        "docs",
+        "coverage past the image",
+        Duration::from_secs(90),
+        |r| r["coverage"].as_str().is_some_and(|c| c > past.as_str()),
+    );
+}
+
 fn restore_digest(run: &Run, at: &str, target: &str) -> String {
     let out = run.restore("docs", at, target, &["--force", "--json"]);
     assert!(
@@ -242,7 +255,7 @@ fn standin_mongodb_capture_survives_kill9_and_restores_three_moments_by_digest()
 
     let mut run = Run::new(&config(&source.url()));
     run.start(&[]);
-    run.wait_covered("docs");
+    wait_past_image(&run);
     let from = rt.block_on(optime(&c));
 
     rt.block_on(workload(&c, 1));
@@ -340,8 +353,8 @@ fn standin_mongodb_capture_survives_kill9_and_restores_three_moments_by_digest()
 
 #[test]
 fn standin_mongodb_oplog_pruned_past_the_journal_records_a_break_and_a_new_image() {
-    // The stand-in prunes its oplog to 60 entries; 286 is its answer to a resume
-    // point pruned away (without the error labels mongod adds).
+    // The stand-in keeps 60 oplog entries once told to prune; 286 is its answer to
+    // a resume point pruned away (without the error labels mongod would add).
     let Some(source) = StandIn::start(&["--oplog-max-entries", "60"]) else {
         return;
     };
@@ -358,7 +371,7 @@ fn standin_mongodb_oplog_pruned_past_the_journal_records_a_break_and_a_new_image
     });
     let mut run = Run::new(&config(&source.url()));
     run.start(&[]);
-    run.wait_covered("docs");
+    wait_past_image(&run);
     rt.block_on(async { t.insert_one(doc! {"_id": 5, "before": "break"}).await })
         .expect("insert");
     let before = Moment::now();
@@ -371,6 +384,13 @@ fn standin_mongodb_oplog_pruned_past_the_journal_records_a_break_and_a_new_image
         for i in 100..300 {
             t.insert_one(doc! {"_id": i}).await.expect("insert");
         }
+        // The stand-in's own prune command applies --oplog-max-entries now.
+        let pruned = c
+            .database("admin")
+            .run_command(doc! {"secantusAdmin.pruneOplog": 1})
+            .await
+            .expect("secantusAdmin.pruneOplog");
+        eprintln!("stand-in pruned its oplog: {pruned}");
     });
     let gap = Moment::now();
 
@@ -383,6 +403,7 @@ fn standin_mongodb_oplog_pruned_past_the_journal_records_a_break_and_a_new_image
     );
     eprintln!("stand-in: status after the prune: {}", row["breaks"]);
     assert!(run.log().contains("286"), "log:\n{}", run.log());
+    wait_past_image(&run);
     rt.block_on(async { t.delete_one(doc! {"_id": 0}).await })
         .expect("delete");
     let after = Moment::now();
