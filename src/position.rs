@@ -90,12 +90,34 @@ pub struct KafkaPosition {
     pub offset: i64,
 }
 
-/// A MongoDB change-stream resume point.
+/// A MongoDB change-stream position.
+///
+/// Resume tokens are opaque: mongod's are KeyString bytes that happen to sort in
+/// stream order, but other servers (the SecantusDB stand-in: hex of a BSON document)
+/// make no such promise, and a token's shape changes between server versions. So
+/// the journal orders MongoDB events by an **ordinal it assigns itself** (one more
+/// than the last journaled event's, kept across restarts through the checkpoint),
+/// and keeps the token and the cluster time alongside, for resuming and for people.
+/// Never compare positions by their token.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MongoPosition {
-    /// The resume token's `_data` string (its byte order is the stream order).
+    /// The resume token's `_data` string as the server sent it (display only).
     #[prost(string, tag = "1")]
     pub resume_token: String,
+    /// Journal-assigned ordinal: rises by one per journaled change event; the
+    /// index orders by it. A checkpoint that carries only a newer token (an idle
+    /// stream's `postBatchResumeToken`) keeps the last event's ordinal.
+    #[prost(uint64, tag = "2")]
+    pub ordinal: u64,
+    /// The event's cluster time (the oplog timestamp, `seconds << 32 | increment`);
+    /// for a checkpoint without a token, the operation time capture starts at.
+    #[prost(uint64, tag = "3")]
+    pub cluster_time: u64,
+    /// The whole resume token document (`{_data: ...}` and any other field the
+    /// server put in it, e.g. mongod's `_typeBits`), BSON; empty before the stream
+    /// gave one (then capture starts at `cluster_time`).
+    #[prost(bytes = "vec", tag = "4")]
+    pub token_bson: Vec<u8>,
 }
 
 /// A Kubernetes watch position for one resource type.
@@ -121,6 +143,19 @@ impl Position {
     pub fn postgres_change(lsn: u64, index: u32) -> Self {
         Position {
             kind: Some(PositionKind::Postgres(PgPosition { lsn, index })),
+        }
+    }
+
+    /// A MongoDB position: the journal's ordinal, the event's cluster time and its
+    /// resume token (`token_bson` empty before the stream gave one).
+    pub fn mongo(ordinal: u64, cluster_time: u64, token_data: &str, token_bson: Vec<u8>) -> Self {
+        Position {
+            kind: Some(PositionKind::Mongo(MongoPosition {
+                resume_token: token_data.to_string(),
+                ordinal,
+                cluster_time,
+                token_bson,
+            })),
         }
     }
 
@@ -213,7 +248,8 @@ impl Position {
                 // Offsets are never negative on disk; clamp defensively so the order holds.
                 out.extend_from_slice(&(p.offset.max(0) as u64).to_be_bytes());
             }
-            Some(PositionKind::Mongo(p)) => out.extend_from_slice(p.resume_token.as_bytes()),
+            // The journal's own ordinal: tokens are not ordered (see MongoPosition).
+            Some(PositionKind::Mongo(p)) => out.extend_from_slice(&p.ordinal.to_be_bytes()),
             Some(PositionKind::Kubernetes(p)) => {
                 out.extend_from_slice(p.resource.as_bytes());
                 match p.resource_version.parse::<u64>() {
@@ -259,7 +295,13 @@ impl fmt::Display for Position {
                 write!(f, "state#{}", p.offset)
             }
             Some(PositionKind::Kafka(p)) => write!(f, "{}/{}@{}", p.topic, p.partition, p.offset),
-            Some(PositionKind::Mongo(p)) => write!(f, "token:{}", p.resume_token),
+            Some(PositionKind::Mongo(p)) => write!(
+                f,
+                "#{} ts {}:{}",
+                p.ordinal,
+                p.cluster_time >> 32,
+                p.cluster_time & 0xffff_ffff
+            ),
             Some(PositionKind::Kubernetes(p)) => write!(f, "{}@{}", p.resource, p.resource_version),
         }
     }
@@ -289,5 +331,21 @@ mod tests {
             "16/B374D848"
         );
         assert_eq!(Position::kafka("orders", 3, 42).to_string(), "orders/3@42");
+    }
+
+    #[test]
+    fn mongo_positions_order_by_ordinal_never_by_token() {
+        // Token bytes in the opposite order of the stream (the stand-in's tokens
+        // are not byte-ordered): the ordinal alone decides.
+        let a = Position::mongo(9, 5 << 32, "ff00", vec![1])
+            .index_key()
+            .unwrap();
+        let b = Position::mongo(10, 4 << 32, "0001", vec![2])
+            .index_key()
+            .unwrap();
+        assert_eq!(a.0, b.0);
+        assert!(a.1 < b.1);
+        let c = Position::mongo(256, 0, "", vec![]).index_key().unwrap();
+        assert!(b.1 < c.1);
     }
 }

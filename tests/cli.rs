@@ -159,7 +159,7 @@ fn run_refuses_kinds_this_build_cannot_capture_before_writing() {
     let cfg = write_config(
         dir.path(),
         &format!(
-            "[journal]\npath = \"{}\"\n\n[[source]]\nname = \"catalog\"\nkind = \"mongodb\"\nurl = \"mongodb://127.0.0.1:1\"\n",
+            "[journal]\npath = \"{}\"\n\n[[source]]\nname = \"catalog\"\nkind = \"kubernetes\"\n",
             journal.display()
         ),
     );

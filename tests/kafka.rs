@@ -412,7 +412,7 @@ fn bad_inputs_fail_clearly_and_quickly() {
         "{}",
         stderr(&out)
     );
-    let out = tidemark(&["digest", "mongodb://127.0.0.1:1"]);
+    let out = tidemark(&["digest", "mysql://127.0.0.1:1"]);
     assert!(
         stderr(&out).contains("unsupported URL scheme"),
         "{}",

@@ -670,7 +670,7 @@ pub struct ImageSink {
 
 enum ImageMsg {
     Chunk(Vec<u8>),
-    Finish(Progress),
+    Finish(Progress, Option<Timestamp>),
     FinishPlaced(u64),
 }
 
@@ -682,7 +682,12 @@ impl ImageSink {
             while let Some(msg) = rx.blocking_recv() {
                 match msg {
                     ImageMsg::Chunk(data) => writer.put_chunk(&data)?,
-                    ImageMsg::Finish(progress) => return writer.finish(&progress).map(Some),
+                    ImageMsg::Finish(progress, time) => {
+                        if let Some(t) = time {
+                            writer.set_time(t);
+                        }
+                        return writer.finish(&progress).map(Some);
+                    }
                     ImageMsg::FinishPlaced(after) => return writer.finish_placed(after).map(Some),
                 }
             }
@@ -702,7 +707,17 @@ impl ImageSink {
 
     /// Seals the image with `progress` in one atomic write.
     pub async fn finish(self, progress: Progress) -> Result<BaseImageMeta, JournalError> {
-        self.seal(ImageMsg::Finish(progress)).await
+        self.seal(ImageMsg::Finish(progress, None)).await
+    }
+
+    /// As [`ImageSink::finish`], the image representing the source at `time` rather
+    /// than at the time given when it began (see [`ImageWriter::set_time`]).
+    pub async fn finish_at(
+        self,
+        progress: Progress,
+        time: Timestamp,
+    ) -> Result<BaseImageMeta, JournalError> {
+        self.seal(ImageMsg::Finish(progress, Some(time))).await
     }
 
     /// Seals an image taken while capture went on, after the source's events up to

@@ -152,9 +152,7 @@ fn no_sources_is_an_error() {
 
 #[test]
 fn kinds_this_build_cannot_capture_are_refused_by_name() {
-    let text = format!(
-        "{GOOD}\n[[source]]\nname = \"catalog\"\nkind = \"mongodb\"\nurl = \"mongodb://m:1\"\n"
-    );
+    let text = format!("{GOOD}\n[[source]]\nname = \"catalog\"\nkind = \"kubernetes\"\n");
     let e = parse(&text).unwrap_err().to_string();
     assert!(e.contains("catalog") && e.contains("not available"), "{e}");
 }

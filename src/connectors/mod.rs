@@ -10,6 +10,7 @@
 //! payload and position oneofs, and [`SourceKind`]), which are never renumbered.
 
 pub mod kafka;
+pub mod mongodb;
 pub mod postgres;
 pub mod redis;
 
@@ -25,7 +26,12 @@ use crate::restore::{RestoreError, Target};
 
 /// Every connector of this build, one line per kind.
 pub fn registry() -> &'static [&'static dyn Connector] {
-    &[&postgres::Postgres, &redis::Redis, &kafka::Kafka]
+    &[
+        &postgres::Postgres,
+        &redis::Redis,
+        &kafka::Kafka,
+        &mongodb::Mongodb,
+    ]
 }
 
 /// The connector of `kind`, if this build has one.

@@ -243,6 +243,14 @@ impl ImageWriter {
         self.meta.chunks
     }
 
+    /// Moves the time the image represents (before sealing): an image read while
+    /// the source kept changing (MongoDB's, which the events from its position on
+    /// reconcile) represents the source only from the end of the read, so a restore
+    /// must not pick it for an earlier moment.
+    pub fn set_time(&mut self, time: crate::time::Timestamp) {
+        self.meta.time_us = time.as_micros();
+    }
+
     /// Seals the image: metadata, checkpoint and coverage in one synced batch. The
     /// image follows every event already in the journal (`after_seq`).
     pub fn finish(mut self, progress: &Progress) -> Result<BaseImageMeta, JournalError> {
