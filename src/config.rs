@@ -369,6 +369,20 @@ impl Config {
         self.sources.iter().find(|s| s.name() == name)
     }
 
+    /// The source named `name`, or an error listing the configured ones.
+    pub fn configured(&self, name: &str) -> Result<&SourceConfig, String> {
+        self.source(name).ok_or_else(|| {
+            format!(
+                "no source named `{name}` in the configuration (configured: {})",
+                self.sources
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+
     /// Asks the servers of sections whose members are discovered (PostgreSQL
     /// `databases = ["*"]`) for them, and adds them as sources.
     pub fn discover(&mut self) -> Result<(), ConfigError> {

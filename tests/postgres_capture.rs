@@ -8,24 +8,15 @@ use common::pgcapture::{restore_into, try_restore, Capture};
 use common::Postgres;
 use tidemark::connectors::postgres::digest::digest_url;
 
-fn pgbench(pg: &Postgres, args: &[&str]) {
-    let out = pg.tool("pgbench").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "pgbench {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_restored_at_several_moments_equals_the_source_then() {
     let pg = Postgres::start();
     pg.psql("postgres", "CREATE DATABASE app");
-    pgbench(&pg, &["-i", "-q", "-s", "1", "app"]);
+    pg.pgbench(&["-i", "-q", "-s", "1", "app"]);
     let cap = Capture::start(&pg.url("app")).await;
     let mut moments = Vec::new();
     for _ in 0..3 {
-        tokio::task::block_in_place(|| pgbench(&pg, &["-T", "2", "-c", "2", "-n", "app"]));
+        tokio::task::block_in_place(|| pg.pgbench(&["-T", "2", "-c", "2", "-n", "app"]));
         let t = cap.moment().await;
         moments.push((t, digest_url(&pg.url("app")).await.unwrap()));
     }

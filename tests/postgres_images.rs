@@ -18,20 +18,11 @@ use tidemark::restore::driver::NoProgress;
 use tidemark::restore::RestoreError;
 use tidemark::time::{TimeSpec, Timestamp};
 
-fn pgbench(pg: &Postgres, args: &[&str]) {
-    let out = pg.tool("pgbench").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_images_under_load_restore_exactly_and_retention_bounds_the_journal() {
     let pg = Postgres::start();
     pg.psql("postgres", "CREATE DATABASE app");
-    pgbench(&pg, &["-i", "-q", "-s", "1", "app"]);
+    pg.pgbench(&["-i", "-q", "-s", "1", "app"]);
     let cap = Capture::start_with(
         &pg.url("app"),
         "image_interval = \"3s\"\nimage_after_bytes = \"off\"",
@@ -42,7 +33,7 @@ async fn scheduled_images_under_load_restore_exactly_and_retention_bounds_the_jo
     let mut moments = Vec::new();
     let mut curve = Vec::new();
     for round in 0..6 {
-        tokio::task::block_in_place(|| pgbench(&pg, &["-T", "2", "-c", "2", "-n", "app"]));
+        tokio::task::block_in_place(|| pg.pgbench(&["-T", "2", "-c", "2", "-n", "app"]));
         let at = cap.moment().await;
         moments.push((at, digest_url(&pg.url("app")).await.unwrap()));
         let j = &cap.journal;

@@ -13,20 +13,11 @@ use tidemark::connectors::postgres::restore::{restore, PgRestoreOptions};
 use tidemark::restore::driver::NoProgress;
 use tidemark::time::TimeSpec;
 
-fn pgbench(pg: &Postgres, args: &[&str]) {
-    let out = pg.tool("pgbench").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn net_effect_equals_replaying_every_change() {
     let pg = Postgres::start();
     pg.psql("postgres", "CREATE DATABASE app");
-    pgbench(&pg, &["-i", "-q", "-s", "1", "app"]);
+    pg.pgbench(&["-i", "-q", "-s", "1", "app"]);
     pg.psql(
         "app",
         "CREATE TABLE docs (id int PRIMARY KEY, body text, n int);
@@ -38,7 +29,7 @@ async fn net_effect_equals_replaying_every_change() {
          INSERT INTO bag VALUES (1, 'same'), (1, 'same')",
     );
     let cap = Capture::start(&pg.url("app")).await;
-    tokio::task::block_in_place(|| pgbench(&pg, &["-T", "2", "-c", "2", "-n", "app"]));
+    tokio::task::block_in_place(|| pg.pgbench(&["-T", "2", "-c", "2", "-n", "app"]));
     pg.psql(
         "app",
         "UPDATE docs SET n = n + 1 WHERE id <= 10;
@@ -52,7 +43,7 @@ async fn net_effect_equals_replaying_every_change() {
          UPDATE pairs SET b = b || '!' WHERE a = 3;
          INSERT INTO bag VALUES (1, 'same'), (2, 'other'); DELETE FROM bag WHERE x = 2",
     );
-    tokio::task::block_in_place(|| pgbench(&pg, &["-T", "1", "-c", "2", "-n", "app"]));
+    tokio::task::block_in_place(|| pg.pgbench(&["-T", "1", "-c", "2", "-n", "app"]));
     let end = cap.moment().await;
     let expected = digest_url(&pg.url("app")).await.unwrap();
     let journal = cap.stop().await;

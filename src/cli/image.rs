@@ -14,16 +14,7 @@ use crate::journal::Journal;
 const WAIT_AT_MOST: Duration = Duration::from_secs(6 * 3600);
 
 pub fn take(cfg: &Config, source: &str, wait: bool) -> Result<()> {
-    let Some(src) = cfg.sources.iter().find(|s| s.name == source) else {
-        bail!(
-            "no source named `{source}` in the configuration (configured: {})",
-            cfg.sources
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    };
+    let src = cfg.configured(source).map_err(anyhow::Error::msg)?;
     if !crate::connectors::for_kind(src.kind).is_some_and(|c| c.scheduled_images()) {
         bail!(
             "source `{source}` is a {} source: its capture takes no base images on demand (see README, \"Base images and retention\")",

@@ -39,16 +39,7 @@ pub fn resync(cfg: &Config, source: &str) -> Result<()> {
         }
         return Ok(());
     }
-    let Some(src) = cfg.sources.iter().find(|s| s.name == source) else {
-        bail!(
-            "no source named `{source}` in the configuration (configured: {})",
-            cfg.sources
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    };
+    let src = cfg.configured(source).map_err(anyhow::Error::msg)?;
     let supported = crate::connectors::for_kind(src.kind).is_some_and(|c| c.resyncs());
     if !supported {
         bail!(

@@ -44,6 +44,17 @@ impl Postgres {
         )
     }
 
+    /// Runs `pgbench` with `args`; panics with its stderr if it fails.
+    #[allow(dead_code)]
+    pub fn pgbench(&self, args: &[&str]) {
+        let out = self.tool("pgbench").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "pgbench {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// As [`Postgres::start`], with settings, pg_hba.conf and files in the data dir.
     pub fn start_setup(setup: &::tidemark::sandbox::PgSetup) -> Postgres {
         Postgres(

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::image;
 use super::locate::Locator;
-use super::replica::read_rdb;
+use super::replica::{announce_replica, read_rdb};
 use super::resp;
 use super::RedisError;
 use crate::capture::images::ImageSchedule;
@@ -113,13 +113,7 @@ fn take_placed(
     let found = locator.primary(timeouts, None)?;
     let mut conn = found.conn;
     let addr = conn.addr().to_string();
-    let port = conn
-        .stream()
-        .local_addr()
-        .map(|a| a.port())
-        .unwrap_or_default();
-    conn.call(&["REPLCONF", "listening-port", &port.to_string()])?;
-    conn.call(&["REPLCONF", "capa", "eof", "capa", "psync2"])?;
+    announce_replica(&mut conn)?;
     let mut b = Vec::new();
     resp::encode_command(&["PSYNC", "?", "-1"], &mut b);
     conn.send_raw(&b)?;

@@ -105,13 +105,7 @@ fn session(
         cursor.as_ref().map(|c| (c.replid.as_str(), c.offset)),
     )?;
     let mut conn = found.conn;
-    let port = conn
-        .stream()
-        .local_addr()
-        .map(|a| a.port())
-        .unwrap_or_default();
-    conn.call(&["REPLCONF", "listening-port", &port.to_string()])?;
-    conn.call(&["REPLCONF", "capa", "eof", "capa", "psync2"])?;
+    announce_replica(&mut conn)?;
     let (id, off) = match cursor {
         Some(c) => (c.replid.clone(), (c.offset + 1).to_string()),
         None => ("?".to_string(), "-1".to_string()),
@@ -211,6 +205,19 @@ fn session(
         )
     });
     super::stream::stream(conn, ctx, c, timeouts.stall, scheduler)
+}
+
+/// Introduces a connection as a replica (its port, and that it takes diskless
+/// RDBs and PSYNC2), before its `PSYNC`.
+pub(super) fn announce_replica(conn: &mut Conn) -> Result<(), RedisError> {
+    let port = conn
+        .stream()
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or_default();
+    conn.call(&["REPLCONF", "listening-port", &port.to_string()])?;
+    conn.call(&["REPLCONF", "capa", "eof", "capa", "psync2"])?;
+    Ok(())
 }
 
 /// Connects, authenticates and checks that the URL's server (or, for an address
