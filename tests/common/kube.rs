@@ -85,7 +85,8 @@ impl KubeServer {
             .prefix("tidemark-kube-")
             .tempdir()
             .expect("temp dir");
-        let d = dir.path();
+        let d_buf = dir.path().to_path_buf();
+        let d = d_buf.as_path();
         // A CA, a server certificate for 127.0.0.1, and the service-account key.
         openssl(
             d,

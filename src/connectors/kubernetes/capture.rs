@@ -241,10 +241,11 @@ impl StreamLoop {
     fn event(
         &self,
         kind: &str,
-        obj: Value,
+        mut obj: Value,
         rv: &str,
         late: bool,
     ) -> Result<ChangeEvent, CaptureError> {
+        super::object::with_type(&mut obj, &self.spec.resource.gvr, &self.spec.resource.kind);
         to_event(
             &self.spec.stream,
             &self.spec.resource.gvr,
@@ -270,7 +271,6 @@ impl StreamLoop {
     async fn relist(&mut self) -> Result<Option<String>, CaptureError> {
         let late = self.rv.is_some() || !self.known.is_empty();
         let sh = Arc::clone(&self.shared);
-        let before = Timestamp::now();
         let (items, list_rv) = match sh
             .kube
             .list(
@@ -324,7 +324,8 @@ impl StreamLoop {
             }
         }
         let n = events.len();
-        sh.set_coverage(&self.spec.stream, before);
+        // No coverage from the list itself: its events are stamped after `before`.
+        // The first comparison after this append (below) covers the stream.
         sh.append(events, &self.spec.stream, Some(&list_rv)).await?;
         self.known = next;
         self.rv = Some(list_rv.clone());
@@ -536,15 +537,19 @@ impl Source for KubeSource {
                         let resources = discovery::select(&kube, &settings, timeouts.read)
                             .await
                             .map_err(|e| CaptureError::of(&name, e))?;
-                        for spec in specs(&resources, &settings) {
-                            if !running.insert(spec.stream.clone()) {
-                                continue;
+                        let fresh: Vec<Spec> = specs(&resources, &settings)
+                            .into_iter()
+                            .filter(|s| running.insert(s.stream.clone()))
+                            .collect();
+                        // Every new stream counts for coverage before any of them
+                        // appends: the source's coverage is the minimum over all.
+                        {
+                            let mut cov = shared.coverage.lock().unwrap_or_else(|p| p.into_inner());
+                            for spec in &fresh {
+                                cov.insert(spec.stream.clone(), None);
                             }
-                            shared
-                                .coverage
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(spec.stream.clone(), None);
+                        }
+                        for spec in fresh {
                             let path = collection_path(&spec.resource.gvr, spec.namespace.as_deref());
                             let stream = StreamLoop {
                                 shared: Arc::clone(&shared),

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::client::{collection_path, Kube, KubeError};
 use super::discovery::{excluded, object_excluded, served, Gvr};
-use super::object::{restorable, Transform};
+use super::object::{restorable, with_type, Transform};
 use crate::digest::{short_sha, Digest, PartDigest};
 
 /// `value` as JSON with every object's keys sorted.
@@ -114,8 +114,12 @@ pub async fn live(kube: &Kube, scope: &Scope, timeout: Duration) -> Result<Diges
         };
         for p in paths {
             let (items, _) = kube.list(&p, None, timeout).await?;
-            for obj in items.iter().filter(|o| !object_excluded(&r.gvr, o, &none)) {
-                parts.push(part(&r.gvr, &restorable(&r.gvr, obj, &t)));
+            for mut obj in items
+                .into_iter()
+                .filter(|o| !object_excluded(&r.gvr, o, &none))
+            {
+                with_type(&mut obj, &r.gvr, &r.kind);
+                parts.push(part(&r.gvr, &restorable(&r.gvr, &obj, &t)));
             }
         }
     }
@@ -130,10 +134,15 @@ pub async fn live(kube: &Kube, scope: &Scope, timeout: Duration) -> Result<Diges
             Err(e) if e.is_not_found() => continue,
             Err(e) => return Err(e),
         };
-        for obj in &items {
+        let kind = resources
+            .iter()
+            .find(|r| &r.gvr == gvr)
+            .map_or("", |r| r.kind.as_str());
+        for mut obj in items {
             let name = obj["metadata"]["name"].as_str().unwrap_or_default();
             if names.is_none_or(|n| n.contains(name)) {
-                parts.push(part(gvr, &restorable(gvr, obj, &t)));
+                with_type(&mut obj, gvr, kind);
+                parts.push(part(gvr, &restorable(gvr, &obj, &t)));
             }
         }
     }

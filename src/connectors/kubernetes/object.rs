@@ -20,6 +20,19 @@ pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration
 /// Which object: resource, namespace (empty when cluster-scoped), name.
 pub type ObjectKey = (String, String, String);
 
+/// Sets `apiVersion` and `kind` where they are missing: the items of a list
+/// response carry neither (watch events do).
+pub fn with_type(obj: &mut Value, gvr: &Gvr, kind: &str) {
+    if let Some(o) = obj.as_object_mut() {
+        if !o.get("apiVersion").is_some_and(Value::is_string) {
+            o.insert("apiVersion".into(), json!(gvr.api_version()));
+        }
+        if !o.get("kind").is_some_and(Value::is_string) && !kind.is_empty() {
+            o.insert("kind".into(), json!(kind));
+        }
+    }
+}
+
 fn aad(namespace: &str, name: &str) -> Vec<u8> {
     format!("tidemark/kubernetes/secret/{namespace}/{name}").into_bytes()
 }
