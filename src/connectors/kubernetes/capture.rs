@@ -142,6 +142,12 @@ struct Shared {
     coverage: Mutex<BTreeMap<String, Option<i64>>>,
     /// The source coverage last appended.
     appended_coverage: Mutex<Option<i64>>,
+    /// The newest moment from which some stream is known complete: its first
+    /// comparison in this attempt, or its latest relist. Changes a stream
+    /// journals when it (re)starts or relists were made earlier (while capture was
+    /// not watching) but are stamped when journaled, so no moment before this one
+    /// can be claimed as covered.
+    complete_from: Mutex<i64>,
 }
 
 impl Shared {
@@ -156,12 +162,25 @@ impl Shared {
             let v = (*v)?;
             min = Some(min.map_or(v, |m| m.min(v)));
         }
-        min.map(Timestamp::from_micros)
+        let from = *self.complete_from.lock().unwrap_or_else(|p| p.into_inner());
+        min.filter(|m| *m >= from).map(Timestamp::from_micros)
+    }
+
+    /// Stream data journaled now may be late: no coverage before now.
+    fn complete_from_now(&self) {
+        let mut from = self.complete_from.lock().unwrap_or_else(|p| p.into_inner());
+        *from = (*from).max(Timestamp::now().as_micros());
     }
 
     fn set_coverage(&self, stream: &str, at: Timestamp) {
         let mut map = self.coverage.lock().unwrap_or_else(|p| p.into_inner());
         let slot = map.entry(stream.to_string()).or_insert(None);
+        if slot.is_none() {
+            // The stream's first comparison: what it journaled before (catching up
+            // after a restart) may be late; it is complete from here on.
+            let mut from = self.complete_from.lock().unwrap_or_else(|p| p.into_inner());
+            *from = (*from).max(at.as_micros());
+        }
         *slot = Some(slot.map_or(at.as_micros(), |v| v.max(at.as_micros())));
     }
 
@@ -324,8 +343,9 @@ impl StreamLoop {
             }
         }
         let n = events.len();
-        // No coverage from the list itself: its events are stamped after `before`.
-        // The first comparison after this append (below) covers the stream.
+        // No coverage from the list itself; what it found may have happened while
+        // capture was not watching: no moment before now is covered.
+        sh.complete_from_now();
         sh.append(events, &self.spec.stream, Some(&list_rv)).await?;
         self.known = next;
         self.rv = Some(list_rv.clone());
@@ -523,6 +543,7 @@ impl Source for KubeSource {
                 timeouts,
                 coverage: Mutex::new(BTreeMap::new()),
                 appended_coverage: Mutex::new(None),
+                complete_from: Mutex::new(0),
             });
             let mut tasks: JoinSet<(String, Result<(), CaptureError>)> = JoinSet::new();
             let mut running: HashSet<String> = HashSet::new();
