@@ -14,6 +14,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod connectors;
+pub mod crypto;
 pub mod digest;
 pub mod event;
 pub mod journal;

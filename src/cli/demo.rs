@@ -136,6 +136,7 @@ pub fn demo(seconds: u64) -> Result<()> {
         into_live_source: false,
         live_sources: vec![("app".into(), url.clone())],
         timeouts: Default::default(),
+        settings: None,
     };
     let Outcome::Done(summary) = driver::restore(request, &mut NoProgress)? else {
         bail!("the restore did not run");

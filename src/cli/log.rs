@@ -58,8 +58,16 @@ pub fn log(
         entries.take(limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX)))
     {
         let LogEntry { seq, event } = entry?;
+        // What the source's connector adds (a Helm release decoded with its key).
+        let extra = cfg
+            .source(&event.source)
+            .and_then(|s| s.settings.describe_event(&event));
         let line = if as_json {
-            describe(seq, &event).to_string()
+            let mut doc = describe(seq, &event);
+            if let Some((_, more)) = &extra {
+                doc["decoded"] = more.clone();
+            }
+            doc.to_string()
         } else {
             format!(
                 "{seq:>10} {} {:<16} {:<24} {}",
@@ -70,7 +78,10 @@ pub fn log(
                     .as_ref()
                     .map(|p| p.to_string())
                     .unwrap_or_default(),
-                summary(&event)
+                match &extra {
+                    Some((text, _)) => format!("{} {text}", summary(&event)),
+                    None => summary(&event),
+                }
             )
         };
         if writeln!(out, "{line}").is_err() {

@@ -134,6 +134,7 @@ fn restore_one(
         into_live_source: flags.into_live_source,
         live_sources,
         timeouts: cfg.timeouts,
+        settings: cfg.source(source).map(|s| s.settings.as_ref()),
     };
     let mut terminal = TerminalProgress::default();
     let mut silent = NoProgress;

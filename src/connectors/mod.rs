@@ -10,6 +10,7 @@
 //! payload and position oneofs, and [`SourceKind`]), which are never renumbered.
 
 pub mod kafka;
+pub mod kubernetes;
 pub mod mongodb;
 pub mod postgres;
 pub mod redis;
@@ -31,6 +32,7 @@ pub fn registry() -> &'static [&'static dyn Connector] {
         &redis::Redis,
         &kafka::Kafka,
         &mongodb::Mongodb,
+        &kubernetes::Kubernetes,
     ]
 }
 
@@ -239,6 +241,16 @@ pub trait SourceSettings: fmt::Debug + Send + Sync {
     /// Kind-specific figures for `status` (how far the journal trails the server),
     /// bounded by `timeouts`; `None` when the kind has none.
     fn probe(&self, _journal: &Journal, _id: SourceId, _timeouts: &Timeouts) -> Option<Probe> {
+        None
+    }
+
+    /// What `log` adds to one of this source's events, as a text suffix and JSON
+    /// (a Kubernetes Helm release record decoded with the source's key); `None`
+    /// when there is nothing to add.
+    fn describe_event(
+        &self,
+        _event: &crate::event::ChangeEvent,
+    ) -> Option<(String, serde_json::Value)> {
         None
     }
 

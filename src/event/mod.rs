@@ -413,9 +413,27 @@ pub struct KubeEvent {
     /// Object uid.
     #[prost(string, tag = "6")]
     pub uid: String,
-    /// The object as JSON.
+    /// The object as JSON, without `metadata.managedFields`. For a Secret, without
+    /// its `data`, `stringData` and `kubectl.kubernetes.io/last-applied-configuration`
+    /// annotation: those are in `sealed`.
     #[prost(bytes = "vec", tag = "7")]
     pub object_json: Vec<u8>,
+    /// A Secret's confidential fields as a JSON object (`data`, `stringData`,
+    /// `annotations`), sealed with AES-256-GCM ([`crate::crypto`]), bound to the
+    /// object's namespace and name. Empty for every other kind.
+    #[prost(bytes = "vec", tag = "8")]
+    pub sealed: Vec<u8>,
+    /// The object's resourceVersion.
+    #[prost(string, tag = "9")]
+    pub resource_version: String,
+    /// A deletion (or replacement) found by comparing a relist with the journal
+    /// after the watch could not resume (`410 Gone`): it happened while capture was
+    /// not watching, and is journaled when it was noticed.
+    #[prost(bool, tag = "10")]
+    pub observed_late: bool,
+    /// The resource, `group/version/plural` (`v1/configmaps` for the core group).
+    #[prost(string, tag = "11")]
+    pub resource: String,
 }
 
 /// A named point on the application's timeline ("before-migration").

@@ -3,7 +3,8 @@
 //!
 //! 1. the target URL must be of the source's kind, and every kind-specific option
 //!    must be one the kind declares;
-//! 2. `--dry-run` stops here, having touched nothing (not even connected);
+//! 2. `--dry-run` stops here with the target's preview, having changed nothing
+//!    (most kinds do not even connect; Kubernetes reads the target to diff it);
 //! 3. the target must not be one of the journal's own live sources (same server
 //!    identity and database) unless `--into-live-source`;
 //! 4. a target that holds data is refused unless `--force`;
@@ -39,6 +40,8 @@ pub struct Request<'a> {
     pub live_sources: Vec<(String, String)>,
     /// Connection timeouts.
     pub timeouts: Timeouts,
+    /// The configured source's settings (keys for sealed payloads), if configured.
+    pub settings: Option<&'a dyn connectors::SourceSettings>,
 }
 
 /// What a finished restore reports (`restore --json` prints it).
@@ -80,6 +83,9 @@ pub fn restore(req: Request<'_>, progress: &mut dyn ProgressSink) -> Result<Outc
     connectors::check_options(connector, req.options, OptionFor::Restore)
         .map_err(RestoreError::Options)?;
     let mut target = connector.target(req.target, req.options, &req.timeouts)?;
+    if let Some(s) = req.settings {
+        target.configure(s);
+    }
     if req.dry_run {
         return Ok(Outcome::DryRun(target.preview(req.journal, req.plan)?));
     }

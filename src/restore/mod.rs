@@ -51,7 +51,12 @@ pub trait Target {
     /// What re-running the same restore after a failure does.
     fn rerun(&self) -> Rerun;
 
-    /// Kind-specific lines for `--dry-run` (what would be created where).
+    /// Hands the target the configured source's settings (keys that open sealed
+    /// payloads), before any other call. Default: nothing to take.
+    fn configure(&mut self, _settings: &dyn crate::connectors::SourceSettings) {}
+
+    /// Kind-specific lines for `--dry-run` (what would be created where). Reads
+    /// only; a kind whose preview is a diff against the target reads the target.
     fn preview(
         &mut self,
         _journal: &Journal,

@@ -11,6 +11,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod bin_client;
+pub mod kube;
 pub mod mongo;
 pub mod rdb_scenario;
 pub mod sentinel;

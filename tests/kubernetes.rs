@@ -1,0 +1,520 @@
+//! Kubernetes capture, resume, relist, encrypted Secrets, Helm records, restore and
+//! digests against a real kube-apiserver 1.20.2 (see tests/common/kube.rs).
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tidemark::connectors::{self, KindOptions};
+use tidemark::event::Payload;
+use tidemark::journal::Journal;
+use tidemark::time::Timestamp;
+
+use common::kube::KubeServer;
+use common::run::Run;
+
+/// A Secret value that must never be found in the journal's files.
+const SECRET: &str = "s3cr3t-hunter2-value";
+const NS: &str = "/api/v1/namespaces";
+
+fn b64(s: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// The source section: namespace `app`, CRDs, the key in a file.
+fn source(server: &KubeServer, key_file: &Path) -> String {
+    format!(
+        "[[source]]\nname = \"k8s\"\nkind = \"kubernetes\"\nkubeconfig = \"{}\"\nnamespaces = [\"app\"]\ncluster_resources = [\"apiextensions.k8s.io/v1/customresourcedefinitions\"]\nsecrets_key_file = \"{}\"\ndiscovery_interval = \"1s\"\ncoverage_interval = \"1s\"\n",
+        server.kubeconfig().display(),
+        key_file.display()
+    )
+}
+
+fn new_run(server: &KubeServer) -> Run {
+    let run = Run::new("");
+    let key_in = run.dir().join("secrets.key");
+    std::fs::write(&key_in, "7f".repeat(32)).unwrap();
+    std::fs::write(
+        &run.config,
+        format!(
+            "[journal]\npath = \"journal\"\nsync = \"always\"\n\n{}",
+            source(server, &key_in)
+        ),
+    )
+    .unwrap();
+    run
+}
+
+/// The digest of namespace `app` and the CRDs on `server`, as `tidemark digest`.
+fn digest(server: &KubeServer, ns: &str) -> tidemark::digest::Digest {
+    let url = server.url(&format!(
+        "namespaces={ns}&cluster=apiextensions.k8s.io/v1/customresourcedefinitions"
+    ));
+    connectors::for_url(&url)
+        .unwrap()
+        .digest(&url, &KindOptions::default(), &Default::default())
+        .unwrap()
+}
+
+/// Waits until the journal's coverage passes now (all changes made so far are
+/// journaled); returns the coverage, a moment whose state is the server's now.
+fn covered(run: &Run) -> Timestamp {
+    let now = Timestamp::now().as_micros();
+    let start = Instant::now();
+    loop {
+        if let Ok(j) = Journal::open_read_only(&run.dir().join("journal")) {
+            if let Some(c) = j.source("k8s").ok().and_then(|s| s.stats.coverage_us) {
+                if c > now {
+                    return Timestamp::from_micros(c);
+                }
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "coverage never passed now; log:\n{}",
+            run.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every journaled Kubernetes event: (seq, type, resource, namespace/name, late).
+fn events(run: &Run) -> Vec<(u64, String, String, String, bool)> {
+    let j = Journal::open_read_only(&run.dir().join("journal")).unwrap();
+    let id = j.source("k8s").unwrap().id;
+    j.events(id, 1, u64::MAX)
+        .map(|e| {
+            let e = e.unwrap();
+            let Some(Payload::Kubernetes(k)) = e.event.payload else {
+                panic!("not a kube event")
+            };
+            (
+                e.seq,
+                k.event_type,
+                k.resource,
+                format!("{}/{}", k.namespace, k.name),
+                k.observed_late,
+            )
+        })
+        .collect()
+}
+
+/// A Helm 3 release record as the Secret driver stores it: the release JSON,
+/// gzipped, base64, inside the Secret's own base64.
+fn helm_record(rev: u64, status: &str, chart_version: &str) -> Value {
+    use std::io::Write as _;
+    let body = json!({
+        "name": "web", "namespace": "app", "version": rev,
+        "info": {"status": status, "description": "Upgrade complete"},
+        "chart": {"metadata": {"name": "web", "version": chart_version, "appVersion": "1.2"}},
+        "config": {"replicas": rev}, "manifest": "apiVersion: apps/v1\nkind: Deployment\n",
+    });
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(body.to_string().as_bytes()).unwrap();
+    let stored = b64(&gz.finish().unwrap());
+    json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "helm.sh/release.v1",
+        "metadata": {"name": format!("sh.helm.release.v1.web.v{rev}"),
+                     "labels": {"name": "web", "owner": "helm", "status": status, "version": rev.to_string()}},
+        "data": {"release": b64(stored.as_bytes())},
+    })
+}
+
+fn helm_status(server: &KubeServer, rev: u64, status: &str) {
+    server.patch(
+        &format!("{NS}/app/secrets/sh.helm.release.v1.web.v{rev}"),
+        json!({"metadata": {"labels": {"status": status}}}),
+    );
+}
+
+/// The application at moment 1, part before capture starts, part after.
+fn app_before_capture(s: &KubeServer) {
+    s.create(
+        NS,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "app"}}),
+    );
+    s.create(
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+        json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+               "metadata": {"name": "widgets.example.com"},
+               "spec": {"group": "example.com", "scope": "Namespaced",
+                        "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                        "versions": [{"name": "v1", "served": true, "storage": true,
+                                      "schema": {"openAPIV3Schema": {"type": "object",
+                                                 "x-kubernetes-preserve-unknown-fields": true}}}]}}),
+    );
+    s.create(
+        &format!("{NS}/app/configmaps"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "cfg", "labels": {"app": "web"}}, "data": {"mode": "a"}}),
+    );
+    // The annotation kubectl apply writes holds the data in clear: it must be sealed too.
+    let data = json!({"password": b64(SECRET.as_bytes())});
+    s.create(&format!("{NS}/app/secrets"), json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "db", "annotations": {"kubectl.kubernetes.io/last-applied-configuration":
+            json!({"apiVersion": "v1", "kind": "Secret", "stringData": {"password": SECRET}}).to_string()}},
+        "data": data}));
+    s.create(
+        &format!("{NS}/app/secrets"),
+        helm_record(1, "deployed", "0.1.0"),
+    );
+}
+
+fn app_after_capture(s: &KubeServer) {
+    s.wait_for(
+        || s.get("/apis/example.com/v1/namespaces/app/widgets").is_ok(),
+        "CRD served",
+    );
+    s.create(
+        "/apis/example.com/v1/namespaces/app/widgets",
+        json!({"apiVersion": "example.com/v1",
+        "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"size": 1}}),
+    );
+    s.create(
+        &format!("{NS}/app/serviceaccounts"),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "runner"}}),
+    );
+    s.create("/apis/rbac.authorization.k8s.io/v1/namespaces/app/roles", json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "reader"},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}]}));
+    s.create("/apis/rbac.authorization.k8s.io/v1/namespaces/app/rolebindings", json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "reader"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "runner", "namespace": "app"}]}));
+    let template = json!({"metadata": {"labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "web", "image": "registry.example/web:1.0"}]}});
+    s.create("/apis/apps/v1/namespaces/app/deployments", json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"}, "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": template}}));
+    s.create("/apis/apps/v1/namespaces/app/statefulsets", json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "db"}, "spec": {"replicas": 1, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+        "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "db", "image": "registry.example/db:1"}]}}}}));
+    s.create(
+        &format!("{NS}/app/services"),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}}),
+    );
+    s.create(
+        &format!("{NS}/app/services"),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web-np"},
+        "spec": {"type": "NodePort", "selector": {"app": "web"}, "ports": [{"port": 8080}]}}),
+    );
+    s.create(
+        &format!("{NS}/app/services"),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db"},
+        "spec": {"clusterIP": "None", "selector": {"app": "db"}, "ports": [{"port": 5432}]}}),
+    );
+    // Helm upgrade: revision 1 superseded, 2 deployed.
+    helm_status(s, 1, "superseded");
+    s.create(
+        &format!("{NS}/app/secrets"),
+        helm_record(2, "deployed", "0.2.0"),
+    );
+}
+
+fn restore_json(run: &Run, at: Timestamp, target: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["--json"];
+    args.extend_from_slice(extra);
+    let out = run.restore("k8s", &at.to_rfc3339(), target, &args);
+    assert!(
+        out.status.success(),
+        "restore at {at} into {target}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).expect("restore --json")
+}
+
+fn renamed(d: &tidemark::digest::Digest, to: &str) -> String {
+    d.clone()
+        .renamed(|n| n.replace("/app/", &format!("/{to}/")))
+        .overall
+}
+
+fn deployed_revisions(s: &KubeServer, ns: &str) -> Vec<String> {
+    let list = s
+        .get(&format!(
+            "{NS}/{ns}/secrets?labelSelector=owner%3Dhelm%2Cstatus%3Ddeployed"
+        ))
+        .unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Capture of an application, kill -9 and resume without relisting, restores at
+/// three moments (another API server; other namespaces) with digests equal to the
+/// source's, `--dry-run`, Helm records in `log` and `status`, and no Secret value in
+/// the journal's files.
+#[test]
+fn kubernetes_capture_resume_restore() {
+    let Some(src) = KubeServer::start(&[]) else {
+        return;
+    };
+    let Some(other) = KubeServer::start(&[]) else {
+        return;
+    };
+    app_before_capture(&src);
+    let mut run = new_run(&src);
+    run.start(&[]);
+    app_after_capture(&src);
+    let t1 = covered(&run);
+    let d1 = digest(&src, "app");
+    assert_eq!(d1.parts.len(), 14, "{:#?}", d1.part_lines());
+
+    // Moment 2: a config change, a scale, a deleted Service, a Helm upgrade.
+    src.patch(
+        &format!("{NS}/app/configmaps/cfg"),
+        json!({"data": {"mode": "b"}}),
+    );
+    src.patch(
+        "/apis/apps/v1/namespaces/app/deployments/web",
+        json!({"spec": {"replicas": 3}}),
+    );
+    src.delete(&format!("{NS}/app/services/web-np"));
+    src.patch(
+        "/apis/example.com/v1/namespaces/app/widgets/w1",
+        json!({"spec": {"size": 2}}),
+    );
+    helm_status(&src, 2, "superseded");
+    src.create(
+        &format!("{NS}/app/secrets"),
+        helm_record(3, "deployed", "0.3.0"),
+    );
+    let t2 = covered(&run);
+    let d2 = digest(&src, "app");
+
+    // kill -9, three changes while down, restart: exactly those three are journaled.
+    run.kill9();
+    let before = events(&run);
+    src.patch(
+        &format!("{NS}/app/configmaps/cfg"),
+        json!({"data": {"mode": "c"}}),
+    );
+    src.create(
+        &format!("{NS}/app/configmaps"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "extra"}, "data": {"k": "v"}}),
+    );
+    src.delete(&format!("{NS}/app/secrets/db"));
+    run.start(&[]);
+    let t3 = covered(&run);
+    let d3 = digest(&src, "app");
+    let after = events(&run);
+    let new: Vec<_> = after[before.len()..]
+        .iter()
+        .map(|e| (e.1.as_str(), e.3.as_str(), e.4))
+        .collect();
+    let mut sorted = new.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        vec![
+            ("ADDED", "app/extra", false),
+            ("DELETED", "app/db", false),
+            ("MODIFIED", "app/cfg", false)
+        ],
+        "after restart: {new:?}"
+    );
+    assert!(
+        !run.log().contains("listed"),
+        "the restart relisted:\n{}",
+        run.log()
+    );
+    assert!(after
+        .iter()
+        .all(|e| e.2 != "v1/events" && e.2 != "apps/v1/replicasets"));
+
+    // Restores: moment 1 into the other API server, 2 and 3 into other namespaces.
+    let r1 = restore_json(&run, t1, &other.url(""), &[]);
+    assert_eq!(r1["digest"]["overall"], d1.overall, "moment 1: {r1:#}");
+    assert_eq!(digest(&other, "app").overall, d1.overall);
+    let r2 = restore_json(
+        &run,
+        t2,
+        &src.url(""),
+        &["--namespace-map", "app=app-2", "--force"],
+    );
+    assert_eq!(
+        r2["digest"]["overall"],
+        renamed(&d2, "app-2"),
+        "moment 2: {r2:#}"
+    );
+    let r3 = restore_json(
+        &run,
+        t3,
+        &src.url(""),
+        &["--namespace-map", "app=app-3", "--force"],
+    );
+    assert_eq!(
+        r3["digest"]["overall"],
+        renamed(&d3, "app-3"),
+        "moment 3: {r3:#}"
+    );
+    assert_ne!(d1.overall, d2.overall);
+    assert_ne!(d2.overall, d3.overall);
+    // Server-owned fields were stripped: the restored NodePort Service got its own port.
+    let np = other.get(&format!("{NS}/app/services/web-np")).unwrap();
+    assert!(np["spec"]["ports"][0]["nodePort"].as_i64().is_some());
+    // Helm: exactly one deployed revision, the source's at each moment.
+    assert_eq!(
+        deployed_revisions(&other, "app"),
+        vec!["sh.helm.release.v1.web.v2"]
+    );
+    assert_eq!(
+        deployed_revisions(&src, "app-3"),
+        vec!["sh.helm.release.v1.web.v3"]
+    );
+
+    // --dry-run of moment 3 into app-2 (which holds moment 2) shows the diff, changes nothing.
+    let out = run.restore(
+        "k8s",
+        &t3.to_rfc3339(),
+        &src.url(""),
+        &["--namespace-map", "app=app-2", "--dry-run"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("update v1/configmaps/app-2/cfg: data.mode"),
+        "{text}"
+    );
+    assert!(text.contains("create v1/configmaps/app-2/extra"), "{text}");
+    assert!(
+        text.contains("unchanged apps/v1/deployments/app-2/web"),
+        "{text}"
+    );
+    assert_eq!(digest(&src, "app-2").overall, renamed(&d2, "app-2"));
+
+    // log and status show the Helm release.
+    let log = run.cli(&["log", "--source", "k8s"]);
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(
+        log.contains("helm release app/web revision 3 deployed chart web-0.3.0 app 1.2"),
+        "{log}"
+    );
+    let status = run.cli(&["status"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("helm app/web: revisions 1 superseded, 2 superseded, 3 deployed"),
+        "{status}"
+    );
+
+    // The Secret's value is in no file of the journal, in clear or base64.
+    run.stop();
+    let needles = [
+        SECRET.as_bytes().to_vec(),
+        b64(SECRET.as_bytes()).into_bytes(),
+    ];
+    let mut files = 0;
+    for entry in walk(&run.dir().join("journal")) {
+        let bytes = std::fs::read(&entry).unwrap();
+        files += 1;
+        for n in &needles {
+            assert!(
+                !bytes.windows(n.len()).any(|w| w == &n[..]),
+                "{} holds the secret",
+                entry.display()
+            );
+        }
+    }
+    assert!(files > 3);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// After `410 Gone` (etcd compacted past the checkpoint, watch cache off) capture
+/// relists and journals exactly what changed while it was not watching, deletions
+/// and a replaced object marked as observed late.
+#[test]
+fn kubernetes_gone_relists_and_journals_late_deletions() {
+    let Some(src) = KubeServer::start(&["--watch-cache=false"]) else {
+        return;
+    };
+    src.create(
+        NS,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "app"}}),
+    );
+    let cm = |name: &str, v: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"v": v}});
+    for n in ["a", "b", "c", "keep"] {
+        src.create(&format!("{NS}/app/configmaps"), cm(n, "1"));
+    }
+    let mut run = new_run(&src);
+    run.start(&[]);
+    covered(&run);
+    run.stop();
+    let before = events(&run);
+    src.delete(&format!("{NS}/app/configmaps/a"));
+    src.patch(
+        &format!("{NS}/app/configmaps/b"),
+        json!({"data": {"v": "2"}}),
+    );
+    src.delete(&format!("{NS}/app/configmaps/c"));
+    src.create(&format!("{NS}/app/configmaps"), cm("c", "new"));
+    src.create(&format!("{NS}/app/configmaps"), cm("d", "1"));
+    src.compact();
+    run.start(&[]);
+    let t = covered(&run);
+    let d = digest(&src, "app");
+    let after = events(&run);
+    let mut new: Vec<_> = after[before.len()..]
+        .iter()
+        .filter(|e| e.2 == "v1/configmaps")
+        .map(|e| (e.1.as_str(), e.3.as_str(), e.4))
+        .collect();
+    new.sort();
+    assert_eq!(
+        new,
+        vec![
+            ("ADDED", "app/c", true),
+            ("ADDED", "app/d", true),
+            ("DELETED", "app/a", true),
+            ("DELETED", "app/c", true),
+            ("MODIFIED", "app/b", true),
+        ],
+        "log:\n{}",
+        run.log()
+    );
+    assert!(run.log().contains("410"), "{}", run.log());
+    // Nothing else was journaled again (`keep` was unchanged), and the journal at
+    // the moment equals the server.
+    assert_eq!(after.len() - before.len(), 5, "{after:?}");
+    let r = restore_json(&run, t, &src.url(""), &["--namespace-map", "app=app-r"]);
+    assert_eq!(r["digest"]["overall"], renamed(&d, "app-r"), "{r:#}");
+}
+
+/// A source that captures Secrets without a key is refused by `config validate`,
+/// naming both ways to give one.
+#[test]
+fn kubernetes_secrets_need_a_key() {
+    let run = Run::new(
+        "[[source]]\nname = \"k8s\"\nkind = \"kubernetes\"\nkubeconfig = \"/nonexistent\"\n",
+    );
+    let out = run.cli(&["config", "validate"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("secrets_key_file") && err.contains("secrets_key_env"),
+        "{err}"
+    );
+}
