@@ -153,19 +153,19 @@ fn bad_configs_fail_clearly_and_write_nothing() {
 }
 
 #[test]
-fn run_refuses_kinds_this_build_cannot_capture_before_writing() {
+fn run_refuses_kinds_it_does_not_know_before_writing() {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
     let cfg = write_config(
         dir.path(),
         &format!(
-            "[journal]\npath = \"{}\"\n\n[[source]]\nname = \"catalog\"\nkind = \"kubernetes\"\n",
+            "[journal]\npath = \"{}\"\n\n[[source]]\nname = \"catalog\"\nkind = \"cassandra\"\n",
             journal.display()
         ),
     );
     assert_fails(
         &tidemark(&["-c", cfg.to_str().unwrap(), "run"]),
-        &["catalog", "not available"],
+        &["cassandra", "kubernetes", "mongodb"],
     );
     assert!(!journal.exists());
 }

@@ -151,10 +151,13 @@ fn no_sources_is_an_error() {
 }
 
 #[test]
-fn kinds_this_build_cannot_capture_are_refused_by_name() {
-    let text = format!("{GOOD}\n[[source]]\nname = \"catalog\"\nkind = \"kubernetes\"\n");
+fn unknown_kinds_are_refused_naming_the_known_ones() {
+    let text = format!("{GOOD}\n[[source]]\nname = \"catalog\"\nkind = \"cassandra\"\n");
     let e = parse(&text).unwrap_err().to_string();
-    assert!(e.contains("catalog") && e.contains("not available"), "{e}");
+    assert!(
+        e.contains("`cassandra`") && e.contains("`kubernetes`") && e.contains("`mongodb`"),
+        "{e}"
+    );
 }
 
 #[test]
