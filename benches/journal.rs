@@ -407,6 +407,20 @@ fn bench_lookup(n: u64) {
             percentile(d, 0.5).as_secs_f64() / p50
         );
     }
+    // `tidemark history`: every version of one key, by a scan of the whole journal,
+    // against reading every event to nowhere.
+    let s = Instant::now();
+    let read = j.events(src, 1, u64::MAX).filter(|e| e.is_ok()).count();
+    let plain = s.elapsed();
+    let s = Instant::now();
+    let versions =
+        tidemark::app::history::history(&j, "bench", "no-such-key", None, 1, u64::MAX).unwrap();
+    let history = s.elapsed();
+    assert!(versions.is_empty() && read as u64 == n);
+    println!(
+        "history of one key over all {n} events: {history:.1?} (reading every event: {plain:.1?}; {:.2}x)",
+        history.as_secs_f64() / plain.as_secs_f64()
+    );
 }
 
 fn main() {

@@ -23,6 +23,9 @@ use crate::connectors::{self, SourceSettings};
 
 pub use crate::redact::redact_url;
 
+mod application;
+pub use application::{Application, Profile, ProfileTarget};
+
 /// The whole configuration file.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -39,6 +42,8 @@ pub struct Config {
     pub undiscovered: Vec<SourceConfig>,
     /// The members [`Config::discover`] found.
     pub discovered: Vec<String>,
+    /// `[[application]]` tables: sources recovered as one.
+    pub applications: Vec<Application>,
 }
 
 /// The file as TOML shapes it, before each source goes to its connector.
@@ -50,6 +55,8 @@ struct RawConfig {
     timeouts: Timeouts,
     #[serde(default, rename = "source")]
     sources: Vec<toml::Spanned<toml::Table>>,
+    #[serde(default, rename = "application")]
+    applications: Vec<toml::Spanned<toml::Table>>,
 }
 
 /// `[journal]`.
@@ -345,14 +352,22 @@ impl Config {
             }
             groups.push(add_members(&mut sources, &source, members, &at)?);
         }
-        Ok(Config {
+        let mut cfg = Config {
             journal: raw.journal,
             timeouts: raw.timeouts,
             sources,
             groups,
             undiscovered,
             discovered: Vec::new(),
-        })
+            applications: Vec::new(),
+        };
+        let tables = raw
+            .applications
+            .into_iter()
+            .map(|t| t.into_inner())
+            .collect();
+        cfg.applications = application::parse_applications(tables, &cfg)?;
+        Ok(cfg)
     }
 
     /// The retention window, if configured.

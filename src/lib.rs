@@ -10,6 +10,7 @@
 //!
 //! [`config`] reads the one configuration file; [`cli`] is the command line.
 
+pub mod app;
 pub mod capture;
 pub mod cli;
 pub mod config;

@@ -19,6 +19,21 @@ const SECRET_PARAMS: &[&str] = &[
     "authmechanismproperties",
 ];
 
+/// `text` with every URL in it (a word holding `://`) passed through [`redact_url`]:
+/// for command output that may echo a target's URL.
+pub fn redact_urls_in(text: &str) -> String {
+    text.split_inclusive(char::is_whitespace)
+        .map(|piece| {
+            let word = piece.trim_end();
+            if word.contains("://") {
+                format!("{}{}", redact_url(word), &piece[word.len()..])
+            } else {
+                piece.to_string()
+            }
+        })
+        .collect()
+}
+
 /// `url` with any password (user-info or secret parameter) replaced by `***`.
 pub fn redact_url(url: &str) -> String {
     let (mut head, mut rest) = split_scheme(url);

@@ -1,6 +1,7 @@
 //! The command line. Subcommand names and flags are a contract: scripts and other
 //! parts of tidemark depend on them. One file per subcommand.
 
+mod app;
 mod demo;
 mod digest;
 mod image;
@@ -71,17 +72,27 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Restore a source to a moment into a target.
+    /// Restore a source (`--source S --target URL`) or a whole application
+    /// (`--app A --profile P`) to a moment (`--at`) or recovery point (`--point`).
     Restore {
         /// The source to restore.
-        #[arg(long)]
-        source: String,
+        #[arg(long, conflicts_with = "app", required_unless_present = "app")]
+        source: Option<String>,
+        /// The application to restore: every one of its sources to one cut.
+        #[arg(long, requires = "profile")]
+        app: Option<String>,
+        /// The application's target profile (`[application.profile.NAME]`).
+        #[arg(long, requires = "app")]
+        profile: Option<String>,
         /// The moment (RFC 3339, -5m, latest).
-        #[arg(long, allow_hyphen_values = true)]
-        at: String,
+        #[arg(long, allow_hyphen_values = true, required_unless_present = "point")]
+        at: Option<String>,
+        /// A recovery point of the application (its id or label).
+        #[arg(long, requires = "app", conflicts_with = "at")]
+        point: Option<String>,
         /// Where to restore to (a URL of the source's kind).
-        #[arg(long)]
-        target: String,
+        #[arg(long, required_unless_present = "app", conflicts_with = "app")]
+        target: Option<String>,
         /// Print the plan and touch nothing.
         #[arg(long)]
         dry_run: bool,
@@ -135,6 +146,78 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Recovery points of an application: one cut across all of its sources.
+    Point {
+        /// What to do.
+        #[command(subcommand)]
+        action: PointAction,
+    },
+    /// Restore an application into a sandbox profile, run its checks (`checks` in
+    /// its config, given each target's URL as TIDEMARK_TARGET_<SOURCE>), record the
+    /// result, and tear the sandbox down unless --keep.
+    Rehearse {
+        /// The application.
+        #[arg(long)]
+        app: String,
+        /// The sandbox profile.
+        #[arg(long)]
+        profile: String,
+        /// The moment (default: latest).
+        #[arg(long, allow_hyphen_values = true, conflicts_with = "point")]
+        at: Option<String>,
+        /// A recovery point (id or label).
+        #[arg(long)]
+        point: Option<String>,
+        /// Leave the restored sandbox in place.
+        #[arg(long)]
+        keep: bool,
+        /// Print the record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What changed between two moments, per source, from the journal alone:
+    /// rows per table, keys per Redis database and type, records per partition
+    /// and group offset moves, documents per collection, Kubernetes objects.
+    Diff {
+        /// Every source of this application, each cut as a restore cuts it.
+        #[arg(long, conflicts_with = "source", required_unless_present = "source")]
+        app: Option<String>,
+        /// One source.
+        #[arg(long)]
+        source: Option<String>,
+        /// The first moment (RFC 3339, -5m; with --app also a point's id or label).
+        #[arg(long, allow_hyphen_values = true)]
+        from: String,
+        /// The second moment (or `latest`).
+        #[arg(long, allow_hyphen_values = true)]
+        to: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every version of one row (primary key, composite as `a,b`), Redis key,
+    /// record key, document `_id` or Kubernetes `namespace/name`, from the journal.
+    History {
+        /// The source.
+        #[arg(long)]
+        source: String,
+        /// The key.
+        #[arg(long)]
+        key: String,
+        /// Only in a table, database or collection whose name contains this
+        /// (`public.orders`, `db 0`, `Deployment`).
+        #[arg(long = "in")]
+        within: Option<String>,
+        /// From this moment (default: the start of the journal).
+        #[arg(long, allow_hyphen_values = true)]
+        from: Option<String>,
+        /// Up to this moment (default: latest).
+        #[arg(long, allow_hyphen_values = true)]
+        to: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply the configured retention now.
     Prune {
         /// Report what would be dropped; change nothing.
@@ -165,6 +248,54 @@ pub enum ImageAction {
     List {
         /// The source.
         source: String,
+    },
+}
+
+/// `tidemark point ...`.
+#[derive(Debug, Subcommand)]
+pub enum PointAction {
+    /// Write a marker into every source of APP (writers are not paused), wait
+    /// until the running capture journaled each, and record the point.
+    Create {
+        /// The application.
+        app: String,
+        /// A label to find the point by.
+        #[arg(long)]
+        label: Option<String>,
+        /// A command run before and after the markers (an application-consistent
+        /// point: it can tell the application to flush, then to go on). It gets
+        /// TIDEMARK_APPLICATION, TIDEMARK_POINT and TIDEMARK_HOOK_PHASE.
+        #[arg(long)]
+        hook: Option<String>,
+        /// How long to wait for the capture to journal the markers.
+        #[arg(long, default_value = "60s")]
+        wait: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List APP's recovery points.
+    List {
+        /// The application.
+        app: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the cut of a point (`--point`) or of any moment (`--at`): per source,
+    /// where it is cut and its uncertainty.
+    Show {
+        /// The application.
+        app: String,
+        /// A point's id or label.
+        #[arg(long, conflicts_with = "at", required_unless_present = "at")]
+        point: Option<String>,
+        /// Any moment (RFC 3339, -5m).
+        #[arg(long, allow_hyphen_values = true)]
+        at: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -229,6 +360,11 @@ pub fn main() -> std::process::ExitCode {
             | Command::Log { .. }
             | Command::Digest { .. }
             | Command::Config { .. }
+            | Command::Point {
+                action: PointAction::List { .. } | PointAction::Show { .. }
+            }
+            | Command::Diff { .. }
+            | Command::History { .. }
             | Command::Image {
                 action: ImageAction::List { .. }
             }
@@ -298,7 +434,10 @@ pub fn execute(cli: Cli, matches: &ArgMatches) -> Result<()> {
     let mut cfg = Config::load(&path)?;
     if matches!(
         cli.command,
-        Command::Run { .. } | Command::Restore { .. } | Command::Resync { .. }
+        Command::Run { .. }
+            | Command::Restore { .. }
+            | Command::Resync { .. }
+            | Command::Rehearse { .. }
     ) {
         // Sections whose members are on the server (databases = ["*"]).
         cfg.discover()?;
@@ -307,10 +446,18 @@ pub fn execute(cli: Cli, matches: &ArgMatches) -> Result<()> {
         Command::Config {
             action: ConfigAction::Validate,
         } => {
+            for a in &cfg.applications {
+                for s in a.sources.iter().filter_map(|n| cfg.source(n)) {
+                    if let Some(p) = s.settings.marker_problem() {
+                        println!("note: application `{}`: source `{}` cannot take recovery-point markers ({p}); `point create` will refuse, restores by moment still work", a.name, s.name);
+                    }
+                }
+            }
             println!(
-                "{}: ok ({} sources, journal at {})",
+                "{}: ok ({} sources, {} applications, journal at {})",
                 path.display(),
                 cfg.sources.len(),
+                cfg.applications.len(),
                 cfg.journal.path.display()
             );
             Ok(())
@@ -341,6 +488,23 @@ pub fn execute(cli: Cli, matches: &ArgMatches) -> Result<()> {
             json,
         ),
         Command::Restore {
+            app: Some(app),
+            profile,
+            at,
+            point,
+            dry_run,
+            json,
+            ..
+        } => app::restore(
+            &cfg,
+            &app,
+            profile.as_deref().unwrap_or_default(),
+            at.as_deref(),
+            point.as_deref(),
+            dry_run,
+            json,
+        ),
+        Command::Restore {
             source,
             at,
             target,
@@ -348,11 +512,12 @@ pub fn execute(cli: Cli, matches: &ArgMatches) -> Result<()> {
             force,
             into_live_source,
             json,
+            ..
         } => restore::restore(
             &cfg,
-            &source,
-            &at,
-            &target,
+            source.as_deref().unwrap_or_default(),
+            at.as_deref().unwrap_or("latest"),
+            target.as_deref().unwrap_or_default(),
             restore::Flags {
                 dry_run,
                 force,
@@ -362,6 +527,46 @@ pub fn execute(cli: Cli, matches: &ArgMatches) -> Result<()> {
             },
         ),
         Command::Prune { dry_run } => prune::prune(&cfg, dry_run),
+        Command::Point { action } => app::point(&cfg, action),
+        Command::Rehearse {
+            app: a,
+            profile,
+            at,
+            point,
+            keep,
+            json,
+        } => app::rehearse(
+            &cfg,
+            &a,
+            &profile,
+            at.as_deref(),
+            point.as_deref(),
+            keep,
+            json,
+        ),
+        Command::Diff {
+            app: a,
+            source,
+            from,
+            to,
+            json,
+        } => app::diff(&cfg, a.as_deref(), source.as_deref(), &from, &to, json),
+        Command::History {
+            source,
+            key,
+            within,
+            from,
+            to,
+            json,
+        } => app::history(
+            &cfg,
+            &source,
+            &key,
+            within.as_deref(),
+            from.as_deref(),
+            to.as_deref(),
+            json,
+        ),
         Command::Image {
             action: ImageAction::Take { source, wait },
         } => image::take(&cfg, &source, wait),

@@ -103,15 +103,8 @@ fn restore_one(
     let plan = restore::plan(&journal, source, at)?;
     // Sources the journal captures (a discovered member that never ran, such as a
     // database made for this restore under `databases = ["*"]`, is not one yet).
-    let captured: std::collections::HashSet<String> =
-        journal.sources().into_iter().map(|s| s.name).collect();
-    let live_sources = cfg
-        .sources
-        .iter()
-        .filter(|s| s.kind() == plan.source.kind)
-        .filter(|s| captured.contains(s.name()) || !cfg.is_discovered(s.name()))
-        .filter_map(|s| s.settings.url().map(|u| (s.name().to_string(), u)))
-        .collect();
+    let captured: Vec<String> = journal.sources().into_iter().map(|s| s.name).collect();
+    let live_sources = crate::app::restore::live_sources(cfg, plan.source.kind, &captured);
     if !flags.json {
         println!("{plan}");
         println!(

@@ -119,6 +119,14 @@ pub fn run(cfg: &Config, flags: Flags) -> Result<()> {
                 }
             });
         }
+        for app in cfg.applications.iter().filter(|a| a.points.is_some()) {
+            spawn_points(cfg.clone(), app.clone(), Arc::clone(&journal), retention, shutdown.clone());
+        }
+        for app in &cfg.applications {
+            if let Some((every, profile)) = app.rehearse.clone() {
+                spawn_rehearsals(cfg.clone(), app.clone(), every, profile, shutdown.clone());
+            }
+        }
         let total = tasks.len();
         let mut failed: Vec<(String, CaptureError)> = Vec::new();
         let mut signalled = false;
@@ -162,6 +170,107 @@ pub fn run(cfg: &Config, flags: Flags) -> Result<()> {
         }
         bail!("{} of {total} sources stopped with an error: {list}", failed.len())
     })
+}
+
+/// Takes `app`'s recovery points on its schedule (`points = "every 30s"`) and
+/// drops those past `keep_points` (else the journal's retention) or before its
+/// sources' floors. A failed point is logged; the next is tried on schedule.
+fn spawn_points(
+    cfg: Config,
+    app: crate::config::Application,
+    journal: Arc<crate::journal::Journal>,
+    retention: Option<Duration>,
+    mut stop: capture::Shutdown,
+) {
+    let Some(every) = app.points else { return };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        tick.tick().await; // the first tick is immediate: let capture start first
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait() => return,
+            }
+            let (cfg, app, journal) = (cfg.clone(), app.clone(), Arc::clone(&journal));
+            let done = tokio::task::spawn_blocking(move || {
+                let made = crate::app::point::create(
+                    &cfg,
+                    &app,
+                    None,
+                    None,
+                    every.max(Duration::from_secs(30)),
+                );
+                let floor = app
+                    .sources
+                    .iter()
+                    .filter_map(|s| journal.source(s).ok()?.stats.floor_us)
+                    .max();
+                let keep = app.keep_points.or(retention);
+                let expired = match keep {
+                    Some(keep) => {
+                        crate::app::point::expire(&cfg.journal.path, &app.name, keep, floor)
+                    }
+                    None => crate::app::point::expire(
+                        &cfg.journal.path,
+                        &app.name,
+                        Duration::MAX,
+                        floor,
+                    ),
+                };
+                (app.name, made, expired)
+            })
+            .await;
+            match done {
+                Ok((app, Ok(p), _)) => {
+                    tracing::info!(application = %app, point = %p.id, "recovery point taken")
+                }
+                Ok((app, Err(error), _)) => {
+                    tracing::error!(application = %app, %error, "scheduled recovery point failed")
+                }
+                Err(error) => tracing::error!(%error, "recovery point task failed"),
+            }
+        }
+    });
+}
+
+/// Rehearses `app` into `profile` every `every` (the first after one interval),
+/// recording each result; a failed rehearsal is logged as an error.
+fn spawn_rehearsals(
+    cfg: Config,
+    app: crate::config::Application,
+    every: Duration,
+    profile: String,
+    mut stop: capture::Shutdown,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait() => return,
+            }
+            let (cfg, app, profile) = (cfg.clone(), app.clone(), profile.clone());
+            let at = crate::app::restore::AppAt::Moment(crate::time::TimeSpec::Latest);
+            let done = tokio::task::spawn_blocking(move || {
+                crate::app::rehearse::rehearse(&cfg, &app, &profile, at, false)
+                    .map(|r| (app.name, r))
+            })
+            .await;
+            match done {
+                Ok(Ok((app, r))) if r.ok => {
+                    tracing::info!(application = %app, rehearsal = %r.id, rto_seconds = r.rto_seconds, "rehearsal passed")
+                }
+                Ok(Ok((app, r))) => {
+                    tracing::error!(application = %app, rehearsal = %r.id, "rehearsal FAILED: see `tidemark status`")
+                }
+                Ok(Err(error)) => tracing::error!(%error, "rehearsal could not run"),
+                Err(error) => tracing::error!(%error, "rehearsal task failed"),
+            }
+        }
+    });
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -83,8 +83,9 @@ pub fn status(cfg: &Config, as_json: bool) -> Result<()> {
         texts.push(probe.map(|p| (p.suffix, p.lines)).unwrap_or_default());
         rows.push(row);
     }
+    let apps = applications(cfg);
     if as_json {
-        let doc = json!({ "journal": { "path": journal.path(), "id": journal.id(), "size_bytes": size, "next_seq": journal.next_seq() }, "sources": rows });
+        let doc = json!({ "journal": { "path": journal.path(), "id": journal.id(), "size_bytes": size, "next_seq": journal.next_seq() }, "sources": rows, "applications": apps });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
@@ -162,5 +163,43 @@ pub fn status(cfg: &Config, as_json: bool) -> Result<()> {
             println!("{l}");
         }
     }
+    for a in &apps {
+        let last = &a["last_successful_rehearsal"];
+        println!(
+            "application {:<12} {} recovery points (newest {}); last successful rehearsal {}",
+            a["name"].as_str().unwrap_or("?"),
+            a["points"],
+            a["newest_point"].as_str().unwrap_or("none"),
+            if last.is_null() {
+                "never".to_string()
+            } else {
+                format!(
+                    "{} (profile {}, RTO {:.1}s)",
+                    last["started"].as_str().unwrap_or("?"),
+                    last["profile"].as_str().unwrap_or("?"),
+                    last["rto_seconds"].as_f64().unwrap_or(0.0)
+                )
+            }
+        );
+    }
     Ok(())
+}
+
+/// Per application: its points and its last successful rehearsal.
+fn applications(cfg: &Config) -> Vec<serde_json::Value> {
+    cfg.applications
+        .iter()
+        .map(|a| {
+            let points = crate::app::point::list(&cfg.journal.path, &a.name).unwrap_or_default();
+            let rehearsals = crate::app::rehearse::list(&cfg.journal.path, &a.name).unwrap_or_default();
+            let last_ok = rehearsals.iter().rev().find(|r| r.ok);
+            json!({
+                "name": a.name,
+                "points": points.len(),
+                "newest_point": points.last().map(|p| p.id.clone()),
+                "last_rehearsal": rehearsals.last().map(|r| json!({"id": r.id, "ok": r.ok, "started": r.started})),
+                "last_successful_rehearsal": last_ok.map(|r| json!({"id": r.id, "started": r.started, "profile": r.profile, "at": r.at, "rto_seconds": r.rto_seconds})),
+            })
+        })
+        .collect()
 }

@@ -209,3 +209,44 @@ fn timeouts_have_defaults_and_can_be_set() {
         .to_string();
     assert!(e.contains("more than 0s"), "{e}");
 }
+
+#[test]
+fn applications_check_every_reference() {
+    let app = |body: &str| {
+        format!("{GOOD}\n[[application]]\nname = \"shop\"\nsources = [\"orders\", \"cache\", \"events\"]\n{body}")
+    };
+    let cfg = parse(&app(
+        "points = \"every 30s\"\n[application.profile.staging.orders]\ntarget = \"postgres://u:pw@stg/orders\"\nforce = true\n[application.profile.staging.events]\ntarget = \"kafka://stg:9092\"\ntopic-map = \"orders=o2\"\n",
+    ))
+    .unwrap();
+    let a = cfg.application("shop").unwrap();
+    assert_eq!(a.sources, ["orders", "cache", "events"]);
+    assert_eq!(a.points, Some(Duration::from_secs(30)));
+    let p = &a.profiles["staging"];
+    assert!(p.targets["orders"].force);
+    assert_eq!(
+        p.targets["events"].options.get("topic-map"),
+        Some("orders=o2")
+    );
+    assert!(!format!("{a:?}").contains("pw@"), "Debug shows a password");
+    let err = |body: &str| parse(&app(body)).unwrap_err().to_string();
+    let e = err("[application.profile.x.orders]\ntarget = \"redis://r:1\"\n");
+    assert!(
+        e.contains("application[0].profile.x.orders.target") && e.contains("postgres"),
+        "{e}"
+    );
+    let e = err("[application.profile.x.cache]\ntarget = \"redis://r:1\"\ntopic-map = \"a=b\"\n");
+    assert!(e.contains("topic-map") && e.contains("kafka"), "{e}");
+    let e = err("points = \"sometimes\"\n");
+    assert!(e.contains("application[0].points"), "{e}");
+    let e = parse(&format!(
+        "{GOOD}\n[[application]]\nname = \"shop\"\nsources = [\"nope\"]\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("no source named `nope`") && e.contains("orders"),
+        "{e}"
+    );
+    assert!(cfg.application("other").unwrap_err().contains("shop"));
+}

@@ -254,6 +254,30 @@ pub trait SourceSettings: fmt::Debug + Send + Sync {
         None
     }
 
+    /// Why this source cannot take recovery-point markers, found without
+    /// connecting (a Kafka source that does not capture the marker topic); `None`
+    /// when it can. `config validate` asks this of every application's sources.
+    fn marker_problem(&self) -> Option<String> {
+        Some("this kind of source cannot take recovery-point markers in this version".into())
+    }
+
+    /// Writes recovery-point marker `id` into the source's own log, so that its
+    /// capture journals the marker in order with the data around it, and returns
+    /// once the source has committed it: the marker's commit lies inside the call,
+    /// which the caller times. Writers are never paused. Blocking, bounded by
+    /// `timeouts`. See [`crate::app::marker`] for each kind's marker.
+    fn mark(&self, _id: &str, _timeouts: &Timeouts) -> Result<(), ConnectorError> {
+        Err(ConnectorError(self.marker_problem().unwrap_or_else(|| {
+            "cannot take recovery-point markers".into()
+        })))
+    }
+
+    /// Whether `event`, one of this source's journaled events, is the marker `id`
+    /// that [`SourceSettings::mark`] wrote.
+    fn is_marker(&self, _event: &crate::event::ChangeEvent, _id: &str) -> bool {
+        false
+    }
+
     /// For callers that know the concrete kind (tests, the demo).
     fn as_any(&self) -> &dyn std::any::Any;
 }

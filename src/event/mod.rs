@@ -10,7 +10,10 @@
 //! position is a base image ([`BaseImageMeta`] plus opaque chunks); a named point on the
 //! application's timeline is a [`Marker`].
 
+mod touched;
 mod view;
+
+pub use touched::Touch;
 
 use crate::position::Position;
 

@@ -126,6 +126,25 @@ pub fn restore(req: Request<'_>, progress: &mut dyn ProgressSink) -> Result<Outc
     })))
 }
 
+/// Removes what a restore of `plan` put into `target` ([`super::Target::teardown`]).
+pub fn teardown(
+    journal: &Journal,
+    plan: &RestorePlan,
+    target: &str,
+    options: &KindOptions,
+    timeouts: &Timeouts,
+    settings: Option<&dyn connectors::SourceSettings>,
+) -> Result<String, RestoreError> {
+    let kind = plan.source.kind;
+    let connector = connectors::for_kind(kind).ok_or(RestoreError::NotAvailable(kind))?;
+    check_target_url(connector, target)?;
+    let mut t = connector.target(target, options, timeouts)?;
+    if let Some(s) = settings {
+        t.configure(s);
+    }
+    t.teardown(journal, plan)
+}
+
 /// The target must use one of the kind's schemes.
 fn check_target_url(connector: &dyn Connector, url: &str) -> Result<(), RestoreError> {
     crate::config::check_scheme(url, connector.schemes()).map_err(|_| {

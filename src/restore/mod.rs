@@ -77,6 +77,21 @@ pub trait Target {
 
     /// The digest of the target as it is now, as `tidemark digest` computes it.
     fn digest(&mut self) -> Result<Digest, RestoreError>;
+
+    /// Removes what a restore of `plan` into this target put there (`rehearse`
+    /// tears its sandbox down), and says what it removed. Afterwards the target is
+    /// as empty as a restore needs it. Kinds that cannot say so refuse, naming what
+    /// to remove by hand.
+    fn teardown(
+        &mut self,
+        _journal: &Journal,
+        _plan: &RestorePlan,
+    ) -> Result<String, RestoreError> {
+        Err(RestoreError::Refused(format!(
+            "tearing down {} is not available for this kind: remove what the restore created by hand",
+            self.describe()
+        )))
+    }
 }
 
 /// What re-running a failed restore does.

@@ -122,6 +122,18 @@ impl SourceSettings for KafkaSettings {
         )?))
     }
 
+    fn marker_problem(&self) -> Option<String> {
+        super::marker::problem(&self.topics)
+    }
+
+    fn mark(&self, id: &str, timeouts: &Timeouts) -> Result<(), crate::connectors::ConnectorError> {
+        super::marker::mark(&self.connection(), id, timeouts)
+    }
+
+    fn is_marker(&self, event: &crate::event::ChangeEvent, id: &str) -> bool {
+        super::marker::is_marker(event, id)
+    }
+
     fn url(&self) -> Option<String> {
         // Identity checks need a plaintext URL; a SASL/TLS cluster is compared by
         // its broker list alone.

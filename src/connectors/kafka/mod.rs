@@ -9,6 +9,7 @@ pub mod capture;
 pub mod client;
 pub mod config;
 pub mod digest;
+pub mod marker;
 pub mod restore;
 pub mod status;
 

@@ -280,6 +280,18 @@ impl SourceSettings for KubeSettings {
         )))
     }
 
+    fn marker_problem(&self) -> Option<String> {
+        super::marker::problem(self)
+    }
+
+    fn mark(&self, id: &str, timeouts: &Timeouts) -> Result<(), crate::connectors::ConnectorError> {
+        super::marker::mark(self, id, timeouts)
+    }
+
+    fn is_marker(&self, event: &crate::event::ChangeEvent, id: &str) -> bool {
+        super::marker::is_marker(event, id)
+    }
+
     fn url(&self) -> Option<String> {
         let mut q = Vec::new();
         if let Some(c) = &self.cluster.context {

@@ -15,6 +15,7 @@ pub mod config;
 pub mod digest;
 pub mod discovery;
 pub mod helm;
+pub mod marker;
 pub mod object;
 pub mod restore;
 

@@ -75,6 +75,22 @@ impl SourceSettings for MongoSettings {
         )))
     }
 
+    fn marker_problem(&self) -> Option<String> {
+        super::marker::problem(&self.selection())
+    }
+
+    fn mark(
+        &self,
+        id: &str,
+        timeouts: &crate::config::Timeouts,
+    ) -> Result<(), crate::connectors::ConnectorError> {
+        super::marker::mark(self.url.expose(), id, timeouts)
+    }
+
+    fn is_marker(&self, event: &crate::event::ChangeEvent, id: &str) -> bool {
+        super::marker::is_marker(event, id)
+    }
+
     fn url(&self) -> Option<String> {
         Some(self.url.expose().to_string())
     }

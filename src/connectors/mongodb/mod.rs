@@ -18,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod digest;
 pub mod image;
+pub mod marker;
 pub mod restore;
 pub mod token;
 

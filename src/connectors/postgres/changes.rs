@@ -179,6 +179,17 @@ impl ChangeBuilder {
                 };
                 self.event(change, capture_time_us)
             }
+            Message::LogicalMessage(m)
+                if m.prefix == crate::app::marker::PG_PREFIX && m.transactional() =>
+            {
+                let name = String::from_utf8(m.content.to_vec())
+                    .map_err(|_| "recovery-point marker is not UTF-8")?;
+                let marker = crate::event::Marker {
+                    name,
+                    note: String::new(),
+                };
+                self.event_of(Payload::Marker(marker), capture_time_us)
+            }
             _ => Ok(Step::Nothing),
         }
     }
@@ -220,6 +231,10 @@ impl ChangeBuilder {
     }
 
     fn event(&mut self, change: PgChange, capture_time_us: i64) -> Result<Step, Malformed> {
+        self.event_of(Payload::Postgres(change), capture_time_us)
+    }
+
+    fn event_of(&mut self, payload: Payload, capture_time_us: i64) -> Result<Step, Malformed> {
         let txn = self.txn.as_mut().ok_or("change outside a transaction")?;
         let index = txn.index;
         txn.index += 1;
@@ -234,7 +249,7 @@ impl ChangeBuilder {
                 id: txn.xid.to_string(),
                 commit: false,
             }),
-            payload: Some(Payload::Postgres(change)),
+            payload: Some(payload),
             ..Default::default()
         })))
     }

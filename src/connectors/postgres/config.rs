@@ -4,7 +4,7 @@ use serde::Deserialize;
 
 use super::conn::ConnInfo;
 use crate::capture::{CaptureError, CaptureOptions, Source};
-use crate::config::{self, invalid, ConfigError};
+use crate::config::{self, invalid, ConfigError, Timeouts};
 use crate::connectors::SourceSettings;
 use crate::redact::SecretUrl;
 
@@ -201,6 +201,18 @@ impl SourceSettings for PostgresSettings {
             "replication slot `{}` on {server}",
             self.slot_name(name)
         )]
+    }
+
+    fn marker_problem(&self) -> Option<String> {
+        None
+    }
+
+    fn mark(&self, id: &str, timeouts: &Timeouts) -> Result<(), crate::connectors::ConnectorError> {
+        super::marker::mark(self.url.expose(), id, timeouts)
+    }
+
+    fn is_marker(&self, event: &crate::event::ChangeEvent, id: &str) -> bool {
+        super::marker::is_marker(event, id)
     }
 
     fn url(&self) -> Option<String> {

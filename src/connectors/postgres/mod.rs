@@ -19,6 +19,7 @@ pub mod digest;
 pub mod error;
 pub mod image;
 pub mod layout;
+pub mod marker;
 mod net;
 pub mod repl;
 pub mod restore;

@@ -313,17 +313,7 @@ pub async fn restore(
             return Err(failed(format!("target database {} already has {holds}; restore into an empty database, or pass --force to drop its contents first", conn.display)));
         }
         tracing::warn!(target = %conn.display, %holds, "--force: dropping the target's schemas");
-        client
-            .batch_execute(
-                "DO $$ DECLARE s text; BEGIN
-                   FOR s IN SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema' LOOP
-                     EXECUTE format('DROP SCHEMA %I CASCADE', s);
-                   END LOOP;
-                 END $$;
-                 CREATE SCHEMA public; ALTER SCHEMA public OWNER TO pg_database_owner; GRANT USAGE ON SCHEMA public TO PUBLIC;",
-            )
-            .await
-            .map_err(q)?;
+        client.batch_execute(DROP_ALL_SCHEMAS).await.map_err(q)?;
     }
     let mut summary = PgRestoreSummary::default();
     // As a logical-replication subscriber applies changes: the target's triggers and
@@ -669,6 +659,15 @@ BEGIN
 END $$;
 "#;
 
+/// Empties a database as `--force` and a teardown do: every schema dropped with
+/// what it holds, then an empty `public` as `CREATE DATABASE` makes it.
+const DROP_ALL_SCHEMAS: &str = "DO $$ DECLARE s text; BEGIN
+   FOR s IN SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema' LOOP
+     EXECUTE format('DROP SCHEMA %I CASCADE', s);
+   END LOOP;
+ END $$;
+ CREATE SCHEMA public; ALTER SCHEMA public OWNER TO pg_database_owner; GRANT USAGE ON SCHEMA public TO PUBLIC;";
+
 /// A PostgreSQL database as a restore target. Re-running a failed restore with
 /// `--force` drops every schema of the target and starts over.
 pub struct PgTarget {
@@ -732,6 +731,24 @@ impl Target for PgTarget {
 
     fn rerun(&self) -> Rerun {
         Rerun::StartOverWithForce
+    }
+
+    fn teardown(&mut self, _: &Journal, _: &RestorePlan) -> Result<String, RestoreError> {
+        if !self.schema_map.is_empty() {
+            return Err(RestoreError::Refused(format!(
+                "{} was restored beside its own schemas (--schema-map): drop the mapped schemas by hand",
+                self.conn.display
+            )));
+        }
+        let conn = &self.conn;
+        self.rt.block_on(async {
+            let client = conn.connect().await.map_err(|e| failed(e.to_string()))?;
+            client
+                .batch_execute(DROP_ALL_SCHEMAS)
+                .await
+                .map_err(|e| failed(format!("{}: {}", conn.display, db_error(&e))))
+        })?;
+        Ok(format!("dropped every schema of {}", self.conn.display))
     }
 
     fn apply(

@@ -55,6 +55,18 @@ impl SourceSettings for RedisSettings {
         )?))
     }
 
+    fn marker_problem(&self) -> Option<String> {
+        None
+    }
+
+    fn mark(&self, id: &str, timeouts: &Timeouts) -> Result<(), crate::connectors::ConnectorError> {
+        super::marker::mark(self.url.expose(), id, timeouts)
+    }
+
+    fn is_marker(&self, event: &crate::event::ChangeEvent, id: &str) -> bool {
+        super::marker::is_marker(event, id)
+    }
+
     fn url(&self) -> Option<String> {
         Some(self.url.expose().to_string())
     }

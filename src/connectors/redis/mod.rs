@@ -24,6 +24,7 @@ pub mod digest;
 pub mod image;
 mod images;
 pub mod locate;
+pub mod marker;
 mod probe;
 pub mod rdb;
 mod replica;

@@ -89,6 +89,36 @@ impl Target for KafkaTarget {
         "append the restored records after the records already in the target topics (or map the topics elsewhere with --topic-map)"
     }
 
+    fn teardown(&mut self, journal: &Journal, plan: &RestorePlan) -> Result<String, RestoreError> {
+        let c = cut(journal, plan, false).map_err(failed)?;
+        let meta = self.conn.query_client(None).map_err(failed)?;
+        let existing = self.conn.topics(&meta).map_err(failed)?;
+        let names: Vec<String> = c
+            .topics
+            .keys()
+            .map(|t| self.name(t))
+            .filter(|t| existing.contains_key(t))
+            .collect();
+        if names.is_empty() {
+            return Ok("no restored topic to delete".into());
+        }
+        let admin = self.conn.admin().map_err(failed)?;
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let opts = rdkafka::admin::AdminOptions::new()
+            .request_timeout(Some(std::time::Duration::from_secs(30)));
+        let results =
+            crate::connectors::kafka::client::futures_block_on(admin.delete_topics(&refs, &opts))
+                .map_err(|e| failed(self.conn.request_error("DeleteTopics", e)))?;
+        for r in results {
+            if let Err((t, code)) = r {
+                return Err(failed(
+                    self.conn.request_error(&format!("DeleteTopics {t}"), code),
+                ));
+            }
+        }
+        Ok(format!("deleted topics {}", names.join(", ")))
+    }
+
     fn rerun(&self) -> Rerun {
         Rerun::CleanUpFirst
     }

@@ -344,6 +344,15 @@ impl Target for RedisTarget {
         FORCE_EFFECT
     }
 
+    fn teardown(&mut self, _: &Journal, _: &RestorePlan) -> Result<String, RestoreError> {
+        let mut conn = Conn::connect(&self.url, self.timeouts.connect)?;
+        let keys: u64 = keyspace(&mut conn)?.iter().map(|(_, n)| n).sum();
+        conn.call(&["FLUSHALL"])?;
+        // Functions came with the image (Redis 7+); older servers lack the command.
+        let _ = conn.request(&["FUNCTION", "FLUSH"])?;
+        Ok(format!("flushed {keys} keys from {}", self.url))
+    }
+
     fn rerun(&self) -> Rerun {
         Rerun::StartOverWithForce
     }

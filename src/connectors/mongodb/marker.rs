@@ -1,0 +1,64 @@
+//! Recovery-point markers in MongoDB's own log: an insert of `{_id: ID}` into
+//! `tidemark.points` (majority write concern), which the deployment-level change
+//! stream delivers in order with the writes around it. The source's selection
+//! must capture that collection (`config validate` says so otherwise); a restore
+//! brings it along like any captured collection.
+
+use mongodb::bson::{doc, RawDocument};
+use mongodb::options::{Acknowledgment, WriteConcern};
+
+use super::client::{block_on, Conn, Selection};
+use crate::config::Timeouts;
+use crate::connectors::ConnectorError;
+use crate::event::{ChangeEvent, Payload};
+
+/// The database of the marker collection.
+pub const DB: &str = "tidemark";
+/// The marker collection.
+pub const COLLECTION: &str = "points";
+
+/// Why a source with `selection` cannot be marked.
+pub fn problem(selection: &Selection) -> Option<String> {
+    (!selection.has(DB, COLLECTION)).then(|| {
+        format!("recovery points need the marker collection captured: add \"{DB}\" to its `databases` (or \"{DB}.{COLLECTION}\" to its `collections`)")
+    })
+}
+
+/// Inserts marker `id` and returns once the majority acknowledged it.
+pub fn mark(url: &str, id: &str, timeouts: &Timeouts) -> Result<(), ConnectorError> {
+    let (url, id, timeouts) = (url.to_string(), id.to_string(), *timeouts);
+    block_on(async move {
+        let conn = Conn::open(&url, &timeouts)
+            .await
+            .map_err(ConnectorError::from_display)?;
+        let wc = WriteConcern::builder()
+            .w(Acknowledgment::Majority)
+            .w_timeout(timeouts.read)
+            .build();
+        conn.client
+            .database(DB)
+            .collection::<mongodb::bson::Document>(COLLECTION)
+            .insert_one(doc! {"_id": id.as_str(), "at": mongodb::bson::DateTime::now()})
+            .write_concern(wc)
+            .await
+            .map_err(|e| {
+                ConnectorError::from_display(conn.err("writing the recovery-point marker", e))
+            })?;
+        Ok(())
+    })
+}
+
+/// Whether `event` is marker `id`.
+pub fn is_marker(event: &ChangeEvent, id: &str) -> bool {
+    let Some(Payload::Mongo(c)) = &event.payload else {
+        return false;
+    };
+    if c.db != DB || c.collection != COLLECTION || c.operation_type != "insert" {
+        return false;
+    }
+    RawDocument::from_bytes(&c.event_bson)
+        .ok()
+        .and_then(|d| d.get_document("documentKey").ok())
+        .and_then(|k| k.get_str("_id").ok())
+        .is_some_and(|v| v == id)
+}
