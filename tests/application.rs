@@ -25,7 +25,7 @@ use tidemark::time::{TimeSpec, Timestamp};
 const CHECKS: &str = r#"checks = ['test "$(redis-cli -u "$TIDEMARK_TARGET_CACHE" DBSIZE)" -gt 0']"#;
 
 /// Milliseconds between the three writes of one order.
-const GAP_MS: u64 = 40;
+const GAP_MS: u64 = 100;
 
 fn json(out: &std::process::Output, what: &str) -> Value {
     assert!(
@@ -325,7 +325,7 @@ fn application_restores_every_source_to_one_cut_through_kill9() {
     );
     std::thread::sleep(Duration::from_millis(1000));
     let orders = writer.finish();
-    assert!(orders > 20, "the writer made only {orders} orders");
+    assert!(orders > 10, "the writer made only {orders} orders");
     wait_covered(&run, Timestamp::now());
     run.stop();
 

@@ -6,8 +6,9 @@
 //! - Redis: `PUBLISH` on [`REDIS_CHANNEL`] (propagated to replicas);
 //! - Kafka: a record keyed by the point on the topic [`KAFKA_TOPIC`].
 //!
-//! Every source of the application is marked at once (one thread each), each
-//! write timed on tidemark's clock: its commit on the source lies inside
+//! Every source of the application is marked at once (one thread each): each
+//! connects its writer first, then all write together, each write timed on
+//! tidemark's clock: its commit on the source lies inside
 //! `[written_from, written_until]`. Then the journal is read until capture has
 //! journaled every marker (capture must be running).
 
@@ -72,6 +73,9 @@ pub fn mark_all(
         }
     }
     let timeouts = cfg.timeouts;
+    // Every writer connects first; then all write at once, each write timed alone.
+    let barrier = std::sync::Barrier::new(sources.len());
+    let barrier = &barrier;
     let written: Vec<(String, Result<(Timestamp, Timestamp), String>)> =
         std::thread::scope(|scope| {
             let handles: Vec<_> = sources
@@ -80,8 +84,11 @@ pub fn mark_all(
                     let name = s.name.clone();
                     let settings = &s.settings;
                     let h = scope.spawn(move || {
+                        let writer = settings.marker(&timeouts);
+                        barrier.wait();
+                        let mut writer = writer.map_err(|e| e.0)?;
                         let from = Timestamp::now();
-                        let r = settings.mark(id, &timeouts);
+                        let r = writer.write(id);
                         let until = Timestamp::now();
                         r.map(|()| (from, until)).map_err(|e| e.0)
                     });

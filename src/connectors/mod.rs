@@ -261,25 +261,33 @@ pub trait SourceSettings: fmt::Debug + Send + Sync {
         Some("this kind of source cannot take recovery-point markers in this version".into())
     }
 
-    /// Writes recovery-point marker `id` into the source's own log, so that its
-    /// capture journals the marker in order with the data around it, and returns
-    /// once the source has committed it: the marker's commit lies inside the call,
-    /// which the caller times. Writers are never paused. Blocking, bounded by
-    /// `timeouts`. See [`crate::app::marker`] for each kind's marker.
-    fn mark(&self, _id: &str, _timeouts: &Timeouts) -> Result<(), ConnectorError> {
+    /// Connects what writes this source's recovery-point markers (connection,
+    /// marker topic, producer), so that the timed write that follows is the write
+    /// alone. Blocking, bounded by `timeouts`. See [`crate::app::marker`].
+    fn marker(&self, _timeouts: &Timeouts) -> Result<Box<dyn MarkWriter>, ConnectorError> {
         Err(ConnectorError(self.marker_problem().unwrap_or_else(|| {
             "cannot take recovery-point markers".into()
         })))
     }
 
     /// Whether `event`, one of this source's journaled events, is the marker `id`
-    /// that [`SourceSettings::mark`] wrote.
+    /// that its [`MarkWriter`] wrote.
     fn is_marker(&self, _event: &crate::event::ChangeEvent, _id: &str) -> bool {
         false
     }
 
     /// For callers that know the concrete kind (tests, the demo).
     fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// Writes recovery-point markers into one source's own log (see
+/// [`crate::app::marker`] for each kind's marker).
+pub trait MarkWriter: Send {
+    /// Writes marker `id` so that the source's capture journals it in order with
+    /// the data around it, and returns once the source has committed it: the
+    /// commit lies inside the call, which the caller times. The application's
+    /// writers are never paused. Blocking.
+    fn write(&mut self, id: &str) -> Result<(), ConnectorError>;
 }
 
 /// What a source's [`SourceSettings::probe`] adds to `status`.

@@ -126,8 +126,11 @@ impl SourceSettings for KafkaSettings {
         super::marker::problem(&self.topics)
     }
 
-    fn mark(&self, id: &str, timeouts: &Timeouts) -> Result<(), crate::connectors::ConnectorError> {
-        super::marker::mark(&self.connection(), id, timeouts)
+    fn marker(
+        &self,
+        timeouts: &crate::config::Timeouts,
+    ) -> Result<Box<dyn crate::connectors::MarkWriter>, crate::connectors::ConnectorError> {
+        super::marker::connect(&self.connection(), timeouts)
     }
 
     fn is_marker(&self, event: &crate::event::ChangeEvent, id: &str) -> bool {

@@ -15,7 +15,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use super::client::{futures_block_on, Connection, TopicFilter};
 use crate::app::marker::KAFKA_TOPIC;
 use crate::config::Timeouts;
-use crate::connectors::ConnectorError;
+use crate::connectors::{ConnectorError, MarkWriter};
 use crate::event::{ChangeEvent, Payload};
 use crate::position::PositionKind;
 
@@ -29,8 +29,11 @@ pub fn problem(topics: &[String]) -> Option<String> {
     })
 }
 
-/// Produces marker `id` (acknowledged by all in-sync replicas).
-pub fn mark(conn: &Connection, id: &str, timeouts: &Timeouts) -> Result<(), ConnectorError> {
+/// Creates the marker topic if missing and connects a producer to it.
+pub fn connect(
+    conn: &Connection,
+    timeouts: &Timeouts,
+) -> Result<Box<dyn MarkWriter>, ConnectorError> {
     let err = |what: &str, e: &dyn std::fmt::Display| {
         ConnectorError::from_display(conn.request_error(what, e))
     };
@@ -45,32 +48,66 @@ pub fn mark(conn: &Connection, id: &str, timeouts: &Timeouts) -> Result<(), Conn
             Err((_, code)) => return Err(err("CreateTopics tidemark.points", &code)),
         }
     }
+    // acks=all without idempotence: a retry could write the marker twice, and
+    // the first one is the one found; no producer-id round trip on the write.
     let producer: BaseProducer<Delivered> = conn
         .client_config()
         .set("acks", "all")
-        .set("enable.idempotence", "true")
+        .set("linger.ms", "0")
+        // One small request whose round trip is timed: no Nagle delay.
+        .set("socket.nagle.disable", "true")
         .set("message.timeout.ms", timeouts.read.as_millis().to_string())
         .create_with_context(Delivered::default())
         .map_err(|e| err("producer set-up", &e))?;
-    let value = format!("{{\"point\":\"{id}\"}}");
+    // Connected to the partition's leader before the timed write.
     producer
-        .send(
-            BaseRecord::<str, str>::to(KAFKA_TOPIC)
-                .key(id)
-                .payload(&value),
-        )
-        .map_err(|(e, _)| err("producing the recovery-point marker", &e))?;
-    producer
-        .flush(timeouts.read + Duration::from_secs(1))
-        .map_err(|e| err("producing the recovery-point marker", &e))?;
-    let delivered = producer.context().0.lock().ok().and_then(|mut d| d.take());
-    match delivered {
-        Some(Ok(())) => Ok(()),
-        Some(Err(e)) => Err(err("producing the recovery-point marker", &e)),
-        None => Err(err(
-            "producing the recovery-point marker",
-            &"no delivery report",
-        )),
+        .client()
+        .fetch_metadata(Some(KAFKA_TOPIC), timeouts.connect)
+        .map_err(|e| err("Metadata tidemark.points", &e))?;
+    Ok(Box::new(KafkaMarker {
+        conn: conn.clone(),
+        producer,
+        timeout: timeouts.read,
+    }))
+}
+
+struct KafkaMarker {
+    conn: Connection,
+    producer: BaseProducer<Delivered>,
+    timeout: Duration,
+}
+
+impl MarkWriter for KafkaMarker {
+    fn write(&mut self, id: &str) -> Result<(), ConnectorError> {
+        let err = |e: &dyn std::fmt::Display| {
+            ConnectorError::from_display(
+                self.conn
+                    .request_error("producing the recovery-point marker", e),
+            )
+        };
+        let value = format!("{{\"point\":\"{id}\"}}");
+        self.producer
+            .send(
+                BaseRecord::<str, str>::to(KAFKA_TOPIC)
+                    .key(id)
+                    .payload(&value),
+            )
+            .map_err(|(e, _)| err(&e))?;
+        self.producer
+            .flush(self.timeout + Duration::from_secs(1))
+            .map_err(|e| err(&e))?;
+        let delivered = self
+            .producer
+            .context()
+            .0
+            .lock()
+            .ok()
+            .and_then(|mut d| d.take());
+        match delivered {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(err(&e)),
+            None => Err(err(&"no delivery report")),
+        }
     }
 }
 

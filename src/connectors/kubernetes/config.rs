@@ -284,8 +284,11 @@ impl SourceSettings for KubeSettings {
         super::marker::problem(self)
     }
 
-    fn mark(&self, id: &str, timeouts: &Timeouts) -> Result<(), crate::connectors::ConnectorError> {
-        super::marker::mark(self, id, timeouts)
+    fn marker(
+        &self,
+        timeouts: &crate::config::Timeouts,
+    ) -> Result<Box<dyn crate::connectors::MarkWriter>, crate::connectors::ConnectorError> {
+        super::marker::connect(self, timeouts)
     }
 
     fn is_marker(&self, event: &crate::event::ChangeEvent, id: &str) -> bool {

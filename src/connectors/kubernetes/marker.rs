@@ -10,7 +10,7 @@ use super::client::{object_path, Kube};
 use super::config::KubeSettings;
 use super::discovery::Gvr;
 use crate::config::Timeouts;
-use crate::connectors::ConnectorError;
+use crate::connectors::{ConnectorError, MarkWriter};
 use crate::event::{ChangeEvent, Payload};
 
 /// The marker ConfigMap's name.
@@ -59,29 +59,52 @@ pub fn problem(s: &KubeSettings) -> Option<String> {
     labels(s.label_selector.as_deref()).err()
 }
 
-/// Applies the marker ConfigMap with `id`.
-pub fn mark(s: &KubeSettings, id: &str, timeouts: &Timeouts) -> Result<(), ConnectorError> {
+/// Connects to the cluster for its markers.
+pub fn connect(
+    s: &KubeSettings,
+    timeouts: &Timeouts,
+) -> Result<Box<dyn MarkWriter>, ConnectorError> {
     let labels = labels(s.label_selector.as_deref()).map_err(ConnectorError)?;
-    let ns = namespace(s).to_string();
-    let mut annotations = Map::new();
-    annotations.insert(ANNOTATION.into(), Value::String(id.into()));
-    let obj = json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": NAME, "namespace": ns, "labels": labels, "annotations": annotations},
-        "data": {"point": id},
-    });
-    let (cluster, timeouts) = (s.cluster.clone(), *timeouts);
-    super::block_on(async move {
-        let kube = Kube::connect(&cluster, &timeouts).await?;
-        kube.apply(
-            &object_path(&configmaps(), Some(&ns), NAME),
-            &obj,
-            timeouts.read,
-        )
-        .await
-    })?;
-    Ok(())
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ConnectorError::from_display)?;
+    let kube = rt
+        .block_on(Kube::connect(&s.cluster, timeouts))
+        .map_err(ConnectorError::from_display)?;
+    Ok(Box::new(KubeMarker {
+        rt,
+        kube,
+        namespace: namespace(s).to_string(),
+        labels,
+        timeout: timeouts.read,
+    }))
+}
+
+struct KubeMarker {
+    rt: tokio::runtime::Runtime,
+    kube: Kube,
+    namespace: String,
+    labels: Map<String, Value>,
+    timeout: std::time::Duration,
+}
+
+impl MarkWriter for KubeMarker {
+    fn write(&mut self, id: &str) -> Result<(), ConnectorError> {
+        let mut annotations = Map::new();
+        annotations.insert(ANNOTATION.into(), Value::String(id.into()));
+        let obj = json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": NAME, "namespace": self.namespace, "labels": self.labels, "annotations": annotations},
+            "data": {"point": id},
+        });
+        let path = object_path(&configmaps(), Some(&self.namespace), NAME);
+        self.rt
+            .block_on(self.kube.apply(&path, &obj, self.timeout))
+            .map_err(ConnectorError::from_display)?;
+        Ok(())
+    }
 }
 
 /// Whether `event` is marker `id`.

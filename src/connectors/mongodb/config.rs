@@ -79,12 +79,11 @@ impl SourceSettings for MongoSettings {
         super::marker::problem(&self.selection())
     }
 
-    fn mark(
+    fn marker(
         &self,
-        id: &str,
         timeouts: &crate::config::Timeouts,
-    ) -> Result<(), crate::connectors::ConnectorError> {
-        super::marker::mark(self.url.expose(), id, timeouts)
+    ) -> Result<Box<dyn crate::connectors::MarkWriter>, crate::connectors::ConnectorError> {
+        super::marker::connect(self.url.expose(), timeouts)
     }
 
     fn is_marker(&self, event: &crate::event::ChangeEvent, id: &str) -> bool {

@@ -9,7 +9,7 @@ use mongodb::options::{Acknowledgment, WriteConcern};
 
 use super::client::{block_on, Conn, Selection};
 use crate::config::Timeouts;
-use crate::connectors::ConnectorError;
+use crate::connectors::{ConnectorError, MarkWriter};
 use crate::event::{ChangeEvent, Payload};
 
 /// The database of the marker collection.
@@ -24,28 +24,46 @@ pub fn problem(selection: &Selection) -> Option<String> {
     })
 }
 
-/// Inserts marker `id` and returns once the majority acknowledged it.
-pub fn mark(url: &str, id: &str, timeouts: &Timeouts) -> Result<(), ConnectorError> {
-    let (url, id, timeouts) = (url.to_string(), id.to_string(), *timeouts);
-    block_on(async move {
-        let conn = Conn::open(&url, &timeouts)
-            .await
-            .map_err(ConnectorError::from_display)?;
-        let wc = WriteConcern::builder()
-            .w(Acknowledgment::Majority)
-            .w_timeout(timeouts.read)
-            .build();
-        conn.client
-            .database(DB)
-            .collection::<mongodb::bson::Document>(COLLECTION)
-            .insert_one(doc! {"_id": id.as_str(), "at": mongodb::bson::DateTime::now()})
-            .write_concern(wc)
-            .await
-            .map_err(|e| {
-                ConnectorError::from_display(conn.err("writing the recovery-point marker", e))
-            })?;
-        Ok(())
+/// Connects to the deployment (a `ping` dials it) for its markers.
+pub fn connect(url: &str, timeouts: &Timeouts) -> Result<Box<dyn MarkWriter>, ConnectorError> {
+    let (url, t) = (url.to_string(), *timeouts);
+    let conn = block_on(async move {
+        let conn = Conn::open(&url, &t).await?;
+        conn.command("admin", doc! {"ping": 1}, "ping").await?;
+        Ok::<_, super::client::MongoError>(conn)
     })
+    .map_err(ConnectorError::from_display)?;
+    Ok(Box::new(MongoMarker {
+        conn,
+        timeouts: *timeouts,
+    }))
+}
+
+struct MongoMarker {
+    conn: Conn,
+    timeouts: Timeouts,
+}
+
+impl MarkWriter for MongoMarker {
+    fn write(&mut self, id: &str) -> Result<(), ConnectorError> {
+        let (conn, id, read) = (self.conn.clone(), id.to_string(), self.timeouts.read);
+        block_on(async move {
+            let wc = WriteConcern::builder()
+                .w(Acknowledgment::Majority)
+                .w_timeout(read)
+                .build();
+            conn.client
+                .database(DB)
+                .collection::<mongodb::bson::Document>(COLLECTION)
+                .insert_one(doc! {"_id": id.as_str(), "at": mongodb::bson::DateTime::now()})
+                .write_concern(wc)
+                .await
+                .map_err(|e| {
+                    ConnectorError::from_display(conn.err("writing the recovery-point marker", e))
+                })?;
+            Ok(())
+        })
+    }
 }
 
 /// Whether `event` is marker `id`.

@@ -4,7 +4,7 @@ use serde::Deserialize;
 
 use super::conn::ConnInfo;
 use crate::capture::{CaptureError, CaptureOptions, Source};
-use crate::config::{self, invalid, ConfigError, Timeouts};
+use crate::config::{self, invalid, ConfigError};
 use crate::connectors::SourceSettings;
 use crate::redact::SecretUrl;
 
@@ -207,8 +207,11 @@ impl SourceSettings for PostgresSettings {
         None
     }
 
-    fn mark(&self, id: &str, timeouts: &Timeouts) -> Result<(), crate::connectors::ConnectorError> {
-        super::marker::mark(self.url.expose(), id, timeouts)
+    fn marker(
+        &self,
+        timeouts: &crate::config::Timeouts,
+    ) -> Result<Box<dyn crate::connectors::MarkWriter>, crate::connectors::ConnectorError> {
+        super::marker::connect(self.url.expose(), timeouts)
     }
 
     fn is_marker(&self, event: &crate::event::ChangeEvent, id: &str) -> bool {

@@ -7,27 +7,47 @@ use super::conn::ConnInfo;
 use super::PgError;
 use crate::app::marker::PG_PREFIX;
 use crate::config::Timeouts;
-use crate::connectors::ConnectorError;
+use crate::connectors::{ConnectorError, MarkWriter};
 use crate::event::{ChangeEvent, Payload};
 
-/// Emits marker `id` and returns once it is committed.
-pub fn mark(url: &str, id: &str, timeouts: &Timeouts) -> Result<(), ConnectorError> {
+/// Connects to the source's database for its markers.
+pub fn connect(url: &str, timeouts: &Timeouts) -> Result<Box<dyn MarkWriter>, ConnectorError> {
     let conn = ConnInfo::parse(url)
         .map_err(ConnectorError::from_display)?
         .with_timeouts(timeouts);
-    super::block_on(async {
-        let client = conn.connect().await?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ConnectorError(format!("cannot start the async runtime: {e}")))?;
+    let client = rt
+        .block_on(conn.connect())
+        .map_err(ConnectorError::from_display)?;
+    Ok(Box::new(PgMarker { conn, rt, client }))
+}
+
+struct PgMarker {
+    conn: ConnInfo,
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl MarkWriter for PgMarker {
+    fn write(&mut self, id: &str) -> Result<(), ConnectorError> {
+        let (conn, client) = (&self.conn, &self.client);
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&PG_PREFIX, &id];
         let emit = client.query_one(
             "SELECT pg_logical_emit_message(true, $1::text, $2::text)::text",
             &params,
         );
-        conn.bounded("to write the recovery-point marker", timeouts.read, async {
-            emit.await.map_err(|e| PgError::query(&conn.display, &e))
-        })
-        .await?;
+        self.rt
+            .block_on(conn.bounded(
+                "to write the recovery-point marker",
+                conn.timeouts.read,
+                async { emit.await.map_err(|e| PgError::query(&conn.display, &e)) },
+            ))
+            .map_err(ConnectorError::from_display)?;
         Ok(())
-    })
+    }
 }
 
 /// Whether `event` is marker `id`.

@@ -59,8 +59,11 @@ impl SourceSettings for RedisSettings {
         None
     }
 
-    fn mark(&self, id: &str, timeouts: &Timeouts) -> Result<(), crate::connectors::ConnectorError> {
-        super::marker::mark(self.url.expose(), id, timeouts)
+    fn marker(
+        &self,
+        timeouts: &crate::config::Timeouts,
+    ) -> Result<Box<dyn crate::connectors::MarkWriter>, crate::connectors::ConnectorError> {
+        super::marker::connect(self.url.expose(), timeouts)
     }
 
     fn is_marker(&self, event: &crate::event::ChangeEvent, id: &str) -> bool {

@@ -4,21 +4,31 @@
 //! restore replays it as any other command (a message to no subscriber).
 
 use super::locate::Locator;
+use super::resp::Conn;
 use crate::app::marker::REDIS_CHANNEL;
 use crate::config::Timeouts;
-use crate::connectors::ConnectorError;
+use crate::connectors::{ConnectorError, MarkWriter};
 use crate::event::{ChangeEvent, Payload};
 
-/// Publishes marker `id` on the primary.
-pub fn mark(url: &str, id: &str, timeouts: &Timeouts) -> Result<(), ConnectorError> {
+/// Connects to the primary for its markers.
+pub fn connect(url: &str, timeouts: &Timeouts) -> Result<Box<dyn MarkWriter>, ConnectorError> {
     let locator = Locator::parse(url).map_err(ConnectorError::from_display)?;
-    let mut conn = locator
+    let conn = locator
         .primary(timeouts, None)
         .map_err(ConnectorError::from_display)?
         .conn;
-    conn.call(&["PUBLISH", REDIS_CHANNEL, id])
-        .map_err(ConnectorError::from_display)?;
-    Ok(())
+    Ok(Box::new(RedisMarker(conn)))
+}
+
+struct RedisMarker(Conn);
+
+impl MarkWriter for RedisMarker {
+    fn write(&mut self, id: &str) -> Result<(), ConnectorError> {
+        self.0
+            .call(&["PUBLISH", REDIS_CHANNEL, id])
+            .map_err(ConnectorError::from_display)?;
+        Ok(())
+    }
 }
 
 /// Whether `event` is marker `id`.
