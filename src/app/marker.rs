@@ -41,6 +41,9 @@ pub struct Placed {
     pub time: Timestamp,
 }
 
+/// One marker write's round trip on tidemark's clock, or why it failed.
+type Written = Result<(Timestamp, Timestamp), String>;
+
 /// Why a round of markers failed; the message names the source and what to do.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -76,35 +79,34 @@ pub fn mark_all(
     // Every writer connects first; then all write at once, each write timed alone.
     let barrier = std::sync::Barrier::new(sources.len());
     let barrier = &barrier;
-    let written: Vec<(String, Result<(Timestamp, Timestamp), String>)> =
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = sources
-                .iter()
-                .map(|s| {
-                    let name = s.name.clone();
-                    let settings = &s.settings;
-                    let h = scope.spawn(move || {
-                        let writer = settings.marker(&timeouts);
-                        barrier.wait();
-                        let mut writer = writer.map_err(|e| e.0)?;
-                        let from = Timestamp::now();
-                        let r = writer.write(id);
-                        let until = Timestamp::now();
-                        r.map(|()| (from, until)).map_err(|e| e.0)
-                    });
-                    (name, h)
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|(n, h)| {
-                    let r = h
-                        .join()
-                        .unwrap_or_else(|_| Err("marker thread panicked".into()));
-                    (n, r)
-                })
-                .collect()
-        });
+    let written: Vec<(String, Written)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = sources
+            .iter()
+            .map(|s| {
+                let name = s.name.clone();
+                let settings = &s.settings;
+                let h = scope.spawn(move || {
+                    let writer = settings.marker(&timeouts);
+                    barrier.wait();
+                    let mut writer = writer.map_err(|e| e.0)?;
+                    let from = Timestamp::now();
+                    let r = writer.write(id);
+                    let until = Timestamp::now();
+                    r.map(|()| (from, until)).map_err(|e| e.0)
+                });
+                (name, h)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(n, h)| {
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err("marker thread panicked".into()));
+                (n, r)
+            })
+            .collect()
+    });
     let mut times = BTreeMap::new();
     for (name, r) in written {
         match r {
