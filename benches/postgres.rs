@@ -231,7 +231,11 @@ fn list_arg(name: &str, default: &[u64]) -> Vec<u64> {
     let mut v: Vec<u64> = args
         .windows(2)
         .find(|w| w[0] == name)
-        .map(|w| w[1].split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .map(|w| {
+            w[1].split(',')
+                .filter_map(|x| x.trim().parse().ok())
+                .collect()
+        })
         .unwrap_or_else(|| default.to_vec());
     v.sort_unstable();
     v.dedup();
@@ -296,7 +300,11 @@ async fn p4_restore(scale: u64, lengths: &[u64], secs: u64, every_up_to: u64) {
         let t = (length * secs - done_secs).to_string();
         done_secs = length * secs;
         let out = tokio::task::block_in_place(|| {
-            run(&pg, "pgbench", &["-T", &t, "-c", "4", "-j", "2", "-n", "app"])
+            run(
+                &pg,
+                "pgbench",
+                &["-T", &t, "-c", "4", "-j", "2", "-n", "app"],
+            )
         });
         txns += pgbench_txns(&out);
         let end = lsn_of(&pg.psql("app", "SELECT pg_current_wal_lsn()"));
@@ -333,14 +341,27 @@ async fn p4_restore(scale: u64, lengths: &[u64], secs: u64, every_up_to: u64) {
     );
     println!(
         "{:>4} {:>9} {:>10} {:>13} {:>13} {:>7} {:>9} {:>7} {:>13} {:>7}",
-        "N", "txns", "changes", "baseline", "net effect", "ratio", "peak RSS", "digest", "every change", "ratio"
+        "N",
+        "txns",
+        "changes",
+        "baseline",
+        "net effect",
+        "ratio",
+        "peak RSS",
+        "digest",
+        "every change",
+        "ratio"
     );
     for m in &moments {
         let via_dump = format!("via_dump_{}", m.length);
         pg.psql("postgres", &format!("CREATE DATABASE {via_dump}"));
         let b0 = Instant::now();
         tokio::task::block_in_place(|| {
-            run(&pg, "pg_restore", &["-d", &via_dump, m.dump.to_str().unwrap()])
+            run(
+                &pg,
+                "pg_restore",
+                &["-d", &via_dump, m.dump.to_str().unwrap()],
+            )
         });
         let baseline = m.dump_time + b0.elapsed();
         let expected = tidemark::connectors::postgres::digest::digest_url(&pg.url(&via_dump))
@@ -353,7 +374,11 @@ async fn p4_restore(scale: u64, lengths: &[u64], secs: u64, every_up_to: u64) {
             if every_change && m.length > every_up_to {
                 continue;
             }
-            let db = format!("via_{}_{}", if every_change { "every" } else { "net" }, m.length);
+            let db = format!(
+                "via_{}_{}",
+                if every_change { "every" } else { "net" },
+                m.length
+            );
             pg.psql("postgres", &format!("CREATE DATABASE {db}"));
             let conn = tidemark::connectors::postgres::conn::ConnInfo::parse(&pg.url(&db)).unwrap();
             let opts = tidemark::connectors::postgres::restore::PgRestoreOptions {
@@ -402,9 +427,15 @@ async fn p4_restore(scale: u64, lengths: &[u64], secs: u64, every_up_to: u64) {
             every.0,
             every.1
         );
-        assert!(equal, "a restore's digest differs from pg_restore's at {}x", m.length);
+        assert!(
+            equal,
+            "a restore's digest differs from pg_restore's at {}x",
+            m.length
+        );
     }
-    println!("(baseline: pg_dump -Fc at the moment + pg_restore; goal: ratio <= 1.0 at every length)");
+    println!(
+        "(baseline: pg_dump -Fc at the moment + pg_restore; goal: ratio <= 1.0 at every length)"
+    );
 }
 
 fn main() {

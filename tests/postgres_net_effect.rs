@@ -145,7 +145,10 @@ async fn both_methods_agree_at_every_moment_of_a_varied_history() {
     ] {
         pg.psql("app", sql);
     }
-    moments.push((cap.moment().await, digest_url(&pg.url("app")).await.unwrap()));
+    moments.push((
+        cap.moment().await,
+        digest_url(&pg.url("app")).await.unwrap(),
+    ));
     // 2: DDL mid-range, then changes in the new shape; a keyless delete of one of
     // identical rows.
     for sql in [
@@ -159,7 +162,10 @@ async fn both_methods_agree_at_every_moment_of_a_varied_history() {
     ] {
         pg.psql("app", sql);
     }
-    moments.push((cap.moment().await, digest_url(&pg.url("app")).await.unwrap()));
+    moments.push((
+        cap.moment().await,
+        digest_url(&pg.url("app")).await.unwrap(),
+    ));
     // 3: truncates (one with rows after it), more churn.
     for sql in [
         "UPDATE acct SET v = v + 1000 WHERE id > 150",
@@ -173,16 +179,26 @@ async fn both_methods_agree_at_every_moment_of_a_varied_history() {
     ] {
         pg.psql("app", sql);
     }
-    moments.push((cap.moment().await, digest_url(&pg.url("app")).await.unwrap()));
+    moments.push((
+        cap.moment().await,
+        digest_url(&pg.url("app")).await.unwrap(),
+    ));
     let journal = cap.stop().await;
     for (i, (at, expected)) in moments.iter().enumerate() {
         let plan = tidemark::restore::plan(&journal, "app", TimeSpec::At(*at)).unwrap();
         let big = tidemark::connectors::postgres::net_store::DEFAULT_MEMORY_LIMIT;
         let (net, by_net) = restore_by(&pg, &journal, &plan, &format!("net_{i}"), false, big).await;
-        let (_, by_every) = restore_by(&pg, &journal, &plan, &format!("every_{i}"), true, big).await;
+        let (_, by_every) =
+            restore_by(&pg, &journal, &plan, &format!("every_{i}"), true, big).await;
         assert!(net.net_rows > 0, "moment {i}: nothing loaded as net effect");
-        assert_eq!(by_net, by_every, "moment {i}: net effect and every change differ");
-        assert_eq!(&by_net, expected, "moment {i}: the restore differs from the source");
+        assert_eq!(
+            by_net, by_every,
+            "moment {i}: net effect and every change differ"
+        );
+        assert_eq!(
+            &by_net, expected,
+            "moment {i}: the restore differs from the source"
+        );
         // A tiny memory limit: the state spills to disk, the result is the same.
         let (spilled, by_spill) =
             restore_by(&pg, &journal, &plan, &format!("spill_{i}"), false, 512).await;
@@ -191,7 +207,10 @@ async fn both_methods_agree_at_every_moment_of_a_varied_history() {
             "moment {i}: no spill with a 512-byte limit: {:?}",
             spilled.notes
         );
-        assert_eq!(&by_spill, expected, "moment {i}: the spilled restore differs");
+        assert_eq!(
+            &by_spill, expected,
+            "moment {i}: the spilled restore differs"
+        );
     }
     // The foreign keys hold in the restored database (post-data validated them).
     assert_eq!(
@@ -217,7 +236,11 @@ async fn net_state_spilled_to_disk_gives_the_same_digest() {
     let (in_memory, d1) = restore_by(&pg, &journal, &plan, "in_memory", false, big).await;
     let (on_disk, d2) = restore_by(&pg, &journal, &plan, "on_disk", false, 4096).await;
     assert!(!in_memory.notes.iter().any(|n| n.contains("spilled")));
-    assert!(on_disk.notes.iter().any(|n| n.contains("spilled")), "{:?}", on_disk.notes);
+    assert!(
+        on_disk.notes.iter().any(|n| n.contains("spilled")),
+        "{:?}",
+        on_disk.notes
+    );
     assert_eq!(in_memory.net_rows, on_disk.net_rows);
     assert_eq!(d1, expected);
     assert_eq!(d2, expected);

@@ -253,7 +253,10 @@ impl ProgressSink for TerminalProgress {
                 0.0
             }
         });
-        eprint!("\r\x1b[Krestoring: {}", progress_line(what, done, total, rate));
+        eprint!(
+            "\r\x1b[Krestoring: {}",
+            progress_line(what, done, total, rate)
+        );
         let _ = std::io::stderr().flush();
     }
 }

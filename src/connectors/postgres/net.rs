@@ -225,7 +225,11 @@ impl Segment {
                 }
             }
         }
-        let Some(id) = self.get_slot(c).and_then(|s| s.keyed.as_ref()).map(|t| t.id) else {
+        let Some(id) = self
+            .get_slot(c)
+            .and_then(|s| s.keyed.as_ref())
+            .map(|t| t.id)
+        else {
             return Ok(false);
         };
         let key_of = |tuple: &[PgValue]| -> Option<Vec<u8>> {
@@ -247,7 +251,8 @@ impl Segment {
                 else {
                     return Ok(false);
                 };
-                self.store.put(id, k, Net::Full(Row::of_tuple(&c.new_tuple)))?;
+                self.store
+                    .put(id, k, Net::Full(Row::of_tuple(&c.new_tuple)))?;
             }
             PgOp::Delete => {
                 let Some(k) = key_of(&c.old_tuple) else {
@@ -271,9 +276,7 @@ impl Segment {
                 let row = if c.new_tuple.iter().any(unchanged) {
                     // Unchanged TOAST values: take them from the key's earlier
                     // version in this segment, if it has one.
-                    let prior = self
-                        .store
-                        .get(id, old_key.as_deref().unwrap_or(&new_key))?;
+                    let prior = self.store.get(id, old_key.as_deref().unwrap_or(&new_key))?;
                     let prior_vals: Vec<Val> = match &prior {
                         Some(Net::Full(r) | Net::Partial(r)) => r.values().collect(),
                         Some(Net::Deleted) => return Ok(false),
@@ -319,16 +322,16 @@ impl Segment {
         total_events: u64,
     ) -> Result<End, RestoreError> {
         loop {
-            let (txn, from) = match resume.take() {
-                Some(r) => r,
+            let (txn, from, split) = match resume.take() {
+                Some((t, i)) => (t, i, Some(i)),
                 None => match scan.next().await? {
-                    Some(t) => (t, 0),
+                    Some(t) => (t, 0, None),
                     None => return Ok(End::Done),
                 },
             };
             self.events_read = txn.events_read;
             progress.update("journal events read", txn.events_read, Some(total_events));
-            if from == 0
+            if split.is_none()
                 && txn
                     .changes
                     .iter()
@@ -339,13 +342,17 @@ impl Segment {
             for (i, c) in txn.changes.iter().enumerate().skip(from) {
                 let op = PgOp::try_from(c.op).ok();
                 let row = matches!(op, Some(PgOp::Insert | PgOp::Update | PgOp::Delete));
-                if row && (self.add(c)? || self.append(c)?) {
+                // The change a split stopped at goes as a statement: its table's
+                // pending rows are applied now.
+                let after_split = split == Some(i);
+                if row && !after_split && (self.add(c)? || self.append(c)?) {
                     continue;
                 }
                 if row {
-                    if self
-                        .get_slot(c)
-                        .is_some_and(|s| s.keyed.is_some() || s.append.is_some())
+                    if !after_split
+                        && self
+                            .get_slot(c)
+                            .is_some_and(|s| s.keyed.is_some() || s.append.is_some())
                     {
                         // Its table's pending rows go first, to keep that table's order.
                         return Ok(End::Split(txn, i));

@@ -55,7 +55,11 @@ async fn copy_net_rows(
     t: &TableNet,
 ) -> Result<u64, RestoreError> {
     let q = |e: tokio_postgres::Error| {
-        RestoreError::Target(format!("loading the final rows of {}: {}", qualified(t), db_error(&e)))
+        RestoreError::Target(format!(
+            "loading the final rows of {}: {}",
+            qualified(t),
+            db_error(&e)
+        ))
     };
     let sink = client
         .copy_in(&format!(
@@ -69,7 +73,9 @@ async fn copy_net_rows(
     let mut buf = Vec::with_capacity(SEND_BYTES + 4096);
     if t.key.is_empty() {
         for chunk in store.appends(t.id) {
-            sink.send(Bytes::copy_from_slice(&chunk?)).await.map_err(q)?;
+            sink.send(Bytes::copy_from_slice(&chunk?))
+                .await
+                .map_err(q)?;
         }
     } else {
         for item in store.rows(t.id) {
@@ -380,7 +386,12 @@ fn complete_line(row: &Row, fields: &[&[u8]], image_to_net: &[Option<usize>], ou
         if i > 0 {
             out.push(b'\t');
         }
-        match image_to_net.get(i).copied().flatten().and_then(|j| vals.get(j)) {
+        match image_to_net
+            .get(i)
+            .copied()
+            .flatten()
+            .and_then(|j| vals.get(j))
+        {
             Some(Val::Text(t)) => super::net_store::copy_escape(t, out),
             Some(Val::Null) => out.extend_from_slice(b"\\N"),
             _ => out.extend_from_slice(f),
@@ -464,7 +475,10 @@ mod tests {
     #[test]
     fn unescapes_copy_text() {
         assert_eq!(unescape(b"\\N"), None);
-        assert_eq!(&*unescape(b"a\\tb\\\\c\\n\\101\\x41").unwrap(), b"a\tb\\c\nAA");
+        assert_eq!(
+            &*unescape(b"a\\tb\\\\c\\n\\101\\x41").unwrap(),
+            b"a\tb\\c\nAA"
+        );
     }
 
     #[test]
@@ -473,13 +487,21 @@ mod tests {
         let key = |s: &str| encode_key([s.as_bytes()]);
         store.put(1, key("1"), Net::Deleted).unwrap();
         store
-            .put(1, key("2"), Net::Full(Row::encode([Val::Text(b"2"), Val::Null, Val::Text(b"9")])))
+            .put(
+                1,
+                key("2"),
+                Net::Full(Row::encode([Val::Text(b"2"), Val::Null, Val::Text(b"9")])),
+            )
             .unwrap();
         store
             .put(
                 1,
                 key("a\tb"),
-                Net::Partial(Row::encode([Val::Text(b"a\tb"), Val::Unknown, Val::Text(b"7")])),
+                Net::Partial(Row::encode([
+                    Val::Text(b"a\tb"),
+                    Val::Unknown,
+                    Val::Text(b"7"),
+                ])),
             )
             .unwrap();
         // The image has its columns in another order: n, id, body.

@@ -60,7 +60,10 @@ pub(super) async fn restore_net(
                 barrier(l, &txn, &mut applied, summary).await?;
                 seg.fill(&mut scan, None, progress, plan.events).await?
             }
-            End::Split(txn, at) => seg.fill(&mut scan, Some((txn, at)), progress, plan.events).await?,
+            End::Split(txn, at) => {
+                seg.fill(&mut scan, Some((txn, at)), progress, plan.events)
+                    .await?
+            }
         };
         flush(l, &mut seg, &HashSet::new(), &mut applied, summary).await?;
     }

@@ -261,7 +261,10 @@ impl NetStore {
         };
         let mut k = prefix(table, 0);
         k.extend_from_slice(key);
-        Ok(s.db.get_pinned(&k).map_err(spill_error)?.map(|v| decode_net(&v)))
+        Ok(s.db
+            .get_pinned(&k)
+            .map_err(spill_error)?
+            .map(|v| decode_net(&v)))
     }
 
     /// Records what `key` of `table` ends as.
@@ -270,9 +273,7 @@ impl NetStore {
         self.used += Self::entry_size(&key, &n);
         let rows = &mut self.mem.entry(table).or_default().rows;
         if let Some(old) = rows.insert(key, n) {
-            self.used = self
-                .used
-                .saturating_sub(klen + Self::entry_size(&[], &old));
+            self.used = self.used.saturating_sub(klen + Self::entry_size(&[], &old));
         }
         self.check()
     }
@@ -460,7 +461,11 @@ mod tests {
         assert_eq!(seen.len(), 20);
         for k in 0..20u32 {
             let key = encode_key([&k.to_le_bytes()[..]]);
-            let want = if k == 3 { Net::Deleted } else { full(&format!("{k}:4")) };
+            let want = if k == 3 {
+                Net::Deleted
+            } else {
+                full(&format!("{k}:4"))
+            };
             assert_eq!(seen[&key], want);
             assert_eq!(s.get(1, &key).unwrap(), Some(want));
         }
@@ -470,6 +475,9 @@ mod tests {
         assert_eq!(lines[0], "0:0");
         assert_eq!(lines[99], "19:4");
         s.clear().unwrap();
-        assert_eq!(s.get(1, &encode_key([&5u32.to_le_bytes()[..]])).unwrap(), None);
+        assert_eq!(
+            s.get(1, &encode_key([&5u32.to_le_bytes()[..]])).unwrap(),
+            None
+        );
     }
 }

@@ -4,11 +4,10 @@
 
 use std::time::Instant;
 
-
 use super::beside::SchemaMap;
+use super::conn::{db_error, ConnInfo};
 use super::net_scan::Scan;
 use super::restore_image::{load_image, ImageLoad};
-use super::conn::{db_error, ConnInfo};
 
 use super::layout::Selection;
 use super::restore_sql::Replayed;
@@ -394,8 +393,7 @@ async fn restore_with(
     };
     match scan {
         Some(scan) => {
-            super::net_restore::restore_net(&load, plan, opts, scan, &mut summary, progress)
-                .await?
+            super::net_restore::restore_net(&load, plan, opts, scan, &mut summary, progress).await?
         }
         None => {
             load_image(&load, None, &mut summary, progress).await?;

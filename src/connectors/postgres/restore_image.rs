@@ -94,7 +94,15 @@ pub(super) async fn load_image(
     };
     let done: HashSet<u32> = merged.values().map(|t| t.id).collect();
     let loading: Vec<TableNet> = merged.values().cloned().collect();
-    let rows = load_rows(l, &mut chunks, &mut reader, merge, &merged, summary, progress);
+    let rows = load_rows(
+        l,
+        &mut chunks,
+        &mut reader,
+        merge,
+        &merged,
+        summary,
+        progress,
+    );
     let net = async {
         match merge {
             Some(seg) if !loading.is_empty() => {
@@ -146,7 +154,10 @@ impl PartReader {
         let what = if self.table.is_empty() {
             "bytes of the base image".to_string()
         } else {
-            format!("bytes of the base image; {}: {} rows", self.table, self.rows)
+            format!(
+                "bytes of the base image; {}: {} rows",
+                self.table, self.rows
+            )
         };
         progress.update(&what, self.bytes, Some(image.bytes));
         Ok(Some(part))
@@ -201,7 +212,9 @@ async fn load_rows(
                         continue;
                     }
                 }
-                if let (Some(seg), Some(n)) = (merge, merged.get(&(t.schema.clone(), t.name.clone()))) {
+                if let (Some(seg), Some(n)) =
+                    (merge, merged.get(&(t.schema.clone(), t.name.clone())))
+                {
                     if !n.key.is_empty() {
                         filter = Some(ImageFilter::new(&seg.store, n, &t.columns).ok_or_else(|| {
                             failed(format!(
