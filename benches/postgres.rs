@@ -5,11 +5,14 @@
 //!   the drain.
 //! - P5: commit-to-durable lag under pgbench at a fixed rate: probe transactions whose
 //!   commit LSN is watched until the journal's checkpoint passes it.
-//! - P4: restore of a pgbench database (scale 10 by default, `--p4-txns` pgbench
-//!   transactions after the image), by net effect and by every change, against
-//!   `pg_dump -Fc | pg_restore` of the same data.
+//! - P4: restore of a pgbench database (scale 10 by default) plus N x 15 s of
+//!   `pgbench -c 4` history (N from `--p4-lengths`, default `1,4`; the figure is
+//!   `1,4,16`), by net effect (and by every change for N <= `--p4-every-up-to`, default
+//!   1), against `pg_dump -Fc` at that moment + `pg_restore` of the dump; peak resident
+//!   memory of the restore; digests compared with the baseline's.
 //!
-//! Run: `cargo bench --profile dev --bench postgres [-- --txns N --scale S --p4-txns N]`
+//! Run: `cargo bench --profile dev --bench postgres [-- --txns N --scale S --p4-lengths 1,4,16
+//! --p4-secs 15 --p4-only 1]`
 
 mod support;
 
@@ -222,7 +225,66 @@ async fn p5_lag(pg: &Postgres) {
     );
 }
 
-async fn p4_restore(scale: u64, txns: u64) {
+/// The value of a comma-separated `--name a,b,c` flag, or `default`.
+fn list_arg(name: &str, default: &[u64]) -> Vec<u64> {
+    let args: Vec<String> = std::env::args().collect();
+    let mut v: Vec<u64> = args
+        .windows(2)
+        .find(|w| w[0] == name)
+        .map(|w| {
+            w[1].split(',')
+                .filter_map(|x| x.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_else(|| default.to_vec());
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Peak resident memory of this process while `f` runs (sampled every 5 ms), MiB.
+async fn peak_rss_during<T>(f: impl std::future::Future<Output = T>) -> (T, u64) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = rss_kib();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak.max(rss_kib())
+        })
+    };
+    let out = f.await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    (out, sampler.join().unwrap() >> 10)
+}
+
+/// One moment of the P4 history: after `length` x `secs` s of pgbench.
+struct Moment {
+    length: u64,
+    at: Timestamp,
+    txns: u64,
+    dump: std::path::PathBuf,
+    dump_time: Duration,
+}
+
+fn pgbench_txns(out: &std::process::Output) -> u64 {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|n| n.split(['/', ' ']).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// P4: pgbench scale `scale` captured, then `secs` s of `pgbench -c 4` repeated up to
+/// each of `lengths` times; at each length, the database is dumped (`pg_dump -Fc`,
+/// timed) and the journal's moment noted. Then each moment is restored by
+/// `pg_restore` of its dump and by tidemark (net effect; every change as well up to
+/// `every_up_to`), digests compared.
+async fn p4_restore(scale: u64, lengths: &[u64], secs: u64, every_up_to: u64) {
     let pg = tokio::task::block_in_place(Postgres::start).unwrap();
     pg.psql("postgres", "CREATE DATABASE app");
     let s = scale.to_string();
@@ -232,73 +294,147 @@ async fn p4_restore(scale: u64, txns: u64) {
         Arc::new(Journal::open(&dir.path().join("j"), JournalOptions::default()).unwrap());
     let r = start(&journal, &pg.url("app"));
     wait_lsn(&journal, 1, Duration::from_millis(20)).await;
-    let per_client = txns.div_ceil(2).to_string();
-    tokio::task::block_in_place(|| {
-        run(&pg, "pgbench", &["-t", &per_client, "-c", "2", "-n", "app"])
-    });
-    let end = lsn_of(&pg.psql("app", "SELECT pg_current_wal_lsn()"));
-    wait_lsn(&journal, end, Duration::from_millis(20)).await;
-    let at = Timestamp::now();
-    loop {
-        if journal
-            .source("app")
-            .unwrap()
-            .stats
-            .coverage_us
-            .is_some_and(|c| c >= at.as_micros())
-        {
-            break;
+    let mut moments = Vec::new();
+    let (mut done_secs, mut txns) = (0, 0);
+    for &length in lengths {
+        let t = (length * secs - done_secs).to_string();
+        done_secs = length * secs;
+        let out = tokio::task::block_in_place(|| {
+            run(
+                &pg,
+                "pgbench",
+                &["-T", &t, "-c", "4", "-j", "2", "-n", "app"],
+            )
+        });
+        txns += pgbench_txns(&out);
+        let end = lsn_of(&pg.psql("app", "SELECT pg_current_wal_lsn()"));
+        wait_lsn(&journal, end, Duration::from_millis(20)).await;
+        let at = Timestamp::now();
+        loop {
+            let covered = journal.source("app").unwrap().stats.coverage_us;
+            if covered.is_some_and(|c| c >= at.as_micros()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let dump = dir.path().join(format!("app-{length}.dump"));
+        let b0 = Instant::now();
+        tokio::task::block_in_place(|| {
+            run(
+                &pg,
+                "pg_dump",
+                &["-Fc", "-d", "app", "-f", dump.to_str().unwrap()],
+            )
+        });
+        moments.push(Moment {
+            length,
+            at,
+            txns,
+            dump,
+            dump_time: b0.elapsed(),
+        });
     }
     r.trigger.fire();
     r.task.await.unwrap().unwrap();
-    pg.psql("postgres", "CREATE DATABASE via_dump");
-    let b0 = Instant::now();
-    let dump = dir.path().join("app.dump");
-    run(
-        &pg,
-        "pg_dump",
-        &["-Fc", "-d", "app", "-f", dump.to_str().unwrap()],
+    println!(
+        "\n## P4 restore of pgbench scale {scale} plus N x {secs} s of `pgbench -c 4`, against `pg_dump -Fc` + `pg_restore`"
     );
-    run(
-        &pg,
-        "pg_restore",
-        &["-d", "via_dump", dump.to_str().unwrap()],
+    println!(
+        "{:>4} {:>9} {:>10} {:>13} {:>13} {:>7} {:>9} {:>7} {:>13} {:>7}",
+        "N",
+        "txns",
+        "changes",
+        "baseline",
+        "net effect",
+        "ratio",
+        "peak RSS",
+        "digest",
+        "every change",
+        "ratio"
     );
-    let baseline = b0.elapsed();
-    let plan = tidemark::restore::plan(&journal, "app", TimeSpec::At(at)).unwrap();
-    let mut times = Vec::new();
-    let mut summary = tidemark::connectors::postgres::restore::PgRestoreSummary::default();
-    for (db, every_change) in [("via_net_effect", false), ("via_every_change", true)] {
-        pg.psql("postgres", &format!("CREATE DATABASE {db}"));
-        let t0 = Instant::now();
-        summary = tidemark::connectors::postgres::restore::restore(
-            &journal,
-            &plan,
-            &tidemark::connectors::postgres::conn::ConnInfo::parse(&pg.url(db)).unwrap(),
-            &tidemark::connectors::postgres::restore::PgRestoreOptions {
+    for m in &moments {
+        let via_dump = format!("via_dump_{}", m.length);
+        pg.psql("postgres", &format!("CREATE DATABASE {via_dump}"));
+        let b0 = Instant::now();
+        tokio::task::block_in_place(|| {
+            run(
+                &pg,
+                "pg_restore",
+                &["-d", &via_dump, m.dump.to_str().unwrap()],
+            )
+        });
+        let baseline = m.dump_time + b0.elapsed();
+        let expected = tidemark::connectors::postgres::digest::digest_url(&pg.url(&via_dump))
+            .await
+            .unwrap();
+        let plan = tidemark::restore::plan(&journal, "app", TimeSpec::At(m.at)).unwrap();
+        let mut times = Vec::new();
+        let (mut peak, mut changes, mut equal) = (0, 0, true);
+        for every_change in [false, true] {
+            if every_change && m.length > every_up_to {
+                continue;
+            }
+            let db = format!(
+                "via_{}_{}",
+                if every_change { "every" } else { "net" },
+                m.length
+            );
+            pg.psql("postgres", &format!("CREATE DATABASE {db}"));
+            let conn = tidemark::connectors::postgres::conn::ConnInfo::parse(&pg.url(&db)).unwrap();
+            let opts = tidemark::connectors::postgres::restore::PgRestoreOptions {
                 every_change,
                 ..Default::default()
-            },
-            false,
-            &mut tidemark::restore::driver::NoProgress,
-        )
-        .await
-        .unwrap();
-        times.push(t0.elapsed());
+            };
+            let t0 = Instant::now();
+            let (summary, rss) = peak_rss_during(tidemark::connectors::postgres::restore::restore(
+                &journal,
+                &plan,
+                &conn,
+                &opts,
+                false,
+                &mut tidemark::restore::driver::NoProgress,
+            ))
+            .await;
+            times.push(t0.elapsed());
+            let summary = summary.unwrap();
+            changes = summary.changes;
+            if !every_change {
+                peak = rss;
+            }
+            let got = tidemark::connectors::postgres::digest::digest_url(&pg.url(&db))
+                .await
+                .unwrap();
+            equal &= got == expected;
+            pg.psql("postgres", &format!("DROP DATABASE {db}"));
+        }
+        pg.psql("postgres", &format!("DROP DATABASE {via_dump}"));
+        let ratio = |d: &Duration| d.as_secs_f64() / baseline.as_secs_f64();
+        let every = times
+            .get(1)
+            .map_or(("-".to_string(), "-".to_string()), |d| {
+                (format!("{d:.2?}"), format!("{:.2}", ratio(d)))
+            });
+        println!(
+            "{:>4} {:>9} {:>10} {:>13} {:>13} {:>7.2} {:>6} MiB {:>7} {:>13} {:>7}",
+            format!("{}x", m.length),
+            m.txns,
+            changes,
+            format!("{baseline:.2?}"),
+            format!("{:.2?}", times[0]),
+            ratio(&times[0]),
+            peak,
+            if equal { "equal" } else { "DIFFER" },
+            every.0,
+            every.1
+        );
+        assert!(
+            equal,
+            "a restore's digest differs from pg_restore's at {}x",
+            m.length
+        );
     }
     println!(
-        "\n## P4 restore of pgbench scale {scale} ({} rows in the image, {} transactions, {} changes after it)",
-        summary.image_rows, summary.transactions, summary.changes
-    );
-    println!("pg_dump -Fc | pg_restore            {baseline:.2?}");
-    println!("tidemark restore (net effect)       {:.2?}", times[0]);
-    println!("tidemark restore (every change)     {:.2?}", times[1]);
-    println!(
-        "ratio net effect {:.2}, every change {:.2} (goal <= 1.0)",
-        times[0].as_secs_f64() / baseline.as_secs_f64(),
-        times[1].as_secs_f64() / baseline.as_secs_f64()
+        "(baseline: pg_dump -Fc at the moment + pg_restore; goal: ratio <= 1.0 at every length)"
     );
 }
 
@@ -315,9 +451,17 @@ fn main() {
         let pg = tokio::task::block_in_place(Postgres::start).unwrap();
         pg.psql("postgres", "CREATE DATABASE app");
         tokio::task::block_in_place(|| run(&pg, "pgbench", &["-i", "-q", "-s", "1", "app"]));
-        p1_drain(&pg, arg("--txns", 5000)).await;
-        p5_lag(&pg).await;
+        if arg("--p4-only", 0) == 0 {
+            p1_drain(&pg, arg("--txns", 5000)).await;
+            p5_lag(&pg).await;
+        }
         drop(pg);
-        p4_restore(arg("--scale", 10), arg("--p4-txns", 1000)).await;
+        p4_restore(
+            arg("--scale", 10),
+            &list_arg("--p4-lengths", &[1, 4]),
+            arg("--p4-secs", 15),
+            arg("--p4-every-up-to", 1),
+        )
+        .await;
     });
 }

@@ -182,11 +182,15 @@ fn refuse_live_source(connector: &dyn Connector, req: &Request<'_>) -> Result<()
     Ok(())
 }
 
-/// Progress on stderr while it is a terminal, at most a few times a second.
+/// Progress on stderr while it is a terminal, at most a few times a second: what
+/// is done of what, the rate, and an estimate of the time left in that phase.
 pub struct TerminalProgress {
     show: bool,
     last: Instant,
     shown: bool,
+    /// The phase shown (`what` up to its first `;`), when it started, and the
+    /// units done then.
+    phase: Option<(String, Instant, u64)>,
 }
 
 impl Default for TerminalProgress {
@@ -195,19 +199,64 @@ impl Default for TerminalProgress {
             show: std::io::stderr().is_terminal(),
             last: Instant::now(),
             shown: false,
+            phase: None,
         }
     }
 }
 
+/// `n` as bytes (`12.3 MiB`) when `what` counts bytes, else as a number.
+fn amount(what: &str, n: u64) -> String {
+    if !what.starts_with("bytes") {
+        return n.to_string();
+    }
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let (mut v, mut u) = (n as f64, 0);
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", units[u])
+}
+
+/// The progress line: done of total, rate, and time left if the total is known.
+pub fn progress_line(what: &str, done: u64, total: Option<u64>, rate: f64) -> String {
+    let of = total.map_or(String::new(), |t| format!(" of {}", amount(what, t)));
+    let mut line = format!("{}{of} {what}", amount(what, done));
+    if rate > 0.0 {
+        line.push_str(&format!(", {}/s", amount(what, rate as u64)));
+        if let Some(t) = total.filter(|&t| t > done) {
+            line.push_str(&format!(", about {:.0} s left", (t - done) as f64 / rate));
+        }
+    }
+    line
+}
+
 impl ProgressSink for TerminalProgress {
     fn update(&mut self, what: &str, done: u64, total: Option<u64>) {
-        if !self.show || self.last.elapsed() < Duration::from_millis(250) {
+        if !self.show {
+            return;
+        }
+        let key = what.split(';').next().unwrap_or(what);
+        if self.phase.as_ref().is_none_or(|(k, _, _)| k != key) {
+            self.phase = Some((key.to_string(), Instant::now(), done));
+        }
+        if self.last.elapsed() < Duration::from_millis(250) {
             return;
         }
         self.last = Instant::now();
         self.shown = true;
-        let of = total.map_or(String::new(), |t| format!(" of {t}"));
-        eprint!("\r\x1b[Krestoring: {done}{of} {what}");
+        let rate = self.phase.as_ref().map_or(0.0, |(_, t0, d0)| {
+            let secs = t0.elapsed().as_secs_f64();
+            if secs > 0.5 {
+                done.saturating_sub(*d0) as f64 / secs
+            } else {
+                0.0
+            }
+        });
+        eprint!(
+            "\r\x1b[Krestoring: {}",
+            progress_line(what, done, total, rate)
+        );
         let _ = std::io::stderr().flush();
     }
 }
@@ -225,4 +274,21 @@ pub struct NoProgress;
 
 impl ProgressSink for NoProgress {
     fn update(&mut self, _: &str, _: u64, _: Option<u64>) {}
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::progress_line;
+
+    #[test]
+    fn progress_shows_amounts_rate_and_time_left() {
+        assert_eq!(
+            progress_line("bytes of the base image; public.t: 10 rows", 1 << 20, Some(3 << 20), 1048576.0),
+            "1.0 MiB of 3.0 MiB bytes of the base image; public.t: 10 rows, 1.0 MiB/s, about 2 s left"
+        );
+        assert_eq!(
+            progress_line("journal events read", 50, Some(100), 0.0),
+            "50 of 100 journal events read"
+        );
+    }
 }

@@ -175,7 +175,7 @@ async fn through_scratch(
     let scratch_conn = conn.with_dbname(scratch);
     let opts = super::restore::PgRestoreOptions {
         selection: selection.clone(),
-        every_change: false,
+        ..Default::default()
     };
     let mut summary = restore(journal, plan, &scratch_conn, &opts, false, progress).await?;
     let client = scratch_conn

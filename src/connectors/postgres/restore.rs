@@ -4,16 +4,14 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
-use futures_util::SinkExt;
-use prost::Message as _;
-
 use super::beside::SchemaMap;
 use super::conn::{db_error, ConnInfo};
-use super::image::{PgImageChunk, PgImagePart};
+use super::net_scan::Scan;
+use super::restore_image::{load_image, ImageLoad};
+
 use super::layout::Selection;
 use super::restore_sql::Replayed;
-use super::setup::{quote_ident, quote_literal};
+use super::setup::quote_ident;
 use super::PgError;
 use crate::config::Timeouts;
 use crate::connectors::KindOptions;
@@ -65,7 +63,7 @@ async fn occupied(
 }
 
 /// A server setting of the target.
-async fn show(
+pub(super) async fn show(
     client: &tokio_postgres::Client,
     conn: &ConnInfo,
     setting: &str,
@@ -81,7 +79,7 @@ async fn show(
 /// session back: pg_dump empties `search_path` and sets the dump's client encoding,
 /// and the image's rows and the replayed changes are in the encoding of journaled
 /// text.
-async fn load_definitions(
+pub(super) async fn load_definitions(
     client: &tokio_postgres::Client,
     conn: &ConnInfo,
     sql: &str,
@@ -102,7 +100,7 @@ async fn load_definitions(
 
 /// Refuses a target whose encoding is not the source's (named by the dump's
 /// `SET client_encoding`): its text could not hold the same bytes.
-async fn check_encoding(
+pub(super) async fn check_encoding(
     client: &tokio_postgres::Client,
     conn: &ConnInfo,
     schema: &str,
@@ -125,7 +123,7 @@ async fn check_encoding(
 
 /// Refuses a target on an older major version than the source's (named by the
 /// dump's header): its schema may use what the older server lacks.
-async fn check_version(
+pub(super) async fn check_version(
     client: &tokio_postgres::Client,
     conn: &ConnInfo,
     schema: &str,
@@ -151,7 +149,7 @@ async fn check_version(
 /// The restore role may not set `session_replication_role` (it needs superuser):
 /// refused if the schema has triggers of its own (they would fire again on what the
 /// journal holds), else said in the report (foreign keys are checked as rows load).
-async fn without_replica_role(
+pub(super) async fn without_replica_role(
     client: &tokio_postgres::Client,
     conn: &ConnInfo,
     why: &str,
@@ -221,13 +219,28 @@ async fn finish(
 }
 
 /// How a PostgreSQL restore goes about it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PgRestoreOptions {
     /// `--tables`.
     pub selection: Selection,
     /// Replay every change as a statement instead of applying the net effect of the
     /// history (see [`super::net`]); both give the same result.
     pub every_change: bool,
+    /// Bytes of net state kept in memory before it spills to disk.
+    pub net_memory: usize,
+    /// Where the net state spills (the system's temporary directory if `None`).
+    pub spill_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for PgRestoreOptions {
+    fn default() -> Self {
+        PgRestoreOptions {
+            selection: Selection::default(),
+            every_change: false,
+            net_memory: super::net_store::DEFAULT_MEMORY_LIMIT,
+            spill_dir: None,
+        }
+    }
 }
 
 /// Runs one statement (with its raw text parameters, if any).
@@ -296,6 +309,9 @@ pub(super) fn state_left(conn: &ConnInfo, state: &str, txns: u64) -> String {
 }
 
 /// Restores `plan` into the database at `conn`; `force`: drop what it holds first.
+///
+/// On a multi-threaded runtime, a net-effect restore reads the journal ahead on a
+/// thread of its own while it applies (see [`super::net_scan`]).
 pub async fn restore(
     journal: &Journal,
     plan: &RestorePlan,
@@ -303,6 +319,42 @@ pub async fn restore(
     opts: &PgRestoreOptions,
     force: bool,
     progress: &mut dyn ProgressSink,
+) -> Result<PgRestoreSummary, RestoreError> {
+    let handle = tokio::runtime::Handle::current();
+    if opts.every_change
+        || plan.events == 0
+        || handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        let scan = (!opts.every_change).then(|| Scan::inline(journal, plan));
+        return restore_with(journal, plan, conn, opts, force, progress, scan).await;
+    }
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|s| {
+            let (scan, tx) = Scan::ahead();
+            s.spawn(move || super::net_scan::read_ahead(journal, plan, tx));
+            handle.block_on(restore_with(
+                journal,
+                plan,
+                conn,
+                opts,
+                force,
+                progress,
+                Some(scan),
+            ))
+        })
+    })
+}
+
+/// [`restore`], the history read by `scan` (by net effect) or replayed change by
+/// change (`None`).
+async fn restore_with(
+    journal: &Journal,
+    plan: &RestorePlan,
+    conn: &ConnInfo,
+    opts: &PgRestoreOptions,
+    force: bool,
+    progress: &mut dyn ProgressSink,
+    scan: Option<Scan<'_>>,
 ) -> Result<PgRestoreSummary, RestoreError> {
     let selection = &opts.selection;
     let started = Instant::now();
@@ -331,99 +383,22 @@ pub async fn restore(
     if let Some(PositionKind::Postgres(p)) = image.position.as_ref().and_then(|p| p.kind.as_ref()) {
         summary.final_lsn = crate::position::Position::postgres(p.lsn).to_string();
     }
-    let mut image_bytes = 0u64;
-    let mut sink: Option<std::pin::Pin<Box<tokio_postgres::CopyInSink<Bytes>>>> = None;
-    // The rows of a table outside `--tables` are passed over.
-    let mut skipping = false;
-    for chunk in journal.image_chunks(image) {
-        let chunk = chunk?;
-        image_bytes += chunk.len() as u64;
-        progress.update("bytes of the base image", image_bytes, Some(image.bytes));
-        let part = PgImageChunk::decode(chunk.as_slice())
-            .map_err(|e| failed(format!("base image chunk undecodable: {e}")))?
-            .part;
-        if !matches!(part, Some(PgImagePart::CopyData(_))) {
-            if let Some(mut s) = sink.take() {
-                summary.image_rows += s.as_mut().finish().await.map_err(q)?;
-            }
+    let load = ImageLoad {
+        journal,
+        image,
+        client: &client,
+        conn,
+        selection,
+        replica_role: &replica_role,
+    };
+    match scan {
+        Some(scan) => {
+            super::net_restore::restore_net(&load, plan, opts, scan, &mut summary, progress).await?
         }
-        match part {
-            Some(PgImagePart::Schema(sql)) => {
-                check_encoding(&client, conn, &sql).await?;
-                check_version(&client, conn, &sql).await?;
-                load_definitions(&client, conn, &sql, "loading the schema").await?;
-                if let Err(why) = &replica_role {
-                    without_replica_role(&client, conn, why, &mut summary).await?;
-                }
-            }
-            Some(PgImagePart::Table(t)) => {
-                if !selection.is_all() {
-                    let lineage = super::layout::lineage(&client, conn, &t.schema, &t.name)
-                        .await
-                        .map_err(|e| failed(e.to_string()))?;
-                    skipping = !selection.covers(&lineage);
-                    if skipping {
-                        continue;
-                    }
-                }
-                let cols = t
-                    .columns
-                    .iter()
-                    .map(|c| quote_ident(c))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let stmt = format!(
-                    "COPY {}.{} ({cols}) FROM STDIN",
-                    quote_ident(&t.schema),
-                    quote_ident(&t.name)
-                );
-                sink = Some(Box::pin(client.copy_in(&stmt).await.map_err(q)?));
-                summary.tables += 1;
-            }
-            Some(PgImagePart::CopyData(data)) => match sink.as_mut() {
-                Some(s) => s.send(Bytes::from(data)).await.map_err(q)?,
-                None if skipping => {}
-                None => return Err(failed("base image has rows before their table".into())),
-            },
-            Some(PgImagePart::Sequence(s)) => {
-                if let Some(v) = s.last_value {
-                    let name = format!("{}.{}", quote_ident(&s.schema), quote_ident(&s.name));
-                    client
-                        .batch_execute(&format!(
-                            "SELECT setval({}, {v}, true)",
-                            quote_literal(&name)
-                        ))
-                        .await
-                        .map_err(q)?;
-                }
-            }
-            Some(PgImagePart::PostData(sql)) => {
-                load_definitions(
-                    &client,
-                    conn,
-                    &sql,
-                    "creating indexes, constraints and triggers after the rows",
-                )
-                .await?;
-            }
-            Some(PgImagePart::NotCaptured(what)) => {
-                // Unlogged tables are reported from the target at the end.
-                if !what.starts_with("rows of unlogged table") {
-                    summary.notes.push(format!(
-                        "not restored (logical decoding does not carry it): {what}"
-                    ));
-                }
-            }
-            None => return Err(failed("empty base image chunk".into())),
+        None => {
+            load_image(&load, None, &mut summary, progress).await?;
+            replay(journal, plan, &client, conn, &mut summary, progress).await?;
         }
-    }
-    if let Some(mut s) = sink.take() {
-        summary.image_rows += s.as_mut().finish().await.map_err(q)?;
-    }
-    if opts.every_change {
-        replay(journal, plan, &client, conn, &mut summary, progress).await?;
-    } else {
-        super::net::replay_net(journal, plan, &client, conn, &mut summary, progress).await?;
     }
     client.batch_execute(SYNC_SEQUENCES).await.map_err(q)?;
     if !selection.is_all() {
@@ -691,7 +666,9 @@ impl PgTarget {
             .map_err(RestoreError::Options)?;
         let schema_map = SchemaMap::parse(options.get(super::beside::SCHEMA_MAP).unwrap_or(""))
             .map_err(RestoreError::Options)?;
-        let rt = tokio::runtime::Builder::new_current_thread()
+        // Multi-threaded: a restore reads the journal ahead on a thread of its own.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
             .enable_all()
             .build()
             .map_err(|e| failed(format!("cannot start the async runtime: {e}")))?;
@@ -765,7 +742,7 @@ impl Target for PgTarget {
                 &self.conn,
                 &PgRestoreOptions {
                     selection: self.selection.clone(),
-                    every_change: false,
+                    ..Default::default()
                 },
                 force,
                 progress,
