@@ -112,6 +112,15 @@ fn print_cuts(cuts: &[point::Cut]) {
     }
 }
 
+/// `--point NAME` (it wins) or `--at T`; `None` when neither was given.
+fn app_at(at: Option<&str>, point: Option<&str>) -> Result<Option<AppAt>> {
+    Ok(match (point, at) {
+        (Some(p), _) => Some(AppAt::Point(p.to_string())),
+        (None, Some(t)) => Some(AppAt::Moment(super::parse_time("at", t)?)),
+        (None, None) => None,
+    })
+}
+
 pub fn restore(
     cfg: &Config,
     app: &str,
@@ -122,10 +131,8 @@ pub fn restore(
     json: bool,
 ) -> Result<()> {
     let a = cfg.application(app).map_err(|e| anyhow!(e))?;
-    let at = match (point, at) {
-        (Some(p), _) => AppAt::Point(p.to_string()),
-        (None, Some(t)) => AppAt::Moment(super::parse_time("at", t)?),
-        (None, None) => bail!("give --at TIME or --point NAME"),
+    let Some(at) = app_at(at, point)? else {
+        bail!("give --at TIME or --point NAME");
     };
     let report = crate::app::restore::restore(AppRestore {
         cfg,
@@ -327,11 +334,7 @@ pub fn rehearse(
     json: bool,
 ) -> Result<()> {
     let a = cfg.application(app).map_err(|e| anyhow!(e))?;
-    let at = match (point, at) {
-        (Some(p), _) => AppAt::Point(p.to_string()),
-        (None, Some(t)) => AppAt::Moment(super::parse_time("at", t)?),
-        (None, None) => AppAt::Moment(TimeSpec::Latest),
-    };
+    let at = app_at(at, point)?.unwrap_or(AppAt::Moment(TimeSpec::Latest));
     let r = crate::app::rehearse::rehearse(cfg, a, profile, at, keep)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
