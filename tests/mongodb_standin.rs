@@ -351,6 +351,22 @@ fn standin_mongodb_capture_survives_kill9_and_restores_three_moments_by_digest()
     }
 }
 
+/// The `docs` row of `status --json`.
+fn oplog_status(run: &Run) -> Value {
+    let out = run.cli(&["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("status json");
+    v["sources"]
+        .as_array()
+        .and_then(|s| s.iter().find(|r| r["name"] == "docs"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no docs row: {v}"))
+}
+
 #[test]
 fn standin_mongodb_oplog_pruned_past_the_journal_records_a_break_and_a_new_image() {
     // The stand-in keeps 60 oplog entries once told to prune; 286 is its answer to
@@ -378,6 +394,19 @@ fn standin_mongodb_oplog_pruned_past_the_journal_records_a_break_and_a_new_image
     let d_before = digest(&source.url());
     run.wait_covered("docs");
     assert!(run.stop(), "stop; log:\n{}", run.log());
+    // Oplog headroom: a few seconds of oplog behind the resume point, under the
+    // default margin of an hour.
+    let row = oplog_status(&run);
+    let headroom = row["oplog_headroom_s"].as_i64().expect("headroom");
+    assert!(headroom >= 0, "{row}");
+    assert_eq!(row["oplog_holds_resume_point"], true, "{row}");
+    assert!(row["oplog_window_s"].as_i64().is_some(), "{row}");
+    assert!(
+        row["oplog_warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("oplog_warn_margin")),
+        "{row}"
+    );
 
     // While capture is down, far more changes than the oplog keeps.
     rt.block_on(async {
@@ -393,6 +422,15 @@ fn standin_mongodb_oplog_pruned_past_the_journal_records_a_break_and_a_new_image
         eprintln!("stand-in pruned its oplog: {pruned}");
     });
     let gap = Moment::now();
+    // Pruned past the resume point: `status` says the history is gone.
+    let row = oplog_status(&run);
+    assert_eq!(row["oplog_holds_resume_point"], false, "{row}");
+    assert!(
+        row["oplog_warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("no longer holds")),
+        "{row}"
+    );
 
     run.start(&[]);
     let row = run.wait_source(

@@ -21,12 +21,24 @@ pub struct MongoSettings {
     /// Capture only these collections, `db.coll`.
     #[serde(default)]
     pub collections: Vec<String>,
+    /// `status` warns when less oplog than this lies behind the journal's resume
+    /// point (default 1 h; see [`super::headroom`]).
+    #[serde(default)]
+    pub oplog_warn_margin: Option<String>,
+    /// `oplog_warn_margin`, parsed.
+    #[serde(skip)]
+    pub warn_margin: std::time::Duration,
 }
 
 impl MongoSettings {
     /// Parses and checks the section (`at` is `source[i]`); connects to nothing.
     pub fn parse(table: toml::Table, at: &str) -> Result<MongoSettings, ConfigError> {
         let mut s: MongoSettings = config::section(table, at)?;
+        s.warn_margin = match &s.oplog_warn_margin {
+            None => super::headroom::DEFAULT_MARGIN,
+            Some(m) => crate::time::parse_duration(m)
+                .map_err(|e| invalid(format!("{at}.oplog_warn_margin"), e))?,
+        };
         let field = format!("{at}.url");
         *s.url.expose_mut() = config::expand_env(s.url.expose(), &field)?;
         config::check_scheme(s.url.expose(), super::SCHEMES).map_err(|p| invalid(&field, p))?;
@@ -92,6 +104,21 @@ impl SourceSettings for MongoSettings {
 
     fn url(&self) -> Option<String> {
         Some(self.url.expose().to_string())
+    }
+
+    fn probe(
+        &self,
+        journal: &crate::journal::Journal,
+        id: crate::journal::SourceId,
+        timeouts: &crate::config::Timeouts,
+    ) -> Option<crate::connectors::Probe> {
+        Some(super::headroom::probe(
+            self.url.expose(),
+            journal,
+            id,
+            self.warn_margin,
+            timeouts,
+        ))
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

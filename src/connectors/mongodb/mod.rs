@@ -17,6 +17,7 @@ pub mod capture;
 pub mod client;
 pub mod config;
 pub mod digest;
+pub mod headroom;
 pub mod image;
 pub mod marker;
 pub mod restore;
