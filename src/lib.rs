@@ -24,3 +24,11 @@ pub mod redact;
 pub mod restore;
 pub mod sandbox;
 pub mod time;
+
+/// Every binary built on the library (the CLI, tests, benchmarks) allocates with
+/// mimalloc: restores and capture make many small, short-lived allocations
+/// (decoded events, row values), where glibc's allocator spent up to 40% of a
+/// net-effect restore's scanning thread in `malloc` and `malloc_consolidate`
+/// (see ARCHITECTURE.md, "Build").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
