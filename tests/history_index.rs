@@ -126,20 +126,26 @@ fn indexed_history_equals_the_scan() {
 
 /// `history --json` of `key`: the versions (stdout) and how (stderr).
 fn history(run: &Run, key: &str, scan: bool) -> (Vec<Value>, Value) {
+    try_history(run, key, scan).unwrap_or_else(|e| panic!("history: {e}"))
+}
+
+fn try_history(run: &Run, key: &str, scan: bool) -> Result<(Vec<Value>, Value), String> {
     let mut args = vec!["history", "--source", "cache", "--key", key, "--json"];
     if scan {
         args.push("--scan");
     }
     let out = run.cli(&args);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "history: {err}");
+    if !out.status.success() {
+        return Err(err.into_owned());
+    }
     let versions: Vec<Value> = serde_json::from_slice(&out.stdout).expect("history --json");
     let how = err
         .lines()
         .rev()
         .find_map(|l| serde_json::from_str::<Value>(l).ok())
         .unwrap_or_else(|| panic!("no JSON summary on stderr: {err}"));
-    (versions, how)
+    Ok((versions, how))
 }
 
 /// Waits until `key` has `n` versions in the journal and, with `indexed`, the
@@ -147,7 +153,8 @@ fn history(run: &Run, key: &str, scan: bool) -> (Vec<Value>, Value) {
 fn wait_versions(run: &Run, key: &str, n: usize, indexed: bool) -> Value {
     let start = Instant::now();
     loop {
-        let (v, how) = history(run, key, false);
+        // Before the first capture there is no journal (or no source) yet.
+        let (v, how) = try_history(run, key, false).unwrap_or_default();
         let newest = v.last().and_then(|v| v["seq"].as_u64()).unwrap_or(0);
         if v.len() == n && (!indexed || how["indexed_through"].as_u64() >= Some(newest)) {
             return how;
@@ -187,6 +194,7 @@ fn history_after_kill9_between_append_and_index() {
         c.cmd(&["DEL", "k3", "k4"]).unwrap();
     };
     run.start(&[]);
+    run.wait_covered("cache");
     write(&mut c, 1);
     // 10 SETs of k3 and one DEL: all found by the index once it caught up.
     let how = wait_versions(&run, "k3", 11, true);
@@ -197,6 +205,7 @@ fn history_after_kill9_between_append_and_index() {
     std::env::set_var(tidemark_pause(), "1");
     run.start(&[]);
     std::env::remove_var(tidemark_pause());
+    run.wait_covered("cache");
     write(&mut c, 2);
     let how = wait_versions(&run, "k3", 22, false);
     run.kill9();
@@ -208,6 +217,7 @@ fn history_after_kill9_between_append_and_index() {
 
     // The next run indexes the tail; the answers stay the same.
     run.start(&[]);
+    run.wait_covered("cache");
     write(&mut c, 3);
     wait_versions(&run, "k3", 33, true);
     assert_history_same(&run, &["k3", "k7", "k19", "nope"]);

@@ -219,7 +219,7 @@ fn app_after_capture(s: &KubeServer) {
 fn assert_diff_1_2(run: &Run, t1: Timestamp, t2: Timestamp) {
     let (from, to) = (t1.to_rfc3339(), t2.to_rfc3339());
     let args = ["diff", "--source", "k8s", "--from", &from, "--to", &to];
-    let out = run.cli(&[&args[..], &["--json"]].concat());
+    let out = run.cli(&[&args[..], &["--json"][..]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let d: Value = serde_json::from_slice(&out.stdout).expect("diff --json");
     assert_eq!(

@@ -144,15 +144,21 @@ fn changed_fields(old: &KubeEvent, new: &KubeEvent, key: Option<&SealKey>) -> Ve
     let mut out = Vec::new();
     walk(&form(old), &form(new), &mut String::new(), &mut out);
     if new.kind == "SealedSecret" {
-        let mut keys = BTreeSet::new();
+        let (mut keys, mut all) = (BTreeSet::new(), false);
         out.retain(|p| match p.strip_prefix("spec.encryptedData") {
+            Some("") => {
+                all = true;
+                false
+            }
             Some(rest) => {
                 keys.insert(field_name(rest));
                 false
             }
             None => true,
         });
-        if !keys.is_empty() {
+        if all {
+            out.push("data changed".into());
+        } else if !keys.is_empty() {
             let list: Vec<String> = keys.into_iter().collect();
             out.push(format!("data changed (keys: {})", list.join(", ")));
         }
