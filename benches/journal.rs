@@ -490,9 +490,11 @@ fn journal_append_indexed(
     std::thread::scope(|s| {
         if indexer {
             s.spawn(|| loop {
+                // Read before the step: a step begun after the last append sees it.
+                let finished = done.load(std::sync::atomic::Ordering::Acquire);
                 let caught_up = j.index_keys(src, 20_000).unwrap().caught_up;
                 if caught_up {
-                    if done.load(std::sync::atomic::Ordering::Acquire) {
+                    if finished {
                         return;
                     }
                     std::thread::sleep(Duration::from_millis(50));
@@ -525,7 +527,8 @@ fn bench_index_overhead(n: u64) {
         })
         .collect();
     println!("\n## append with the key indexer following: {n} keyed events, sync = always, batches of {BATCH}");
-    let (mut alone, mut with, mut ratios, mut lag) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut alone, mut with, mut ratios, mut lag) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (x, _) = journal_append_indexed(a.path(), &events, false);

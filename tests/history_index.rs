@@ -26,10 +26,16 @@ const SEC: i64 = 1_000_000;
 /// `MSET` of two, at time `t0 + i` ms.
 fn event(i: u64, t0: i64) -> ChangeEvent {
     let k = |n: u64| format!("k{}", n % KEYS).into_bytes();
-    let args: Vec<Vec<u8>> = if i % 10 == 0 {
+    let args: Vec<Vec<u8>> = if i.is_multiple_of(10) {
         vec![b"DEL".to_vec(), k(i), k(i + 1)]
-    } else if i % 7 == 0 {
-        vec![b"MSET".to_vec(), k(i), b"1".to_vec(), k(i + 3), b"2".to_vec()]
+    } else if i.is_multiple_of(7) {
+        vec![
+            b"MSET".to_vec(),
+            k(i),
+            b"1".to_vec(),
+            k(i + 3),
+            b"2".to_vec(),
+        ]
     } else {
         vec![b"SET".to_vec(), k(i), i.to_string().into_bytes()]
     };
@@ -44,10 +50,15 @@ fn event(i: u64, t0: i64) -> ChangeEvent {
 }
 
 fn image(j: &Arc<Journal>, src: u32, offset: u64, t: i64) {
-    j.begin_image(src, Position::redis("r1", offset), Timestamp::from_micros(t), "test")
-        .unwrap()
-        .finish(&Progress::default())
-        .unwrap();
+    j.begin_image(
+        src,
+        Position::redis("r1", offset),
+        Timestamp::from_micros(t),
+        "test",
+    )
+    .unwrap()
+    .finish(&Progress::default())
+    .unwrap();
 }
 
 /// Index and scan agree for a few keys over the whole range and two sub-ranges.
@@ -93,7 +104,10 @@ fn indexed_history_equals_the_scan() {
     assert_eq!(assert_same(&j, "nothing indexed"), 0);
 
     let step = j.index_keys(src, 100_000).unwrap();
-    assert_eq!((step.events, step.through, step.caught_up), (100_000, 100_000, false));
+    assert_eq!(
+        (step.events, step.through, step.caught_up),
+        (100_000, 100_000, false)
+    );
     assert!(assert_same(&j, "part indexed") > 0);
     while !j.index_keys(src, 100_000).unwrap().caught_up {}
     assert_eq!(j.keys_indexed_through(src).unwrap(), n);
@@ -113,7 +127,10 @@ fn indexed_history_equals_the_scan() {
     let r = j.prune(now, Duration::from_secs(5), false).unwrap();
     assert!(r[0].events_dropped > 262_144, "{r:?}");
     let after = assert_same(&j, "after prune");
-    assert!(after < all / 2, "{after} candidates after prune, {all} before");
+    assert!(
+        after < all / 2,
+        "{after} candidates after prune, {all} before"
+    );
 
     // Index lost: nothing indexed, history scans; the indexer rebuilds it.
     j.drop_key_index_for_test(src).unwrap();

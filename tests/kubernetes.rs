@@ -220,7 +220,11 @@ fn assert_diff_1_2(run: &Run, t1: Timestamp, t2: Timestamp) {
     let (from, to) = (t1.to_rfc3339(), t2.to_rfc3339());
     let args = ["diff", "--source", "k8s", "--from", &from, "--to", &to];
     let out = run.cli(&[&args[..], &["--json"][..]].concat());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let d: Value = serde_json::from_slice(&out.stdout).expect("diff --json");
     assert_eq!(
         d["sources"][0]["kubernetes"],
@@ -254,7 +258,10 @@ fn assert_diff_1_2(run: &Run, t1: Timestamp, t2: Timestamp) {
     ] {
         assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
     }
-    assert!(!text.contains(&b64(b"app")) && !text.contains(SECRET), "{text}");
+    assert!(
+        !text.contains(&b64(b"app")) && !text.contains(SECRET),
+        "{text}"
+    );
 }
 
 fn restore_json(run: &Run, at: Timestamp, target: &str, extra: &[&str]) -> Value {

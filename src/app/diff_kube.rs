@@ -68,7 +68,12 @@ pub struct HelmChange {
 type State = BTreeMap<ObjectKey, KubeEvent>;
 
 /// The objects of `src` at sequence `a` and at `b` (`a <= b`), by one scan.
-fn states(journal: &Journal, src: SourceId, a: u64, b: u64) -> Result<(State, State), JournalError> {
+fn states(
+    journal: &Journal,
+    src: SourceId,
+    a: u64,
+    b: u64,
+) -> Result<(State, State), JournalError> {
     let mut state = State::new();
     let mut first = None;
     if b > 0 {
@@ -224,7 +229,12 @@ fn walk(a: &Value, b: &Value, path: &mut String, out: &mut Vec<String>) {
                     }
                     path.push_str(k);
                 }
-                walk(x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), path, out);
+                walk(
+                    x.get(k).unwrap_or(&null),
+                    y.get(k).unwrap_or(&null),
+                    path,
+                    out,
+                );
                 path.truncate(len);
             }
         }
@@ -254,7 +264,10 @@ fn helm_changes(before: &State, after: &State, key: Option<&SealKey>) -> Vec<Hel
         change: change.into(),
         status: r.status.clone(),
         was,
-        chart: r.chart.as_ref().map(|c| format!("{}-{}", c.name, c.version)),
+        chart: r
+            .chart
+            .as_ref()
+            .map(|c| format!("{}-{}", c.name, c.version)),
         app_version: r.chart.as_ref().map(|c| c.app_version.clone()),
     };
     let mut out = Vec::new();
@@ -295,7 +308,12 @@ mod tests {
             ]
         );
         let mut out = Vec::new();
-        walk(&json!({"l": [1]}), &json!({"l": [1, 2]}), &mut String::new(), &mut out);
+        walk(
+            &json!({"l": [1]}),
+            &json!({"l": [1, 2]}),
+            &mut String::new(),
+            &mut out,
+        );
         assert_eq!(out, ["l"]);
         assert_eq!(field_name(".pw.x"), "pw");
         assert_eq!(field_name(r#"["a.b"].c"#), "a.b");

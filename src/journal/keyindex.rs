@@ -128,11 +128,7 @@ impl Journal {
             events += 1;
         }
         if events > 0 {
-            wb.put_cf(
-                cf,
-                src.to_be_bytes(),
-                record::seal(&through.to_be_bytes()),
-            );
+            wb.put_cf(cf, src.to_be_bytes(), record::seal(&through.to_be_bytes()));
             self.write_unsynced(wb)?;
         }
         Ok(IndexStep {
