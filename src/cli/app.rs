@@ -454,7 +454,8 @@ pub const INDEX_PAUSE_ENV: &str = "TIDEMARK_FAILPOINT_KEY_INDEX_PAUSE";
 
 /// The background key indexer of `run` ([`crate::journal::CF_KEYS`]): follows
 /// every source's events after they are durable, in steps that never hold the
-/// journal's writer lock; idles when caught up; ends at shutdown. An error is
+/// journal's writer lock, at most half the time when behind; idles when caught
+/// up; ends at shutdown. An error is
 /// logged and retried (history scans what is not indexed meanwhile).
 pub async fn index_keys(
     journal: std::sync::Arc<crate::journal::Journal>,
@@ -466,6 +467,7 @@ pub async fn index_keys(
     }
     loop {
         let j = std::sync::Arc::clone(&journal);
+        let started = std::time::Instant::now();
         let step = tokio::task::spawn_blocking(move || {
             let mut caught_up = true;
             for s in j.sources() {
@@ -475,7 +477,9 @@ pub async fn index_keys(
         })
         .await;
         let pause = match step {
-            Ok(Ok(false)) => std::time::Duration::ZERO,
+            // Behind: as long a pause as the step took, so that catching up takes at
+            // most half a core from the capture.
+            Ok(Ok(false)) => started.elapsed(),
             Ok(Ok(true)) => INDEX_IDLE,
             Ok(Err(error)) => {
                 tracing::error!(%error, "key index step failed; history scans what is not indexed");
