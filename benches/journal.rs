@@ -12,7 +12,12 @@
 //!    decode the events after it) with an image every `--interval` events, for
 //!    histories of 1x, 5x and 10x the interval: flat when images bound the replay.
 //!
+//! 5. Appends with the key indexer following them, against appends alone; and in
+//!    the 10M-event journal of 2, `history` of one key by the key index against
+//!    the scan.
+//!
 //! Run: `cargo bench --profile dev --bench journal [-- --events N --lookup-events M --interval K]`
+//! (`--history-only`: 5 and 2 only)
 //! (the dev profile builds dependencies optimised; see ARCHITECTURE.md).
 
 mod support;
@@ -33,11 +38,22 @@ const BATCH: usize = 1000;
 
 /// An event whose encoding is exactly `EVENT_BYTES` long.
 fn event(offset: i64, time_us: i64) -> ChangeEvent {
+    keyed_event(offset, time_us, None)
+}
+
+/// The key of event `offset` in the keyed benches: 100,000 distinct keys.
+fn key_of(offset: i64) -> Vec<u8> {
+    format!("key-{}", offset % 100_000).into_bytes()
+}
+
+/// [`event`] with a record key.
+fn keyed_event(offset: i64, time_us: i64, key: Option<Vec<u8>>) -> ChangeEvent {
     let mut e = ChangeEvent {
         position: Some(Position::kafka("bench", 0, offset)),
         commit_time_us: Some(time_us),
         capture_time_us: time_us,
         payload: Some(Payload::Kafka(KafkaRecord {
+            key,
             value: Some(Vec::new()),
             timestamp_ms: time_us / 1000,
             ..Default::default()
@@ -342,7 +358,7 @@ fn bench_lookup(n: u64) {
     while (i as u64) < n {
         // Every event a distinct time (100 µs apart): the densest time index.
         let b: Vec<ChangeEvent> = (i..(i + BATCH as i64).min(n as i64))
-            .map(|k| event(k, t0 + k * 100))
+            .map(|k| keyed_event(k, t0 + k * 100, Some(key_of(k))))
             .collect();
         i += b.len() as i64;
         j.append(src, &b, &Progress::default()).unwrap();
@@ -421,14 +437,160 @@ fn bench_lookup(n: u64) {
         "history of one key over all {n} events: {history:.1?} (reading every event: {plain:.1?}; {:.2}x)",
         history.as_secs_f64() / plain.as_secs_f64()
     );
+    bench_history_index(&j, n, history);
+}
+
+/// `history` by the key index against the scan (the baseline just measured), in
+/// the same journal: the index built by the indexer from nothing, then the
+/// versions of keys that each have `n / 100,000` of them.
+fn bench_history_index(j: &Journal, n: u64, scan: Duration) {
+    let src = j.source("bench").unwrap().id;
+    let s = Instant::now();
+    while !j.index_keys(src, 20_000).unwrap().caught_up {}
+    let built = s.elapsed();
+    j.flush().unwrap();
+    let mut times = Vec::new();
+    let mut versions = 0;
+    for k in 0..20i64 {
+        let key = String::from_utf8(key_of(k * 4999 + 7)).unwrap();
+        let s = Instant::now();
+        let (v, how) =
+            tidemark::app::history::search(j, "bench", &key, None, 1, u64::MAX, true).unwrap();
+        times.push(s.elapsed().as_secs_f64());
+        assert_eq!(how.events_scanned, 0);
+        versions = v.len();
+    }
+    let s = Instant::now();
+    let (v, _) =
+        tidemark::app::history::search(j, "bench", "key-7", None, 1, u64::MAX, false).unwrap();
+    let scan_key = s.elapsed();
+    assert_eq!(v.len() as u64, n / 100_000);
+    let t = median(times);
+    println!(
+        "key index built from nothing over {n} events: {built:.1?} ({:.0} ev/s)",
+        n as f64 / built.as_secs_f64()
+    );
+    println!(
+        "history of one key ({versions} versions) by the key index: {:.1} ms (median of 20 keys) vs scan {scan:.1?} / {scan_key:.1?}: {:.0}x faster",
+        t * 1000.0,
+        scan.as_secs_f64().min(scan_key.as_secs_f64()) / t
+    );
+}
+
+fn journal_append_indexed(
+    dir: &std::path::Path,
+    batches: &[Vec<ChangeEvent>],
+    indexer: bool,
+    pace: Option<Duration>,
+) -> (Duration, Duration, Vec<Duration>) {
+    let j = Journal::open(dir, JournalOptions::default()).unwrap();
+    let src = j.register_source("bench", SourceKind::Kafka).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let start = Instant::now();
+    let mut appended = Duration::ZERO;
+    let mut acks = Vec::with_capacity(batches.len());
+    std::thread::scope(|s| {
+        if indexer {
+            s.spawn(|| loop {
+                // Read before the step: a step begun after the last append sees it.
+                let finished = done.load(std::sync::atomic::Ordering::Acquire);
+                let t = Instant::now();
+                let caught_up = j.index_keys(src, 20_000).unwrap().caught_up;
+                if !caught_up {
+                    // As `run`'s indexer: pause as long as the step took.
+                    std::thread::sleep(t.elapsed());
+                } else {
+                    if finished {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+        }
+        for (i, b) in batches.iter().enumerate() {
+            if let Some(p) = pace {
+                let due = start + p * i as u32;
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+            let t = Instant::now();
+            j.append(src, b, &Progress::default()).unwrap();
+            acks.push(t.elapsed());
+        }
+        appended = start.elapsed();
+        done.store(true, std::sync::atomic::Ordering::Release);
+    });
+    if indexer {
+        assert_eq!(j.keys_indexed_through(src).unwrap(), j.next_seq() - 1);
+    }
+    acks.sort();
+    (appended, start.elapsed(), acks)
+}
+
+/// Capture's side of the key index: appends (`sync = always`, keyed events) with
+/// the indexer following in another thread, against the same appends alone.
+fn bench_index_overhead(n: u64) {
+    let t0 = Timestamp::now().as_micros();
+    let events: Vec<Vec<ChangeEvent>> = (0..n as i64)
+        .collect::<Vec<_>>()
+        .chunks(BATCH)
+        .map(|c| {
+            c.iter()
+                .map(|&i| keyed_event(i, t0 + i, Some(key_of(i))))
+                .collect()
+        })
+        .collect();
+    println!("\n## append with the key indexer following: {n} keyed events, sync = always, batches of {BATCH}");
+    let (mut alone, mut with, mut ratios, mut lag) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (x, _, _) = journal_append_indexed(a.path(), &events, false, None);
+        let (y, total, _) = journal_append_indexed(b.path(), &events, true, None);
+        let (x, y) = (n as f64 / x.as_secs_f64(), n as f64 / y.as_secs_f64());
+        alone.push(x);
+        with.push(y);
+        ratios.push(y / x);
+        lag.push((total.as_secs_f64() - n as f64 / y) * 1000.0);
+    }
+    println!(
+        "appends alone {:>10.0} ev/s   with the indexer {:>10.0} ev/s   ratio {:.2}   index caught up {:.0} ms after the last append   (median of 3 interleaved rounds)",
+        median(alone),
+        median(with),
+        median(ratios),
+        median(lag)
+    );
+    // At a steady 50,000 events/s (a batch of 1,000 every 20 ms): the time of each
+    // append (the acknowledgement path), without and with the indexer.
+    let pace = Duration::from_millis(20);
+    let (mut p50, mut p99) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    for _ in 0..3 {
+        for (k, indexer) in [false, true].into_iter().enumerate() {
+            let d = tempfile::tempdir().unwrap();
+            let (_, _, acks) = journal_append_indexed(d.path(), &events, indexer, Some(pace));
+            p50[k].push(percentile(&acks, 0.5).as_secs_f64() * 1000.0);
+            p99[k].push(percentile(&acks, 0.99).as_secs_f64() * 1000.0);
+        }
+    }
+    let [a50, b50] = p50.map(median);
+    let [a99, b99] = p99.map(median);
+    println!(
+        "at 50,000 ev/s: append p50 {a50:.2} ms / p99 {a99:.2} ms alone, {b50:.2} ms / {b99:.2} ms with the indexer (ratios {:.2} / {:.2}; median of 3 rounds)",
+        b50 / a50,
+        b99 / a99
+    );
 }
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` probes harness=false benches
     }
-    bench_append(arg("--events", 200_000));
-    bench_five(arg("--events", 200_000));
-    bench_restore_cost(arg("--interval", 100_000));
-    bench_lookup(arg("--lookup-events", 10_000_000));
+    if !std::env::args().any(|a| a == "--history-only") {
+        bench_append(arg("--events", 200_000));
+        bench_five(arg("--events", 200_000));
+        bench_restore_cost(arg("--interval", 100_000));
+    }
+    bench_index_overhead(arg("--events", 200_000));
+    if arg("--lookup-events", 10_000_000) > 0 {
+        bench_lookup(arg("--lookup-events", 10_000_000));
+    }
 }

@@ -214,6 +214,56 @@ fn app_after_capture(s: &KubeServer) {
     );
 }
 
+/// `diff` between moments 1 and 2 lists exactly the changes made, per object
+/// with its fields, and the Helm revisions; no Secret value is shown.
+fn assert_diff_1_2(run: &Run, t1: Timestamp, t2: Timestamp) {
+    let (from, to) = (t1.to_rfc3339(), t2.to_rfc3339());
+    let args = ["diff", "--source", "k8s", "--from", &from, "--to", &to];
+    let out = run.cli(&[&args[..], &["--json"][..]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d: Value = serde_json::from_slice(&out.stdout).expect("diff --json");
+    assert_eq!(
+        d["sources"][0]["kubernetes"],
+        json!({
+            "created": ["Secret app/sh.helm.release.v1.web.v3"],
+            "deleted": ["Service app/web-np"],
+            "changed": {
+                "ConfigMap app/cfg": ["data.mode"],
+                "Deployment app/web": ["spec.replicas"],
+                "Secret app/db": ["data changed"],
+                "Secret app/sh.helm.release.v1.web.v2": ["metadata.labels.status"],
+                "Widget app/w1": ["spec.size"],
+            },
+            "helm": [
+                {"release": "app/web", "revision": 2, "change": "status changed",
+                 "status": "superseded", "was": "deployed", "chart": "web-0.2.0", "app_version": "1.2"},
+                {"release": "app/web", "revision": 3, "change": "added",
+                 "status": "deployed", "chart": "web-0.3.0", "app_version": "1.2"},
+            ],
+        }),
+        "{d:#}"
+    );
+    let out = run.cli(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "  changed Deployment app/web: spec.replicas",
+        "  created Secret app/sh.helm.release.v1.web.v3",
+        "  deleted Service app/web-np",
+        "  helm app/web revision 3 added (deployed, chart web-0.3.0 app 1.2)",
+        "  helm app/web revision 2 status changed (deployed -> superseded, chart web-0.2.0 app 1.2)",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
+    assert!(
+        !text.contains(&b64(b"app")) && !text.contains(SECRET),
+        "{text}"
+    );
+}
+
 fn restore_json(run: &Run, at: Timestamp, target: &str, extra: &[&str]) -> Value {
     let mut args = vec!["--json"];
     args.extend_from_slice(extra);
@@ -267,7 +317,12 @@ fn kubernetes_capture_resume_restore() {
     let d1 = digest(&src, "app");
     assert_eq!(d1.parts.len(), 14, "{:#?}", d1.part_lines());
 
-    // Moment 2: a config change, a scale, a deleted Service, a Helm upgrade.
+    // Moment 2: a config change, a scale, a deleted Service, a Helm upgrade, new
+    // Secret data.
+    src.patch(
+        &format!("{NS}/app/secrets/db"),
+        json!({"data": {"user": b64(b"app")}}),
+    );
     src.patch(
         &format!("{NS}/app/configmaps/cfg"),
         json!({"data": {"mode": "b"}}),
@@ -288,6 +343,7 @@ fn kubernetes_capture_resume_restore() {
     );
     let t2 = covered(&run);
     let d2 = digest(&src, "app");
+    assert_diff_1_2(&run, t1, t2);
 
     // kill -9, three changes while down, restart: exactly those three are journaled.
     run.kill9();

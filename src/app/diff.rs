@@ -7,13 +7,17 @@
 //! deleted; per partition the records; per consumer group where its offset moved;
 //! per collection the documents; per kind the Kubernetes objects created, changed
 //! and deleted. Counts are of changes (a row updated twice counts two updates);
-//! `keys` counts the distinct keys touched.
+//! `keys` counts the distinct keys touched. A Kubernetes source also gets its
+//! objects created, changed (with the fields) and deleted, and its Helm revisions
+//! ([`super::diff_kube`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
 use super::point::Cut;
+use crate::config::SourceKind;
+use crate::crypto::SealKey;
 use crate::journal::{Journal, JournalError};
 
 /// One thing's changes between the cuts.
@@ -44,6 +48,9 @@ pub struct SourceDiff {
     pub events: u64,
     /// Per thing touched (`table public.orders`).
     pub changes: BTreeMap<String, GroupDiff>,
+    /// A Kubernetes source's objects and Helm revisions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<super::diff_kube::KubeDiff>,
 }
 
 /// The last sequence of `source` inside `cut`.
@@ -57,8 +64,14 @@ pub fn seq_of(journal: &Journal, source: &str, cut: &Cut) -> Result<u64, Journal
     }
 }
 
-/// What changed in `source` between cuts `from` and `to`.
-pub fn diff_source(journal: &Journal, from: Cut, to: Cut) -> Result<SourceDiff, JournalError> {
+/// What changed in `source` between cuts `from` and `to`. `key` opens a
+/// Kubernetes source's sealed Secrets to compare them (never to show them).
+pub fn diff_source(
+    journal: &Journal,
+    from: Cut,
+    to: Cut,
+    key: Option<&SealKey>,
+) -> Result<SourceDiff, JournalError> {
     let info = journal.source(&from.source)?;
     let (a, b) = (
         seq_of(journal, &from.source, &from)?,
@@ -94,6 +107,10 @@ pub fn diff_source(journal: &Journal, from: Cut, to: Cut) -> Result<SourceDiff, 
     }
     // A group whose offset did not move between the cuts changed nothing.
     changes.retain(|_, d| !d.actions.is_empty() || d.moved.as_ref().is_some_and(|(x, y)| x != y));
+    let kubernetes = match info.kind {
+        SourceKind::Kubernetes => Some(super::diff_kube::diff(journal, info.id, a, b, key)?),
+        _ => None,
+    };
     Ok(SourceDiff {
         source: from.source.clone(),
         kind: info.kind.to_string(),
@@ -101,5 +118,6 @@ pub fn diff_source(journal: &Journal, from: Cut, to: Cut) -> Result<SourceDiff, 
         to,
         events,
         changes,
+        kubernetes,
     })
 }

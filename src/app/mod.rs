@@ -17,6 +17,7 @@
 //!   sources in parallel, each proved by its digest.
 
 pub mod diff;
+pub mod diff_kube;
 pub mod history;
 pub mod marker;
 pub mod point;

@@ -239,7 +239,13 @@ pub fn diff(
     let cuts_b = point::cut(&b, &sources, &points);
     let mut diffs = Vec::new();
     for (x, y) in cuts_a.into_iter().zip(cuts_b) {
-        diffs.push(crate::app::diff::diff_source(&journal, x, y)?);
+        let key = seal_key(cfg, &x.source);
+        diffs.push(crate::app::diff::diff_source(
+            &journal,
+            x,
+            y,
+            key.as_deref(),
+        )?);
     }
     if json {
         println!(
@@ -269,10 +275,50 @@ pub fn diff(
             };
             println!("  {g}: {}{moved}{keys}", actions.join(", "));
         }
+        if let Some(k) = &d.kubernetes {
+            print_kube(k);
+        }
     }
     Ok(())
 }
 
+/// A Kubernetes source's key for its sealed Secrets, if it has one configured.
+fn seal_key(cfg: &Config, source: &str) -> Option<std::sync::Arc<crate::crypto::SealKey>> {
+    cfg.source(source)?
+        .settings
+        .as_any()
+        .downcast_ref::<crate::connectors::kubernetes::config::KubeSettings>()?
+        .key
+        .clone()
+}
+
+fn print_kube(k: &crate::app::diff_kube::KubeDiff) {
+    for o in &k.created {
+        println!("  created {o}");
+    }
+    for (o, fields) in &k.changed {
+        println!("  changed {o}: {}", fields.join(", "));
+    }
+    for o in &k.deleted {
+        println!("  deleted {o}");
+    }
+    for h in &k.helm {
+        let chart = match (&h.chart, &h.app_version) {
+            (Some(c), Some(a)) => format!(", chart {c} app {a}"),
+            _ => String::new(),
+        };
+        let status = match &h.was {
+            Some(w) => format!("{w} -> {}", h.status),
+            None => h.status.clone(),
+        };
+        println!(
+            "  helm {} revision {} {} ({status}{chart})",
+            h.release, h.revision, h.change
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub fn history(
     cfg: &Config,
     source: &str,
@@ -280,6 +326,7 @@ pub fn history(
     within: Option<&str>,
     from: Option<&str>,
     to: Option<&str>,
+    scan: bool,
     json: bool,
 ) -> Result<()> {
     cfg.configured(source).map_err(|e| anyhow!(e))?;
@@ -297,9 +344,17 @@ pub fn history(
     let first = seq("from", from, 0)?.saturating_add(u64::from(from.is_some()));
     let last = seq("to", to, u64::MAX)?;
     let started = std::time::Instant::now();
-    let versions = crate::app::history::history(&journal, source, key, within, first.max(1), last)?;
+    let (versions, found) =
+        crate::app::history::search(&journal, source, key, within, first.max(1), last, !scan)?;
+    let seconds = started.elapsed().as_secs_f64();
     if json {
         println!("{}", serde_json::to_string_pretty(&versions)?);
+        // stdout stays the list of versions (scripts read it); how they were found
+        // goes to stderr, as one JSON object.
+        let mut how = serde_json::to_value(found)?;
+        how["versions"] = versions.len().into();
+        how["seconds"] = seconds.into();
+        eprintln!("{how}");
         return Ok(());
     }
     for v in &versions {
@@ -316,10 +371,14 @@ pub fn history(
         );
         println!("  {}", v.payload);
     }
+    let how = match (found.indexed_through, found.events_scanned) {
+        (0, n) => format!("scanned {n} events"),
+        (t, 0) => format!("key index through sequence {t}"),
+        (t, n) => format!("key index through sequence {t}, then scanned {n} events"),
+    };
     eprintln!(
-        "{} versions of `{key}` in `{source}` ({:.2}s to scan)",
+        "{} versions of `{key}` in `{source}` in {seconds:.2}s ({how})",
         versions.len(),
-        started.elapsed().as_secs_f64()
     );
     Ok(())
 }
@@ -383,4 +442,60 @@ pub fn rehearse(
         bail!("rehearsal of `{app}` failed (recorded as {})", r.id);
     }
     Ok(())
+}
+
+/// Events one step of the key indexer takes per source.
+const INDEX_STEP: usize = 20_000;
+/// How often the key indexer looks for new events once it has caught up.
+const INDEX_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
+/// Test-only failpoint: set, `run` starts no key indexer (events are journaled and
+/// acknowledged, never indexed), as a crash between append and index leaves them.
+pub const INDEX_PAUSE_ENV: &str = "TIDEMARK_FAILPOINT_KEY_INDEX_PAUSE";
+
+/// The background key indexer of `run` ([`crate::journal::CF_KEYS`]): follows
+/// every source's events after they are durable, in steps that never hold the
+/// journal's writer lock, at most half the time when behind; idles when caught
+/// up; ends at shutdown. An error is
+/// logged and retried (history scans what is not indexed meanwhile).
+pub async fn index_keys(
+    journal: std::sync::Arc<crate::journal::Journal>,
+    mut stop: crate::capture::Shutdown,
+) {
+    if std::env::var_os(INDEX_PAUSE_ENV).is_some() {
+        tracing::warn!("{INDEX_PAUSE_ENV} is set: the key index is not maintained");
+        return;
+    }
+    loop {
+        let j = std::sync::Arc::clone(&journal);
+        let started = std::time::Instant::now();
+        let step = tokio::task::spawn_blocking(move || {
+            let mut caught_up = true;
+            for s in j.sources() {
+                caught_up &= j.index_keys(s.id, INDEX_STEP)?.caught_up;
+            }
+            Ok::<_, crate::journal::JournalError>(caught_up)
+        })
+        .await;
+        let pause = match step {
+            // Behind: as long a pause as the step took, so that catching up takes at
+            // most half a core from the capture.
+            Ok(Ok(false)) => started.elapsed(),
+            Ok(Ok(true)) => INDEX_IDLE,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "key index step failed; history scans what is not indexed");
+                INDEX_IDLE * 10
+            }
+            Err(error) => {
+                tracing::error!(%error, "key index task failed");
+                INDEX_IDLE * 10
+            }
+        };
+        if stop.is_fired() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.wait() => return,
+        }
+    }
 }

@@ -214,7 +214,10 @@ pub enum Command {
         /// Up to this moment (default: latest).
         #[arg(long, allow_hyphen_values = true)]
         to: Option<String>,
-        /// Print JSON.
+        /// Scan the events instead of using the key index (a check of the index).
+        #[arg(long)]
+        scan: bool,
+        /// Print the versions as JSON (how they were found: JSON on stderr).
         #[arg(long)]
         json: bool,
     },
@@ -557,6 +560,7 @@ pub fn execute(cli: Cli, matches: &ArgMatches) -> Result<()> {
             within,
             from,
             to,
+            scan,
             json,
         } => app::history(
             &cfg,
@@ -565,6 +569,7 @@ pub fn execute(cli: Cli, matches: &ArgMatches) -> Result<()> {
             within.as_deref(),
             from.as_deref(),
             to.as_deref(),
+            scan,
             json,
         ),
         Command::Image {

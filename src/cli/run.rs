@@ -119,6 +119,7 @@ pub fn run(cfg: &Config, flags: Flags) -> Result<()> {
                 }
             });
         }
+        tokio::spawn(super::app::index_keys(Arc::clone(&journal), shutdown.clone()));
         for app in cfg.applications.iter().filter(|a| a.points.is_some()) {
             spawn_points(cfg.clone(), app.clone(), Arc::clone(&journal), retention, shutdown.clone());
         }

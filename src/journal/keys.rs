@@ -21,7 +21,8 @@ pub const CF_CHUNKS: &str = "image_chunks";
 /// Per-source state: checkpoints, coverage, counters.
 pub const CF_STATE: &str = "state";
 
-/// Every column family, in creation order.
+/// Every column family, in creation order (and the key index's, which readers do
+/// without: see [`super::keyindex`]).
 pub const ALL_CFS: [&str; 8] = [
     CF_META, CF_EVENTS, CF_BATCHES, CF_POS, CF_TIME, CF_IMAGES, CF_CHUNKS, CF_STATE,
 ];

@@ -20,6 +20,7 @@
 mod breaks;
 mod commit;
 mod image;
+mod keyindex;
 mod keys;
 mod read;
 mod record;
@@ -28,6 +29,7 @@ mod scrub;
 
 pub use breaks::{Break, RESYNC_NOTE};
 pub use image::{ImageBound, ImageWriter};
+pub use keyindex::{key_hash, IndexStep, CF_KEYS};
 pub use read::{Checkpoint, LogEntry};
 pub use retention::PruneReport;
 pub use scrub::{flip_byte_for_test, Damage, ScrubReport, TestRecord};
@@ -289,8 +291,11 @@ impl Journal {
         let mut db_opts = db_options(opts.compression);
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
+        // The key index is made by the first open for writing of this version; a
+        // read-only open does without it (see `keyindex`).
         let cfs = keys::ALL_CFS
             .iter()
+            .chain(std::iter::once(&keyindex::CF_KEYS))
             .map(|n| ColumnFamilyDescriptor::new(*n, db_options(opts.compression)));
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| open_error(path, e))?;
         let mut journal = Journal::from_db(db, path, false, opts.sync == SyncPolicy::Always)?;
@@ -826,6 +831,9 @@ impl Journal {
     pub fn flush(&self) -> Result<(), JournalError> {
         for name in keys::ALL_CFS {
             self.db.flush_cf(self.cf(name))?;
+        }
+        if let Some(cf) = self.try_cf(keyindex::CF_KEYS) {
+            self.db.flush_cf(cf)?;
         }
         Ok(())
     }

@@ -89,6 +89,7 @@ impl Journal {
                 keys::event(src, cut + 1),
             );
             self.delete_index_entries(src, cut, &mut wb)?;
+            self.delete_key_entries(src, cut, &mut wb);
             for m in &older {
                 wb.delete_cf(self.cf(keys::CF_IMAGES), keys::image(src, m.id));
                 wb.delete_range_cf(
