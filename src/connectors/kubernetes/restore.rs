@@ -21,6 +21,8 @@ use super::config::{KubeSettings, KubeUrl};
 use super::digest::{self, part, Scope};
 use super::discovery::Gvr;
 use super::object::{apply_rank, open_object, restorable, state_at, Transform};
+use super::prune::{self, CaptureScope};
+use super::transform::Transforms;
 use crate::config::Timeouts;
 use crate::connectors::{KindOptions, SourceSettings};
 use crate::crypto::SealKey;
@@ -40,6 +42,9 @@ pub enum Existing {
     Skip,
     /// Server-side apply over it (the default).
     Update,
+    /// Delete it and create the journal's version, where the two differ
+    /// (namespaces and CRDs are applied over: see [`prune::recreates`]).
+    Recreate,
 }
 
 /// One object to restore.
@@ -48,6 +53,8 @@ struct Planned {
     namespace: Option<String>,
     name: String,
     form: Value,
+    /// The transforms changed it.
+    transformed: bool,
 }
 
 /// Restores into the cluster of a `kubernetes://` URL.
@@ -55,6 +62,12 @@ pub struct KubeTarget {
     url: KubeUrl,
     transform: Transform,
     existing: Existing,
+    /// Storage classes, images, replicas, labels, annotations, JSON patches.
+    transforms: Transforms,
+    /// `--prune true`: delete what the journal does not hold, after applying.
+    prune: bool,
+    /// The source's label selector and inclusions, which prune matches.
+    capture: CaptureScope,
     timeouts: Timeouts,
     key: Option<Arc<SealKey>>,
     rt: tokio::runtime::Runtime,
@@ -91,12 +104,16 @@ impl KubeTarget {
         let existing = match options.get(EXISTING) {
             None | Some("update") => Existing::Update,
             Some("skip") => Existing::Skip,
+            Some("recreate") => Existing::Recreate,
             Some(other) => {
                 return Err(RestoreError::Options(format!(
-                    "--existing `{other}`: use skip or update"
+                    "--existing `{other}`: use skip, update or recreate"
                 )))
             }
         };
+        let transforms = Transforms::from_options(options)
+            .map_err(|e| RestoreError::Options(e.to_string()))?;
+        let prune = prune::prune_option(options).map_err(RestoreError::Options)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -108,6 +125,9 @@ impl KubeTarget {
                 keep_node_ports: false,
             },
             existing,
+            transforms,
+            prune,
+            capture: CaptureScope::default(),
             timeouts: *timeouts,
             key: None,
             rt,
@@ -142,7 +162,12 @@ impl KubeTarget {
             let gvr = Gvr::parse(&ev.resource).map_err(RestoreError::Apply)?;
             let obj = open_object(ev, self.key.as_deref())
                 .map_err(|e| RestoreError::Refused(e.to_string()))?;
-            let form = restorable(&gvr, &obj, &self.transform);
+            let plain = restorable(&gvr, &obj, &self.transform);
+            let form = self
+                .transforms
+                .apply(&gvr, plain.clone())
+                .map_err(|e| RestoreError::Refused(e.to_string()))?;
+            let transformed = form != plain;
             let namespace = form["metadata"]["namespace"].as_str().map(str::to_string);
             let name = form["metadata"]["name"]
                 .as_str()
@@ -166,6 +191,7 @@ impl KubeTarget {
                 namespace,
                 name,
                 form,
+                transformed,
             });
         }
         out.sort_by(|a, b| {
@@ -221,6 +247,32 @@ impl KubeTarget {
             pause = (pause * 2).min(Duration::from_millis(500));
         }
     }
+
+    /// What `--prune true` deletes once `objects` (of `scope`) are applied.
+    fn prunable(
+        &mut self,
+        journal: &Journal,
+        plan: &RestorePlan,
+        objects: &[Planned],
+        scope: &Scope,
+    ) -> Result<Vec<prune::Key>, RestoreError> {
+        let resources = prune::captured_resources(journal, plan.source.id)?;
+        let keep = objects
+            .iter()
+            .filter_map(|p| Some((p.gvr.clone(), p.namespace.clone()?, p.name.clone())))
+            .collect();
+        let kube = self.kube()?;
+        self.rt
+            .block_on(prune::candidates(
+                &kube,
+                &resources,
+                &scope.namespaces,
+                &keep,
+                &self.capture,
+                self.timeouts.read,
+            ))
+            .map_err(|e| RestoreError::Target(format!("finding what to prune: {e}")))
+    }
 }
 
 impl Target for KubeTarget {
@@ -231,6 +283,10 @@ impl Target for KubeTarget {
     fn configure(&mut self, settings: &dyn SourceSettings) {
         if let Some(s) = settings.as_any().downcast_ref::<KubeSettings>() {
             self.key = s.key.clone();
+            self.capture = CaptureScope {
+                selector: s.label_selector.clone(),
+                include: s.include.clone(),
+            };
         }
     }
 
@@ -262,6 +318,9 @@ impl Target for KubeTarget {
                 "apply the journal's version over them (server-side apply, field manager tidemark)"
             }
             Existing::Skip => "leave them as they are (--existing skip) and restore the others",
+            Existing::Recreate => {
+                "delete those that differ from the journal's version and create it (--existing recreate)"
+            }
         }
     }
 
@@ -274,7 +333,7 @@ impl Target for KubeTarget {
         journal: &Journal,
         plan: &RestorePlan,
     ) -> Result<Vec<String>, RestoreError> {
-        let (objects, _) = self.planned(journal, plan)?;
+        let (objects, scope) = self.planned(journal, plan)?;
         let kube = self.kube()?;
         let timeout = self.timeouts.read;
         let mut lines = Vec::new();
@@ -294,10 +353,17 @@ impl Target for KubeTarget {
                         lines.push(format!("unchanged {what}"));
                     } else if self.existing == Existing::Skip {
                         lines.push(format!("skip {what} (differs in {})", changed.join(", ")));
+                    } else if self.existing == Existing::Recreate && prune::recreates(&p.gvr) {
+                        lines.push(format!("recreate {what}: {}", changed.join(", ")));
                     } else {
                         lines.push(format!("update {what}: {}", changed.join(", ")));
                     }
                 }
+            }
+        }
+        if self.prune {
+            for (gvr, ns, name) in self.prunable(journal, plan, &objects, &scope)? {
+                lines.push(format!("delete (prune) {gvr}/{ns}/{name}"));
             }
         }
         Ok(lines)
@@ -314,6 +380,7 @@ impl Target for KubeTarget {
         let kube = self.kube()?;
         let timeout = self.timeouts.read;
         let existing = self.existing;
+        let mut recreated = 0u64;
         let total = objects.len() as u64;
         let expected = Digest::from_parts(
             "objects",
@@ -348,11 +415,20 @@ impl Target for KubeTarget {
                         KubeTarget::wait_established(&kube, &name, Duration::from_secs(60)).await?;
                     }
                 }
-                if existing == Existing::Skip
-                    && KubeTarget::exists(&kube, p, timeout).await?.is_some()
-                {
-                    skipped += 1;
-                    continue;
+                if existing != Existing::Update {
+                    if let Some(live) = KubeTarget::exists(&kube, p, timeout).await? {
+                        if existing == Existing::Skip {
+                            skipped += 1;
+                            continue;
+                        }
+                        if prune::recreates(&p.gvr)
+                            && restorable(&p.gvr, &live, &Transform::default()) != p.form
+                        {
+                            let path = object_path(&p.gvr, p.namespace.as_deref(), &p.name);
+                            prune::delete_and_wait(&kube, &path, timeout).await?;
+                            recreated += 1;
+                        }
+                    }
                 }
                 let path = object_path(&p.gvr, p.namespace.as_deref(), &p.name);
                 kube.apply(&path, &p.form, timeout).await?;
@@ -374,6 +450,34 @@ impl Target for KubeTarget {
             counts.push((
                 "objects left as they were (--existing skip)".into(),
                 skipped,
+            ));
+        }
+        let transformed = objects.iter().filter(|p| p.transformed).count() as u64;
+        if transformed > 0 {
+            let names = self.transforms.names().join(", ");
+            counts.push((format!("objects transformed ({names})"), transformed));
+        }
+        if recreated > 0 {
+            counts.push(("objects recreated (--existing recreate)".into(), recreated));
+        }
+        if self.prune {
+            let scope = self.scope.clone().unwrap_or_default();
+            let doomed = self.prunable(journal, plan, &objects, &scope)?;
+            let pruned = self
+                .rt
+                .block_on(async {
+                    let mut n = 0u64;
+                    for (gvr, ns, name) in &doomed {
+                        let path = object_path(gvr, Some(ns), name);
+                        n += u64::from(prune::delete(&kube, &path, timeout).await?);
+                    }
+                    Ok::<_, KubeError>(n)
+                })
+                .map_err(|e| RestoreError::Apply(format!("pruning: {e}")))?;
+            counts.push((
+                "objects pruned (in the restored namespaces, not in the journal at the moment)"
+                    .into(),
+                pruned,
             ));
         }
         if made_ns > 0 {
