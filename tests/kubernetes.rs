@@ -537,17 +537,23 @@ fn workloads(s: &KubeServer) {
     s.create("/apis/apps/v1/namespaces/app/deployments", json!({"apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "web"}, "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
         "template": pod("web")}}));
-    s.create("/apis/apps/v1/namespaces/app/daemonsets", json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+    s.create(
+        "/apis/apps/v1/namespaces/app/daemonsets",
+        json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
         "metadata": {"name": "agent"}, "spec": {"selector": {"matchLabels": {"app": "agent"}},
-        "template": pod("agent")}}));
+        "template": pod("agent")}}),
+    );
     let claim = |name: &str| {
         json!({"metadata": {"name": name}, "spec": {"accessModes": ["ReadWriteOnce"],
                "storageClassName": "slow", "resources": {"requests": {"storage": "1Gi"}}}})
     };
-    s.create("/apis/apps/v1/namespaces/app/statefulsets", json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+    s.create(
+        "/apis/apps/v1/namespaces/app/statefulsets",
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": {"name": "db"}, "spec": {"replicas": 1, "serviceName": "db",
         "selector": {"matchLabels": {"app": "db"}}, "template": pod("db"),
-        "volumeClaimTemplates": [claim("data")]}}));
+        "volumeClaimTemplates": [claim("data")]}}),
+    );
     let mut pvc = claim("shared");
     pvc["apiVersion"] = json!("v1");
     pvc["kind"] = json!("PersistentVolumeClaim");
@@ -631,12 +637,15 @@ fn kubernetes_restore_transforms() {
         "--add-annotations",
         "example.com/drill=yes",
         "--json-patch-file",
-        &rules_arg,
+        rules_arg.as_str(),
     ];
     let r = restore_json(&run, t, &src.url(""), &transforms);
 
     let get = |path: &str| src.get(&format!("/api{path}")).unwrap();
-    let apps = |path: &str| src.get(&format!("/apis/apps/v1/namespaces/app-t/{path}")).unwrap();
+    let apps = |path: &str| {
+        src.get(&format!("/apis/apps/v1/namespaces/app-t/{path}"))
+            .unwrap()
+    };
     let (web, agent, db) = (
         apps("deployments/web"),
         apps("daemonsets/agent"),
@@ -650,20 +659,35 @@ fn kubernetes_restore_transforms() {
         (&solo, "solo", "/spec"),
     ] {
         let spec = obj.pointer(tpl).unwrap();
-        assert_eq!(spec["containers"][0]["image"], format!("registry.b/mirror/{app}:1.0"));
-        assert_eq!(spec["initContainers"][0]["image"], format!("registry.b/mirror/{app}-init:1"));
+        assert_eq!(
+            spec["containers"][0]["image"],
+            format!("registry.b/mirror/{app}:1.0")
+        );
+        assert_eq!(
+            spec["initContainers"][0]["image"],
+            format!("registry.b/mirror/{app}-init:1")
+        );
     }
     assert_eq!(web["spec"]["replicas"], 3);
     assert_eq!(db["spec"]["replicas"], 2);
-    assert_eq!(db["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"], "fast");
+    assert_eq!(
+        db["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"],
+        "fast"
+    );
     let pvc = get("/v1/namespaces/app-t/persistentvolumeclaims/shared");
     assert_eq!(pvc["spec"]["storageClassName"], "fast");
     assert_eq!(web["metadata"]["annotations"]["example.com/patched"], "yes");
     let cfg = get("/v1/namespaces/app-t/configmaps/cfg");
     assert_eq!(cfg["data"]["mode"], "patched");
     for obj in [&web, &agent, &db, &solo, &pvc, &cfg] {
-        assert_eq!(obj["metadata"]["labels"]["restored-by"], "tidemark", "{obj:#}");
-        assert_eq!(obj["metadata"]["annotations"]["example.com/drill"], "yes", "{obj:#}");
+        assert_eq!(
+            obj["metadata"]["labels"]["restored-by"], "tidemark",
+            "{obj:#}"
+        );
+        assert_eq!(
+            obj["metadata"]["annotations"]["example.com/drill"], "yes",
+            "{obj:#}"
+        );
     }
     // The source is as it was.
     assert_eq!(digest(&src, "app").overall, d.overall);
@@ -683,7 +707,7 @@ fn kubernetes_restore_transforms() {
         .to_string(),
     )
     .unwrap();
-    let patch = ["--json-patch-file", &rules_arg];
+    let patch = ["--json-patch-file", rules_arg.as_str()];
     for (map, force) in [("app=app-f", false), ("app=app-t", true)] {
         let mut args = vec!["--namespace-map", map];
         args.extend_from_slice(&patch);
@@ -709,7 +733,17 @@ fn kubernetes_restore_transforms() {
         json!({"ConfigMap": [{"op": "remove", "path": "/data/no~1such"}]}).to_string(),
     )
     .unwrap();
-    let err = restore_fails(&run, t, &src.url(""), &["--namespace-map", "app=app-f", "--json-patch-file", &rules_arg]);
+    let err = restore_fails(
+        &run,
+        t,
+        &src.url(""),
+        &[
+            "--namespace-map",
+            "app=app-f",
+            "--json-patch-file",
+            rules_arg.as_str(),
+        ],
+    );
     assert!(
         err.contains("rule `ConfigMap` operation #1 (remove /data/no~1such) on v1/configmaps/app-f/cfg: /data/no~1such: nothing at /data/no~1such"),
         "{err}"
@@ -746,8 +780,14 @@ fn kubernetes_restore_recreate_and_prune() {
     args.push("--dry-run");
     let out = run.restore("k8s", &t.to_rfc3339(), &url, &args);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("recreate v1/configmaps/app-r/cfg: data.extra"), "{text}");
-    assert!(text.contains("unchanged apps/v1/deployments/app-r/web"), "{text}");
+    assert!(
+        text.contains("recreate v1/configmaps/app-r/cfg: data.extra"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unchanged apps/v1/deployments/app-r/web"),
+        "{text}"
+    );
     assert_eq!(src.get(&cfg_path).unwrap()["data"]["extra"], "x");
     let mut args = recreate.to_vec();
     args.push("--force");
@@ -757,11 +797,16 @@ fn kubernetes_restore_recreate_and_prune() {
     assert_ne!(cfg["metadata"]["uid"], cfg_uid);
     assert_eq!(cfg["data"], json!({"mode": "a"}));
     assert_eq!(uid(web_path), web_uid, "an unchanged object was recreated");
-    assert_eq!(uid(&format!("{NS}/app-r")), ns_uid, "the namespace was recreated");
+    assert_eq!(
+        uid(&format!("{NS}/app-r")),
+        ns_uid,
+        "the namespace was recreated"
+    );
     assert_eq!(r["digest"]["overall"], renamed(&d, "app-r"), "{r:#}");
 
     // Strays: two in app-r, one a controller owns, one in another namespace.
-    let cm = |name: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}});
+    let cm =
+        |name: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}});
     src.create(&format!("{NS}/app-r/configmaps"), cm("stray"));
     src.create(
         "/apis/apps/v1/namespaces/app-r/deployments",
@@ -785,7 +830,11 @@ fn kubernetes_restore_recreate_and_prune() {
     args.push("--dry-run");
     let out = run.restore("k8s", &t.to_rfc3339(), &url, &args);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let deletes: Vec<&str> = text.lines().filter(|l| l.starts_with("delete")).collect();
     assert_eq!(
         deletes,
@@ -801,7 +850,9 @@ fn kubernetes_restore_recreate_and_prune() {
     let r = restore_json(&run, t, &url, &args);
     assert_eq!(count(&r, "objects pruned"), 2, "{r:#}");
     assert!(src.get(&format!("{NS}/app-r/configmaps/stray")).is_err());
-    assert!(src.get("/apis/apps/v1/namespaces/app-r/deployments/stray-web").is_err());
+    assert!(src
+        .get("/apis/apps/v1/namespaces/app-r/deployments/stray-web")
+        .is_err());
     assert!(src.get(&format!("{NS}/app-r/configmaps/owned")).is_ok());
     assert!(src.get(&format!("{NS}/elsewhere/configmaps/stray")).is_ok());
     assert_eq!(digest(&src, "app").overall, d.overall, "the source changed");

@@ -216,11 +216,11 @@ fn index(token: &str, path: &Pointer) -> Result<usize, String> {
 fn get<'a>(doc: &'a Value, path: &Pointer) -> Result<&'a Value, String> {
     let mut at = doc;
     for (depth, t) in path.tokens.iter().enumerate() {
-        let missing = || missing(path, depth);
+        let gone = || missing(path, depth);
         at = match at {
-            Value::Object(m) => m.get(t).ok_or_else(missing)?,
-            Value::Array(a) => a.get(index(t, path)?).ok_or_else(missing)?,
-            _ => return Err(missing()),
+            Value::Object(m) => m.get(t).ok_or_else(gone)?,
+            Value::Array(a) => a.get(index(t, path)?).ok_or_else(gone)?,
+            _ => return Err(gone()),
         };
     }
     Ok(at)
@@ -383,10 +383,15 @@ mod tests {
         assert_eq!(p.tokens, vec!["a/b", "m~n", "~1"]);
         assert_eq!(Pointer::parse("").unwrap().tokens, Vec::<String>::new());
         assert_eq!(Pointer::parse("/").unwrap().tokens, vec![""]);
-        assert!(Pointer::parse("a/b").unwrap_err().contains("start with `/`"));
+        assert!(Pointer::parse("a/b")
+            .unwrap_err()
+            .contains("start with `/`"));
         assert!(Pointer::parse("/a~2").unwrap_err().contains("~"));
         let doc = json!({"a/b": {"m~n": 1}, "": 2});
-        assert_eq!(get(&doc, &Pointer::parse("/a~1b/m~0n").unwrap()), Ok(&json!(1)));
+        assert_eq!(
+            get(&doc, &Pointer::parse("/a~1b/m~0n").unwrap()),
+            Ok(&json!(1))
+        );
         assert_eq!(get(&doc, &Pointer::parse("/").unwrap()), Ok(&json!(2)));
     }
 
@@ -394,7 +399,10 @@ mod tests {
     fn rfc6902_examples() {
         // A.1, A.2, A.3, A.4 (RFC 6902 appendix A).
         assert_eq!(
-            run(json!({"foo": "bar"}), json!([{"op": "add", "path": "/baz", "value": "qux"}])),
+            run(
+                json!({"foo": "bar"}),
+                json!([{"op": "add", "path": "/baz", "value": "qux"}])
+            ),
             Ok(json!({"baz": "qux", "foo": "bar"}))
         );
         assert_eq!(
@@ -405,11 +413,17 @@ mod tests {
             Ok(json!({"foo": ["bar", "qux", "baz"]}))
         );
         assert_eq!(
-            run(json!({"baz": "qux", "foo": "bar"}), json!([{"op": "remove", "path": "/baz"}])),
+            run(
+                json!({"baz": "qux", "foo": "bar"}),
+                json!([{"op": "remove", "path": "/baz"}])
+            ),
             Ok(json!({"foo": "bar"}))
         );
         assert_eq!(
-            run(json!({"foo": ["bar", "qux", "baz"]}), json!([{"op": "remove", "path": "/foo/1"}])),
+            run(
+                json!({"foo": ["bar", "qux", "baz"]}),
+                json!([{"op": "remove", "path": "/foo/1"}])
+            ),
             Ok(json!({"foo": ["bar", "baz"]}))
         );
         // A.5 replace, A.6 move, A.7 move in an array, A.8 test, A.16 add to the end.
@@ -441,12 +455,18 @@ mod tests {
         )
         .is_ok());
         assert_eq!(
-            run(json!({"foo": ["bar"]}), json!([{"op": "add", "path": "/foo/-", "value": ["abc", "def"]}])),
+            run(
+                json!({"foo": ["bar"]}),
+                json!([{"op": "add", "path": "/foo/-", "value": ["abc", "def"]}])
+            ),
             Ok(json!({"foo": ["bar", ["abc", "def"]]}))
         );
         // A.10 add to a missing parent fails; A.14 ~ escapes; copy.
-        let e = run(json!({"foo": "bar"}), json!([{"op": "add", "path": "/baz/bat", "value": "q"}]))
-            .unwrap_err();
+        let e = run(
+            json!({"foo": "bar"}),
+            json!([{"op": "add", "path": "/baz/bat", "value": "q"}]),
+        )
+        .unwrap_err();
         assert_eq!(e.index, 0);
         assert!(e.problem.contains("nothing at /baz"), "{}", e.problem);
         assert!(run(
@@ -455,7 +475,10 @@ mod tests {
         )
         .is_ok());
         assert_eq!(
-            run(json!({"a": {"b": 1}}), json!([{"op": "copy", "from": "/a", "path": "/c"}])),
+            run(
+                json!({"a": {"b": 1}}),
+                json!([{"op": "copy", "from": "/a", "path": "/c"}])
+            ),
             Ok(json!({"a": {"b": 1}, "c": {"b": 1}}))
         );
     }
@@ -469,10 +492,22 @@ mod tests {
         assert_eq!(e.problem, "/a: the test wants 3, the object has 2");
         for (ops, want) in [
             (json!([{"op": "remove", "path": "/x"}]), "/x: nothing at /x"),
-            (json!([{"op": "replace", "path": "/l/5", "value": 0}]), "/l/5: nothing at /l/5"),
-            (json!([{"op": "add", "path": "/l/01", "value": 0}]), "`01` is not an array index"),
-            (json!([{"op": "add", "path": "/l/3", "value": 0}]), "past the end"),
-            (json!([{"op": "move", "from": "/l", "path": "/l/0"}]), "own child"),
+            (
+                json!([{"op": "replace", "path": "/l/5", "value": 0}]),
+                "/l/5: nothing at /l/5",
+            ),
+            (
+                json!([{"op": "add", "path": "/l/01", "value": 0}]),
+                "`01` is not an array index",
+            ),
+            (
+                json!([{"op": "add", "path": "/l/3", "value": 0}]),
+                "past the end",
+            ),
+            (
+                json!([{"op": "move", "from": "/l", "path": "/l/0"}]),
+                "own child",
+            ),
             (json!([{"op": "remove", "path": ""}]), "whole object"),
         ] {
             let e = run(json!({"l": [1, 2]}), ops).unwrap_err();

@@ -111,8 +111,8 @@ impl KubeTarget {
                 )))
             }
         };
-        let transforms = Transforms::from_options(options)
-            .map_err(|e| RestoreError::Options(e.to_string()))?;
+        let transforms =
+            Transforms::from_options(options).map_err(|e| RestoreError::Options(e.to_string()))?;
         let prune = prune::prune_option(options).map_err(RestoreError::Options)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -176,12 +176,7 @@ impl Transforms {
                 .collect();
         }
         if let Some(v) = options.get(IMAGE_REWRITE) {
-            t.images = pairs(
-                IMAGE_REWRITE,
-                v,
-                "registry.a/=registry.b/mirror/",
-                true,
-            )?;
+            t.images = pairs(IMAGE_REWRITE, v, "registry.a/=registry.b/mirror/", true)?;
             t.images
                 .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
         }
@@ -235,9 +230,9 @@ impl Transforms {
 
     /// `form` (a restorable form of `gvr`) with every transform applied.
     pub fn apply(&self, gvr: &Gvr, mut form: Value) -> Result<Value, TransformError> {
-        self.storage_class(gvr, &mut form);
-        self.images(&mut form);
-        self.replicas(&mut form);
+        self.map_storage_classes(gvr, &mut form);
+        self.rewrite_images(&mut form);
+        self.override_replicas(&mut form);
         set_all(&mut form, "labels", &self.labels);
         set_all(&mut form, "annotations", &self.annotations);
         match &self.patches {
@@ -270,7 +265,7 @@ impl Transforms {
         }
     }
 
-    fn storage_class(&self, gvr: &Gvr, form: &mut Value) {
+    fn map_storage_classes(&self, gvr: &Gvr, form: &mut Value) {
         if self.storage_classes.is_empty() {
             return;
         }
@@ -286,7 +281,7 @@ impl Transforms {
         }
     }
 
-    fn images(&self, form: &mut Value) {
+    fn rewrite_images(&self, form: &mut Value) {
         if self.images.is_empty() {
             return;
         }
@@ -306,7 +301,7 @@ impl Transforms {
         }
     }
 
-    fn replicas(&self, form: &mut Value) {
+    fn override_replicas(&self, form: &mut Value) {
         if self.replicas.is_empty() {
             return;
         }
@@ -438,7 +433,10 @@ mod tests {
     fn every_transform_changes_what_it_names() {
         let t = Transforms::from_options(&opts(&[
             (STORAGE_CLASS_MAP, "slow=fast,*=other"),
-            (IMAGE_REWRITE, "registry.a/=registry.b/mirror/,registry.a/special/=x/"),
+            (
+                IMAGE_REWRITE,
+                "registry.a/=registry.b/mirror/,registry.a/special/=x/",
+            ),
             (REPLICAS, "web=3,*=0"),
             (ADD_LABELS, "restored=yes"),
             (ADD_ANNOTATIONS, "example.com/from=prod,note=restore drill"),
@@ -446,7 +444,13 @@ mod tests {
         .unwrap();
         assert_eq!(
             t.names(),
-            vec![STORAGE_CLASS_MAP, IMAGE_REWRITE, REPLICAS, ADD_LABELS, ADD_ANNOTATIONS]
+            vec![
+                STORAGE_CLASS_MAP,
+                IMAGE_REWRITE,
+                REPLICAS,
+                ADD_LABELS,
+                ADD_ANNOTATIONS
+            ]
         );
         let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
             "metadata": {"name": "db", "namespace": "n"},
@@ -500,7 +504,9 @@ mod tests {
             (ADD_LABELS, "-a=b", "not a valid key"),
             (JSON_PATCH_FILE, "/nonexistent/rules.json", "cannot read it"),
         ] {
-            let e = Transforms::from_options(&opts(&[(o, v)])).unwrap_err().to_string();
+            let e = Transforms::from_options(&opts(&[(o, v)]))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(want) && e.contains(o), "{e}");
         }
     }
@@ -523,10 +529,16 @@ mod tests {
         .unwrap();
         let dep = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w"}});
         let out = t.apply(&gvr("apps/v1/deployments"), dep).unwrap();
-        assert_eq!(out["metadata"]["annotations"], json!({"a/b": "x", "k": "v"}));
+        assert_eq!(
+            out["metadata"]["annotations"],
+            json!({"a/b": "x", "k": "v"})
+        );
         let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
                          "metadata": {"name": "db", "namespace": "n"}, "spec": {"replicas": 1}});
-        let e = t.apply(&gvr("apps/v1/statefulsets"), sts).unwrap_err().to_string();
+        let e = t
+            .apply(&gvr("apps/v1/statefulsets"), sts)
+            .unwrap_err()
+            .to_string();
         for want in [
             "rule `apps/v1/StatefulSet`",
             "operation #1 (test /spec/replicas)",
@@ -536,18 +548,27 @@ mod tests {
         ] {
             assert!(e.contains(want), "{e}");
         }
-        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {}});
+        let cm =
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {}});
         let e = t.apply(&gvr("v1/configmaps"), cm).unwrap_err().to_string();
         assert!(e.contains("/data/gone: nothing at /data/gone"), "{e}");
         std::fs::write(&file, r#"{"a//b": []}"#).unwrap();
-        assert!(Transforms::from_options(&opts(&[(JSON_PATCH_FILE, file.to_str().unwrap())]))
-            .unwrap_err()
-            .to_string()
-            .contains("rule `a//b`"));
-        std::fs::write(&file, r#"{"Pod": [{"op": "add", "path": "x", "value": 1}]}"#).unwrap();
-        assert!(Transforms::from_options(&opts(&[(JSON_PATCH_FILE, file.to_str().unwrap())]))
-            .unwrap_err()
-            .to_string()
-            .contains("rule `Pod` operation #1: `x` is not a JSON pointer"));
+        assert!(
+            Transforms::from_options(&opts(&[(JSON_PATCH_FILE, file.to_str().unwrap())]))
+                .unwrap_err()
+                .to_string()
+                .contains("rule `a//b`")
+        );
+        std::fs::write(
+            &file,
+            r#"{"Pod": [{"op": "add", "path": "x", "value": 1}]}"#,
+        )
+        .unwrap();
+        assert!(
+            Transforms::from_options(&opts(&[(JSON_PATCH_FILE, file.to_str().unwrap())]))
+                .unwrap_err()
+                .to_string()
+                .contains("rule `Pod` operation #1: `x` is not a JSON pointer")
+        );
     }
 }
