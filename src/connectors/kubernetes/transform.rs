@@ -66,23 +66,27 @@ pub enum TransformError {
         problem: String,
     },
     /// A patch operation failed on an object (nothing was applied).
-    #[error("--json-patch-file {file}: rule `{rule}` operation #{index} ({op} {path}) on {object}: {problem}; nothing was applied: fix the rule (or leave that kind out of it) and restore again")]
-    Patch {
-        /// The file.
-        file: String,
-        /// The rule's key (`Deployment`).
-        rule: String,
-        /// The operation's number in the rule, from 1.
-        index: usize,
-        /// The operation (`test`).
-        op: &'static str,
-        /// Its path.
-        path: String,
-        /// The object, `resource/namespace/name`.
-        object: String,
-        /// What failed.
-        problem: String,
-    },
+    #[error("--json-patch-file {}: rule `{}` operation #{} ({} {}) on {}: {}; nothing was applied: fix the rule (or leave that kind out of it) and restore again", .0.file, .0.rule, .0.index, .0.op, .0.path, .0.object, .0.problem)]
+    Patch(Box<PatchFailed>),
+}
+
+/// Where a JSON patch failed.
+#[derive(Debug)]
+pub struct PatchFailed {
+    /// The file.
+    pub file: String,
+    /// The rule's key (`Deployment`).
+    pub rule: String,
+    /// The operation's number in the rule, from 1.
+    pub index: usize,
+    /// The operation (`test`).
+    pub op: &'static str,
+    /// Its path.
+    pub path: String,
+    /// The object, `resource/namespace/name`.
+    pub object: String,
+    /// What failed.
+    pub problem: String,
 }
 
 /// The JSON patch rules of a file: (key, patch) in the file's order.
@@ -393,7 +397,7 @@ impl PatchRules {
             }
             form = patch.apply(&form).map_err(|e| {
                 let op = &patch.0[e.index];
-                TransformError::Patch {
+                TransformError::Patch(Box::new(PatchFailed {
                     file: self.file.clone(),
                     rule: key.clone(),
                     index: e.index + 1,
@@ -405,7 +409,7 @@ impl PatchRules {
                         form["metadata"]["name"].as_str().unwrap_or_default()
                     ),
                     problem: e.problem,
-                }
+                }))
             })?;
         }
         Ok(form)
