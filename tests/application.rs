@@ -1,11 +1,16 @@
-//! Applications against real servers: a PostgreSQL database, a Redis cache and a
-//! Kafka topic (tansu) captured as one application. A writer makes orders: for
-//! each, a row, then a cache entry, then an event, all with the order id. At
-//! five moments (three marked recovery points, two unmarked moments), with a
-//! kill -9 of `tidemark run` between them, `restore --app` rebuilds all three in
-//! a second set of servers, and each target's digest equals its source's at that
-//! moment. A point taken while the writer runs restores causally consistent:
-//! no cache entry or event without its row.
+//! Applications against real servers: a PostgreSQL database, a Redis cache, a
+//! Kafka topic (tansu), a MongoDB collection (on the SecantusDB stand-in, not
+//! mongod) and the application's definition in Kubernetes (a real kube-apiserver)
+//! captured as one application. A writer makes orders: for each, a row, then a
+//! document, then a cache entry, then an event, all with the order id; between
+//! the moments the test edits a ConfigMap and scales a Deployment. At five
+//! moments (three marked recovery points, two unmarked moments), with a kill -9
+//! of `tidemark run` between them, `restore --app` rebuilds all five in a second
+//! set of servers (Kubernetes: another namespace), and each target's digest
+//! equals its source's at that moment. A point taken while the writer runs
+//! restores causally consistent: no document, cache entry or event without its
+//! row. A restore whose cache target is down leaves the Kubernetes workloads
+//! held at zero replicas.
 
 mod common;
 mod kafka_support;
@@ -15,10 +20,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::kube::KubeServer;
+use common::mongo::StandIn;
 use common::run::Run;
 use common::{Postgres, Redis, RespClient, Tansu};
+use mongodb::bson::{doc, Bson, Document};
 use rdkafka::producer::{BaseRecord, Producer};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tidemark::time::{TimeSpec, Timestamp};
 
 /// The rehearsal's check: the restored cache holds keys.
@@ -40,6 +48,88 @@ fn json(out: &std::process::Output, what: &str) -> Value {
             String::from_utf8_lossy(&out.stdout)
         )
     })
+}
+
+/// The Kubernetes namespace of the application, in the source cluster.
+const NS: &str = "/api/v1/namespaces";
+
+/// The digest of namespace `ns` on `server`, as `tidemark digest` computes it.
+fn kube_digest(server: &KubeServer, ns: &str) -> tidemark::digest::Digest {
+    let url = server.url(&format!("namespaces={ns}"));
+    tidemark::connectors::for_url(&url)
+        .unwrap()
+        .digest(
+            &url,
+            &tidemark::connectors::KindOptions::default(),
+            &Default::default(),
+        )
+        .unwrap()
+}
+
+/// Namespace `shop` of `d` as if it were `to`.
+fn renamed(d: &tidemark::digest::Digest, to: &str) -> String {
+    d.clone()
+        .renamed(|n| n.replace("/shop/", &format!("/{to}/")))
+        .overall
+}
+
+/// The application's definition before capture: a namespace, a ConfigMap, a
+/// Deployment.
+fn definition(s: &KubeServer) {
+    s.create(
+        NS,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+    );
+    s.create(
+        &format!("{NS}/shop/configmaps"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"round": "none"}}),
+    );
+    let template = json!({"metadata": {"labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "web", "image": "registry.example/web:1.0"}]}});
+    s.create(
+        "/apis/apps/v1/namespaces/shop/deployments",
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+               "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": template}}),
+    );
+}
+
+/// `spec.replicas` and the held-replicas annotation of Deployment `web` in `ns`.
+fn web_replicas(s: &KubeServer, ns: &str) -> (i64, Option<String>) {
+    let d = s
+        .get(&format!("/apis/apps/v1/namespaces/{ns}/deployments/web"))
+        .unwrap_or_else(|e| panic!("deployment web in {ns}: {e}"));
+    (
+        d["spec"]["replicas"].as_i64().unwrap(),
+        d["metadata"]["annotations"]["tidemark.io/held-replicas"]
+            .as_str()
+            .map(str::to_string),
+    )
+}
+
+/// The `_id`s of collection shop.orders at `url`.
+fn doc_ids(rt: &tokio::runtime::Runtime, url: &str) -> BTreeSet<u64> {
+    rt.block_on(async {
+        let c = mongodb::Client::with_uri_str(url).await.expect("mongo");
+        c.database("shop")
+            .collection::<Document>("orders")
+            .distinct("_id", doc! {})
+            .await
+            .expect("distinct")
+            .into_iter()
+            .filter_map(|b| match b {
+                Bson::Int64(n) => Some(n as u64),
+                _ => None,
+            })
+            .collect()
+    })
+}
+
+fn mongo_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn digest(url: &str) -> String {
@@ -67,7 +157,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(pg_url: String, redis_port: u16, brokers: String) -> Writer {
+    fn start(pg_url: String, mongo_url: String, redis_port: u16, brokers: String) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let pause = Arc::new(AtomicBool::new(false));
         let paused = Arc::new(AtomicBool::new(false));
@@ -80,16 +170,20 @@ impl Writer {
                 Arc::clone(&orders),
             );
             std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
+                let rt = mongo_rt();
                 let client = rt.block_on(async {
                     let (c, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
                         .await
                         .expect("connect");
                     tokio::spawn(conn);
                     c
+                });
+                let docs = rt.block_on(async {
+                    mongodb::Client::with_uri_str(&mongo_url)
+                        .await
+                        .expect("mongo")
+                        .database("shop")
+                        .collection::<Document>("orders")
                 });
                 let mut cache = RespClient::connect(redis_port).expect("redis");
                 let producer = kafka_support::producer(&brokers);
@@ -116,6 +210,12 @@ impl Writer {
                         ))
                         .expect("update");
                     }
+                    std::thread::sleep(gap);
+                    rt.block_on(async {
+                        docs.insert_one(doc! {"_id": n, "amount": (n % 97) as i32})
+                            .await
+                    })
+                    .expect("insert document");
                     std::thread::sleep(gap);
                     cache
                         .cmd(&["SET", &format!("order:{id}"), &format!("amount={}", n % 97)])
@@ -183,7 +283,7 @@ fn wait_covered(run: &Run, t: Timestamp) {
         if out.status.success() {
             let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
             let covered = v["sources"].as_array().is_some_and(|s| {
-                s.len() == 3
+                s.len() == 5
                     && s.iter().all(|s| {
                         s["coverage"].as_str().is_some_and(|c| {
                             matches!(TimeSpec::parse(c, Timestamp::now()), Ok(TimeSpec::At(c)) if c >= t)
@@ -210,6 +310,10 @@ struct Moment {
     db: String,
     cache: String,
     events: Vec<(i32, u64, String)>,
+    docs: String,
+    definition: tidemark::digest::Digest,
+    /// Deployment `web`'s replicas then.
+    replicas: i64,
     /// Orders made by then.
     orders: u64,
 }
@@ -230,28 +334,56 @@ fn application_restores_every_source_to_one_cut_through_kill9() {
         "shop",
         "CREATE TABLE orders (id bigint PRIMARY KEY, amount int NOT NULL)",
     );
+    let Some(mongo) = StandIn::start(&[]) else {
+        return;
+    };
+    let Some(mongo2) = StandIn::start(&[]) else {
+        return;
+    };
+    let Some(kube) = KubeServer::start(&[]) else {
+        return;
+    };
+    definition(&kube);
     let redis = Redis::start_with(&["--repl-ping-replica-period", "1"]);
     let pg2 = Postgres::start();
     let redis2 = Redis::start();
-    let profiles: Vec<String> = (0..7).map(|i| format!("r{i}")).collect();
+    let key_dir = tempfile::tempdir().unwrap();
+    let key_file = key_dir.path().join("secrets.key");
+    std::fs::write(&key_file, "5e".repeat(32)).unwrap();
+    let mut profiles: Vec<String> = (0..7).map(|i| format!("r{i}")).collect();
+    // The cache target of profile `bad` is down: nothing listens on port 1.
+    profiles.push("bad".into());
     let mut body = format!(
         "[[source]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"{}\"\n\n\
          [[source]]\nname = \"cache\"\nkind = \"redis\"\nurl = \"{}\"\n\n\
          [[source]]\nname = \"events\"\nkind = \"kafka\"\nbrokers = [\"{}\"]\ntopics = [\"orders\", \"tidemark.points\"]\n\n\
-         [[application]]\nname = \"shop\"\nsources = [\"db\", \"cache\", \"events\"]\n{CHECKS}\n\n",
+         [[source]]\nname = \"docs\"\nkind = \"mongodb\"\nurl = \"{}\"\n\n\
+         [[source]]\nname = \"k8s\"\nkind = \"kubernetes\"\nkubeconfig = \"{}\"\nnamespaces = [\"shop\"]\nsecrets_key_file = \"{}\"\ndiscovery_interval = \"1s\"\ncoverage_interval = \"1s\"\n\n\
+         [[application]]\nname = \"shop\"\nsources = [\"db\", \"cache\", \"events\", \"docs\", \"k8s\"]\n{CHECKS}\n\n",
         pg.0.url("shop"),
         redis.url(),
-        kafka.addr()
+        kafka.addr(),
+        mongo.url(),
+        kube.kubeconfig().display(),
+        key_file.display()
     );
     for p in &profiles {
         pg2.0.psql("postgres", &format!("CREATE DATABASE {p}"));
+        let cache = if p == "bad" {
+            "redis://127.0.0.1:1".to_string()
+        } else {
+            redis2.url()
+        };
         body.push_str(&format!(
             "[application.profile.{p}.db]\ntarget = \"{}\"\n\
-             [application.profile.{p}.cache]\ntarget = \"{}\"\nforce = true\n\
-             [application.profile.{p}.events]\ntarget = \"{}\"\ntopic-map = \"orders=orders-{p},tidemark.points=points-{p}\"\n\n",
+             [application.profile.{p}.cache]\ntarget = \"{cache}\"\nforce = true\n\
+             [application.profile.{p}.events]\ntarget = \"{}\"\ntopic-map = \"orders=orders-{p},tidemark.points=points-{p}\"\n\
+             [application.profile.{p}.docs]\ntarget = \"{}\"\nforce = true\n\
+             [application.profile.{p}.k8s]\ntarget = \"{}\"\nnamespace-map = \"shop=shop-{p}\"\n\n",
             pg2.0.url(p),
-            redis2.url(),
-            kafka2.url()
+            kafka2.url(),
+            mongo2.url(),
+            kube.url("")
         ));
     }
     let mut run = Run::new(&body);
@@ -264,10 +396,21 @@ fn application_restores_every_source_to_one_cut_through_kill9() {
     run.start(&[]);
     wait_covered(&run, Timestamp::now());
 
-    let writer = Writer::start(pg.0.url("shop"), redis.port, kafka.addr());
+    let writer = Writer::start(pg.0.url("shop"), mongo.url(), redis.port, kafka.addr());
     let mut moments: Vec<Moment> = Vec::new();
     for round in 0..5 {
-        std::thread::sleep(Duration::from_millis(1500));
+        std::thread::sleep(Duration::from_millis(1000));
+        // The definition changes under load too: a setting, a scale.
+        let replicas = round + 2;
+        kube.patch(
+            &format!("{NS}/shop/configmaps/settings"),
+            json!({"data": {"round": round.to_string()}}),
+        );
+        kube.patch(
+            "/apis/apps/v1/namespaces/shop/deployments/web",
+            json!({"spec": {"replicas": replicas}}),
+        );
+        std::thread::sleep(Duration::from_millis(500));
         if round == 3 {
             // kill -9 between the moments: capture resumes where it was.
             run.kill9();
@@ -277,9 +420,6 @@ fn application_restores_every_source_to_one_cut_through_kill9() {
         let orders = writer.orders.load(Ordering::Relaxed);
         let quiet = Timestamp::now();
         wait_covered(&run, quiet);
-        let db = digest(&pg.0.url("shop"));
-        let cache = digest(&redis.url());
-        let events = topic_digest(&kafka.url(), "orders");
         let args = if round % 2 == 0 {
             let v = json(
                 &run.cli(&[
@@ -306,6 +446,13 @@ fn application_restores_every_source_to_one_cut_through_kill9() {
             println!("round {round}: unmarked moment {t}");
             vec!["--at".to_string(), t.to_rfc3339()]
         };
+        // The sources' state at the moment (after the point's markers: a cut is
+        // just after them, and MongoDB's and Kubernetes' markers are data).
+        let db = digest(&pg.0.url("shop"));
+        let cache = digest(&redis.url());
+        let events = topic_digest(&kafka.url(), "orders");
+        let docs = digest(&mongo.url());
+        let definition = kube_digest(&kube, "shop");
         // The moment's state holds for a while after it (past any offset).
         std::thread::sleep(Duration::from_millis(700));
         writer.resume();
@@ -314,6 +461,9 @@ fn application_restores_every_source_to_one_cut_through_kill9() {
             db,
             cache,
             events,
+            docs,
+            definition,
+            replicas,
             orders,
         });
     }
@@ -357,6 +507,8 @@ fn application_restores_every_source_to_one_cut_through_kill9() {
         "`db`",
         "`cache`",
         "`events`",
+        "`docs`",
+        "`k8s`",
         "dry run: nothing was touched",
     ] {
         assert!(text.contains(s), "dry run output lacks {s}: {text}");
@@ -392,7 +544,60 @@ fn application_restores_every_source_to_one_cut_through_kill9() {
             m.events,
             "moment {i}: events"
         );
+        assert_eq!(digest(&mongo2.url()), m.docs, "moment {i}: documents");
+        let ns = format!("shop-{p}");
+        assert_eq!(
+            kube_digest(&kube, &ns).overall,
+            renamed(&m.definition, &ns),
+            "moment {i}: definition"
+        );
+        // Held at zero while the data restored, then released to the moment's count.
+        assert_eq!(web_replicas(&kube, &ns), (m.replicas, None), "moment {i}");
     }
+
+    // A restore whose cache target is down: the cache fails, the other data
+    // restores stop or finish, and the definition is restored with its workloads
+    // held at zero replicas, the count at the moment in an annotation.
+    let out = run.cli(&[
+        "restore",
+        "--app",
+        "shop",
+        "--profile",
+        "bad",
+        "--json",
+        "--point",
+        "m0",
+    ]);
+    assert!(
+        !out.status.success(),
+        "a restore with a target down succeeded"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "restore --app (bad): not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(report["ok"], false, "{report}");
+    for s in report["sources"].as_array().unwrap() {
+        let want: &[&str] = match s["source"].as_str().unwrap() {
+            "cache" => &["failed"],
+            "k8s" => &["held"],
+            _ => &["restored", "stopped"],
+        };
+        assert!(
+            want.contains(&s["state"].as_str().unwrap()),
+            "{}: {s}",
+            s["source"]
+        );
+    }
+    let held = web_replicas(&kube, "shop-bad");
+    assert_eq!(
+        held,
+        (0, Some(moments[0].replicas.to_string())),
+        "held workload"
+    );
 
     // `diff` between the first point and the unmarked moment after it lists
     // exactly the orders made between them.
@@ -431,6 +636,11 @@ fn application_restores_every_source_to_one_cut_through_kill9() {
         })
         .sum();
     assert_eq!(records, made, "{d}");
+    assert_eq!(
+        by("docs")["changes"]["collection shop.orders"]["actions"]["insert"],
+        made,
+        "{d}"
+    );
     // `history` of order 2: inserted, then updated by order 5.
     let h = json(
         &run.cli(&["history", "--source", "db", "--key", "2", "--json"]),
@@ -478,6 +688,7 @@ fn application_restores_every_source_to_one_cut_through_kill9() {
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect();
+    let restored_docs = doc_ids(&mongo_rt(), &mongo2.url());
     let mut c2 = redis2.client();
     let cached: BTreeSet<u64> = c2
         .cmd(&["KEYS", "order:*"])
@@ -490,8 +701,9 @@ fn application_restores_every_source_to_one_cut_through_kill9() {
         .map(|(_, n, _)| n)
         .sum();
     println!(
-        "under load: {} rows, {} cache entries, {events} events, uncertainty ±{worst} µs (writes {GAP_MS} ms apart)",
+        "under load: {} rows, {} documents, {} cache entries, {events} events, uncertainty ±{worst} µs (writes {GAP_MS} ms apart)",
         rows.len(),
+        restored_docs.len(),
         cached.len()
     );
     assert!(!rows.is_empty(), "the point under load restored no rows");
@@ -500,6 +712,16 @@ fn application_restores_every_source_to_one_cut_through_kill9() {
         assert!(
             orphans.is_empty(),
             "cache entries without their row: {orphans:?}"
+        );
+        let orphans: Vec<&u64> = restored_docs.difference(&rows).collect();
+        assert!(
+            orphans.is_empty(),
+            "documents without their row: {orphans:?}"
+        );
+        let orphans: Vec<&u64> = cached.difference(&restored_docs).collect();
+        assert!(
+            orphans.is_empty(),
+            "cache entries without their document: {orphans:?}"
         );
         assert!(
             cached.len() as u64 >= events,
@@ -550,6 +772,15 @@ fn application_restores_every_source_to_one_cut_through_kill9() {
     assert!(
         !out.status.success(),
         "topic orders-r6 still exists after the teardown"
+    );
+    assert!(
+        doc_ids(&mongo_rt(), &mongo2.url()).is_empty(),
+        "the sandbox documents were not dropped"
+    );
+    assert!(
+        kube.get("/apis/apps/v1/namespaces/shop-r6/deployments/web")
+            .is_err(),
+        "the sandbox Deployment was not deleted"
     );
     let st = json(&run.cli(&["status", "--json"]), "status");
     assert_eq!(

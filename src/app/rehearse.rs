@@ -37,7 +37,7 @@ pub struct CheckResult {
 pub struct RehearsedSource {
     /// The source.
     pub source: String,
-    /// `restored`, `failed`, `not started`.
+    /// As in `restore --app`: `restored`, `failed`, `stopped`, `held`.
     pub state: String,
     /// The restored target's digest.
     pub digest: Option<String>,
@@ -114,9 +114,6 @@ pub fn rehearse(
     if !keep {
         let journal = Journal::open_read_only(&cfg.journal.path)?;
         for (s, plan) in sources.iter_mut().zip(&report.plans) {
-            if s.state == "not started" {
-                continue;
-            }
             let t = &prof.targets[&s.source];
             let settings = cfg.source(&s.source).map(|c| c.settings.as_ref());
             s.teardown = Some(

@@ -2,13 +2,20 @@
 //!
 //! The order: plan every source (from the journal alone; any source that cannot
 //! be restored to its cut fails the whole restore before anything is touched),
-//! then restore the data sources in parallel (one thread and one read-only journal
-//! handle each, through the same [`driver`] a single-source restore uses), then,
-//! only if every data source restored and proved its digest, the Kubernetes
-//! sources (the application's definition comes up on data that is already there).
-//! A failure is reported per source with what its target holds: restored (with
-//! digest), failed (with what a re-run does), or not started.
+//! then restore every source in parallel (one thread and one read-only journal
+//! handle each, through the same [`driver`] a single-source restore uses). The
+//! Kubernetes sources restore *held* ([`crate::restore::Target::hold`]: every
+//! workload at zero replicas) and wait at a [`Gate`] that opens only once every
+//! data source restored and proved its digest; then their workloads are scaled
+//! to their replica count at the cut, so the application's definition never
+//! runs on data that is not all there.
+//!
+//! The first failure stops the rest: the other data restores stop at their next
+//! progress report and the gate stays shut. The report says per source what its
+//! target holds: `restored` (with digest), `failed` or `stopped` part-way (with
+//! what a re-run does), or `held` (restored, workloads at zero replicas).
 
+use std::sync::Mutex;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -16,8 +23,8 @@ use serde::Serialize;
 use super::point::{self, Cut, CutAt};
 use crate::config::{Application, Config, SourceKind};
 use crate::journal::Journal;
-use crate::restore::driver::{self, NoProgress, Outcome, Request, RestoreSummary};
-use crate::restore::{self, RestoreError, RestorePlan};
+use crate::restore::driver::{self, Gate, NoProgress, Outcome, Request, RestoreSummary};
+use crate::restore::{self, ProgressSink, RestoreError, RestorePlan};
 use crate::time::{TimeSpec, Timestamp};
 
 /// What to restore.
@@ -53,7 +60,8 @@ pub struct SourceReport {
     pub cut: Cut,
     /// The plan, as `restore --dry-run` prints it.
     pub plan: String,
-    /// `restored`, `failed`, `not started` or `planned`.
+    /// `restored`, `failed`, `stopped` (part-way), `held` (Kubernetes: restored with
+    /// its workloads at zero replicas) or `planned`.
     pub state: &'static str,
     /// The restore's own summary (digest, counts, seconds), when it ran.
     pub summary: Option<RestoreSummary>,
@@ -155,7 +163,11 @@ pub fn restore(req: AppRestore<'_>) -> Result<AppReport, RestoreError> {
         .collect();
     let names: Vec<String> = reports.iter().map(|r| r.source.clone()).collect();
     let plans = &plans;
-    let one = |i: usize, dry: bool| -> Result<Outcome, RestoreError> {
+    let one = |i: usize,
+               dry: bool,
+               gate: Option<&Gate>,
+               progress: &mut dyn ProgressSink|
+     -> Result<Outcome, RestoreError> {
         let name = &names[i];
         let t = &prof.targets[name];
         let journal = Journal::open_read_only(&cfg.journal.path)?;
@@ -171,43 +183,17 @@ pub fn restore(req: AppRestore<'_>) -> Result<AppReport, RestoreError> {
             live_sources: live_sources(cfg, plans[i].source.kind, &captured),
             timeouts: cfg.timeouts,
             settings: cfg.source(name).map(|s| s.settings.as_ref()),
+            gate,
         };
-        driver::restore(request, &mut NoProgress)
+        driver::restore(request, progress)
     };
-    let is_definition = |r: &SourceReport| r.kind == SourceKind::Kubernetes;
-    let data: Vec<usize> = (0..reports.len())
-        .filter(|i| !is_definition(&reports[*i]))
-        .collect();
-    let definition: Vec<usize> = (0..reports.len())
-        .filter(|i| is_definition(&reports[*i]))
-        .collect();
     let outcomes: Vec<(usize, Result<Outcome, RestoreError>)> = if dry_run {
-        (0..reports.len()).map(|i| (i, one(i, true))).collect()
+        (0..reports.len())
+            .map(|i| (i, one(i, true, None, &mut NoProgress)))
+            .collect()
     } else {
-        let mut out: Vec<_> = std::thread::scope(|scope| {
-            let handles: Vec<_> = data
-                .iter()
-                .map(|&i| (i, scope.spawn(move || one(i, false))))
-                .collect();
-            handles
-                .into_iter()
-                .map(|(i, h)| {
-                    (
-                        i,
-                        h.join().unwrap_or_else(|_| {
-                            Err(RestoreError::Apply("restore thread panicked".into()))
-                        }),
-                    )
-                })
-                .collect()
-        });
-        let data_ok = out.iter().all(|(_, r)| r.is_ok());
-        for &i in &definition {
-            if data_ok {
-                out.push((i, one(i, false)));
-            }
-        }
-        out
+        let kinds: Vec<SourceKind> = reports.iter().map(|r| r.kind).collect();
+        run_all(&names, &kinds, &one)
     };
     for (i, r) in outcomes {
         let rep = &mut reports[i];
@@ -218,15 +204,17 @@ pub fn restore(req: AppRestore<'_>) -> Result<AppReport, RestoreError> {
                 rep.summary = Some(*s);
             }
             Err(e) => {
-                rep.state = "failed";
+                rep.state = match &e {
+                    RestoreError::Held(_) => "held",
+                    RestoreError::Failed { error, .. }
+                        if matches!(**error, RestoreError::Stopped(_)) =>
+                    {
+                        "stopped"
+                    }
+                    _ => "failed",
+                };
                 rep.error = Some(e.to_string());
             }
-        }
-    }
-    if !dry_run {
-        for rep in reports.iter_mut().filter(|r| r.state == "planned") {
-            rep.state = "not started";
-            rep.error = Some("not started: a data source's restore failed, so the application's definition was not applied over it".into());
         }
     }
     let ok = reports
@@ -241,6 +229,92 @@ pub fn restore(req: AppRestore<'_>) -> Result<AppReport, RestoreError> {
         seconds: started.elapsed().as_secs_f64(),
         ok,
         plans: plans.clone(),
+    })
+}
+
+/// The first failure of an application restore: every other source's progress
+/// report turns into [`RestoreError::Stopped`] once it is set.
+#[derive(Default)]
+struct Halt(Mutex<Option<String>>);
+
+impl Halt {
+    fn set(&self, why: String) {
+        let mut h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        h.get_or_insert(why);
+    }
+
+    fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl ProgressSink for &Halt {
+    fn update(&mut self, _: &str, _: u64, _: Option<u64>) -> Result<(), RestoreError> {
+        match self.get() {
+            Some(why) => Err(RestoreError::Stopped(why)),
+            None => Ok(()),
+        }
+    }
+}
+
+type OneRestore<'a> = dyn Fn(usize, bool, Option<&Gate>, &mut dyn ProgressSink) -> Result<Outcome, RestoreError>
+    + Sync
+    + 'a;
+
+/// Runs every source's restore at once: data sources free, Kubernetes sources
+/// held behind a gate opened when every data source restored. The first failure
+/// halts the other data sources and shuts the gate.
+fn run_all(
+    names: &[String],
+    kinds: &[SourceKind],
+    one: &OneRestore<'_>,
+) -> Vec<(usize, Result<Outcome, RestoreError>)> {
+    let (halt, never, gate) = (Halt::default(), Halt::default(), Gate::default());
+    let (halt, never, gate) = (&halt, &never, &gate);
+    let failed = |i: usize, e: &RestoreError| {
+        if !matches!(e, RestoreError::Held(_)) {
+            let why = format!("source `{}` failed", names[i]);
+            halt.set(why.clone());
+            gate.shut(why);
+        }
+    };
+    std::thread::scope(|scope| {
+        let spawn = |i: usize, held: bool| {
+            let handle = scope.spawn(move || {
+                // A held restore is not stopped: its workloads cannot run, and a
+                // whole definition is the better place to resume from.
+                let mut sink = if held { never } else { halt };
+                let r = one(i, false, held.then_some(gate), &mut sink);
+                if let Err(e) = &r {
+                    failed(i, e);
+                }
+                r
+            });
+            (i, handle)
+        };
+        let definition = |i: &usize| kinds[*i] == SourceKind::Kubernetes;
+        let data: Vec<_> = (0..names.len())
+            .filter(|i| !definition(i))
+            .map(|i| spawn(i, false))
+            .collect();
+        let held: Vec<_> = (0..names.len())
+            .filter(definition)
+            .map(|i| spawn(i, true))
+            .collect();
+        let join = |(i, h): (usize, std::thread::ScopedJoinHandle<'_, _>)| {
+            let r = h.join().unwrap_or_else(|_| {
+                let e = RestoreError::Apply("restore thread panicked".into());
+                failed(i, &e);
+                Err(e)
+            });
+            (i, r)
+        };
+        let mut out: Vec<_> = data.into_iter().map(join).collect();
+        if halt.get().is_none() {
+            gate.open();
+        }
+        out.extend(held.into_iter().map(join));
+        out
     })
 }
 

@@ -137,6 +137,7 @@ pub fn demo(seconds: u64) -> Result<()> {
         live_sources: vec![("app".into(), url.clone())],
         timeouts: Default::default(),
         settings: None,
+        gate: None,
     };
     let Outcome::Done(summary) = driver::restore(request, &mut NoProgress)? else {
         bail!("the restore did not run");

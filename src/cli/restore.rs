@@ -128,6 +128,7 @@ fn restore_one(
         live_sources,
         timeouts: cfg.timeouts,
         settings: cfg.source(source).map(|s| s.settings.as_ref()),
+        gate: None,
     };
     let mut terminal = TerminalProgress::default();
     let mut silent = NoProgress;

@@ -9,9 +9,13 @@
 //!    identity and database) unless `--into-live-source`;
 //! 4. a target that holds data is refused unless `--force`;
 //! 5. apply, reporting progress; a failure says what a re-run does;
-//! 6. the digest of the target, as `tidemark digest` computes it.
+//! 6. with a [`Gate`] (an application restore holds its Kubernetes sources until
+//!    the data is in place): wait at the gate, then release the hold, or leave it
+//!    held and say so if the gate is shut;
+//! 7. the digest of the target, as `tidemark digest` computes it.
 
 use std::io::{IsTerminal, Write};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Applied, ProgressSink, RestoreError, RestorePlan};
@@ -42,6 +46,47 @@ pub struct Request<'a> {
     pub timeouts: Timeouts,
     /// The configured source's settings (keys for sealed payloads), if configured.
     pub settings: Option<&'a dyn connectors::SourceSettings>,
+    /// Restore held, released only once this gate opens (see [`super::Target::hold`]).
+    pub gate: Option<&'a Gate>,
+}
+
+/// Where a held restore waits: opened once what it waits for ended well, or shut
+/// with the reason it did not. The first word is final.
+#[derive(Debug, Default)]
+pub struct Gate {
+    state: Mutex<Option<Result<(), String>>>,
+    changed: Condvar,
+}
+
+impl Gate {
+    /// Lets the held restore go on to its release.
+    pub fn open(&self) {
+        self.decide(Ok(()));
+    }
+
+    /// Keeps it held; `why` ends up in its error.
+    pub fn shut(&self, why: String) {
+        self.decide(Err(why));
+    }
+
+    fn decide(&self, r: Result<(), String>) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.is_none() {
+            *s = Some(r);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Blocks until the gate is opened or shut.
+    pub fn wait(&self) -> Result<(), String> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(r) = &*s {
+                return r.clone();
+            }
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
 }
 
 /// What a finished restore reports (`restore --json` prints it).
@@ -103,15 +148,27 @@ pub fn restore(req: Request<'_>, progress: &mut dyn ProgressSink) -> Result<Outc
         tracing::warn!(target = %target.describe(), %holds, "--force: {}", target.force_effect());
     }
     let started = Instant::now();
-    let applied = target
+    let gate = req.gate.filter(|_| target.hold());
+    let failed = |error: RestoreError, rerun| match error {
+        RestoreError::Refused(_) => error,
+        error => RestoreError::Failed {
+            error: Box::new(error),
+            rerun,
+        },
+    };
+    let mut applied = target
         .apply(req.journal, req.plan, req.force, progress)
-        .map_err(|error| match error {
-            RestoreError::Refused(_) => error,
-            error => RestoreError::Failed {
-                error: Box::new(error),
-                rerun: target.rerun(),
-            },
-        })?;
+        .map_err(|e| failed(e, target.rerun()))?;
+    if let Some(gate) = gate {
+        if let Err(why) = gate.wait() {
+            return Err(RestoreError::Held(format!(
+                "{} holds everything restored, held from running (see its restore's notes): not released because {why}; once the data is in place, run the same restore again with --force to release it",
+                target.describe()
+            )));
+        }
+        let released = target.release().map_err(|e| failed(e, target.rerun()))?;
+        applied.notes.push(released);
+    }
     let digest = target.digest()?;
     Ok(Outcome::Done(Box::new(RestoreSummary {
         source: req.plan.source.name.clone(),
@@ -232,16 +289,16 @@ pub fn progress_line(what: &str, done: u64, total: Option<u64>, rate: f64) -> St
 }
 
 impl ProgressSink for TerminalProgress {
-    fn update(&mut self, what: &str, done: u64, total: Option<u64>) {
+    fn update(&mut self, what: &str, done: u64, total: Option<u64>) -> Result<(), RestoreError> {
         if !self.show {
-            return;
+            return Ok(());
         }
         let key = what.split(';').next().unwrap_or(what);
         if self.phase.as_ref().is_none_or(|(k, _, _)| k != key) {
             self.phase = Some((key.to_string(), Instant::now(), done));
         }
         if self.last.elapsed() < Duration::from_millis(250) {
-            return;
+            return Ok(());
         }
         self.last = Instant::now();
         self.shown = true;
@@ -258,6 +315,7 @@ impl ProgressSink for TerminalProgress {
             progress_line(what, done, total, rate)
         );
         let _ = std::io::stderr().flush();
+        Ok(())
     }
 }
 
@@ -273,7 +331,9 @@ impl Drop for TerminalProgress {
 pub struct NoProgress;
 
 impl ProgressSink for NoProgress {
-    fn update(&mut self, _: &str, _: u64, _: Option<u64>) {}
+    fn update(&mut self, _: &str, _: u64, _: Option<u64>) -> Result<(), RestoreError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -78,6 +78,22 @@ pub trait Target {
     /// The digest of the target as it is now, as `tidemark digest` computes it.
     fn digest(&mut self) -> Result<Digest, RestoreError>;
 
+    /// Asks the target to restore in two steps: [`Target::apply`] restores
+    /// everything but keeps it from running (Kubernetes: every workload at zero
+    /// replicas, its replica count at the moment in an annotation), and
+    /// [`Target::release`] then makes it exactly as it was at the moment. Called
+    /// before `apply`; returns whether the target holds (kinds with nothing that
+    /// runs do not, and ignore it). The digest is taken after the release.
+    fn hold(&mut self) -> bool {
+        false
+    }
+
+    /// Ends a hold (see [`Target::hold`]): what was kept from running is set as it
+    /// was at the moment. Returns what it released (`"3 workloads scaled up"`).
+    fn release(&mut self) -> Result<String, RestoreError> {
+        Ok(String::new())
+    }
+
     /// Removes what a restore of `plan` into this target put there (`rehearse`
     /// tears its sandbox down), and says what it removed. Afterwards the target is
     /// as empty as a restore needs it. Kinds that cannot say so refuse, naming what
@@ -125,10 +141,14 @@ pub struct Applied {
     pub notes: Vec<String>,
 }
 
-/// Where a target reports progress.
+/// Where a target reports progress, and learns that it must stop.
 pub trait ProgressSink {
     /// `done` units of `what` so far (`"rows"`, `"records"`), `total` if known.
-    fn update(&mut self, what: &str, done: u64, total: Option<u64>);
+    /// Targets call it at least every few thousand units. An `Err` (always
+    /// [`RestoreError::Stopped`]: another source of the same application restore
+    /// failed) means stop now: the target returns it as it is and leaves what it
+    /// applied so far, which the driver reports with what a re-run does.
+    fn update(&mut self, what: &str, done: u64, total: Option<u64>) -> Result<(), RestoreError>;
 }
 
 /// Why a restore cannot go ahead. Each message says what to do instead.
@@ -229,6 +249,15 @@ pub enum RestoreError {
         /// What a re-run does.
         rerun: Rerun,
     },
+    /// Stopped part-way on request (another source of the same application
+    /// restore failed); the message says why.
+    #[error("stopped before the end: {0}")]
+    Stopped(String),
+    /// Restored, but held from running (Kubernetes workloads at zero replicas)
+    /// because the restore it waited for did not end well; the message says why
+    /// and how to release it.
+    #[error("{0}")]
+    Held(String),
     /// No restore target for this kind in this build.
     #[error("restoring {0} sources is not available in this version of tidemark (see README, \"Status\"); --dry-run shows the plan")]
     NotAvailable(SourceKind),

@@ -307,6 +307,26 @@ impl Kube {
         .await
     }
 
+    /// Deletes the object at `path` (dependents left to the garbage collector);
+    /// returns whether it was there.
+    pub async fn delete(&self, path: &str, timeout: Duration) -> Result<bool, KubeError> {
+        let body =
+            br#"{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Background"}"#;
+        match self
+            .call(
+                "DELETE",
+                path,
+                Some((body.to_vec(), "application/json")),
+                timeout,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The underlying client (discovery).
     pub fn client(&self) -> &kube::Client {
         &self.client

@@ -7,8 +7,19 @@
 //! - Custom resources wait until their CRD is `Established`.
 //! - Helm release records are restored as they are (labels included), so the
 //!   release history, with its one `deployed` revision, is the source's.
+//! - Held (an application restore, see [`Target::hold`]): every object with an
+//!   integer `spec.replicas` (Deployments, StatefulSets, ReplicaSets,
+//!   ReplicationControllers, custom resources with a scale subresource) is applied
+//!   with zero replicas and its count at the moment in the annotation
+//!   [`HELD_ANNOTATION`]; the release applies it as it was (the annotation goes
+//!   with it, server-side apply removes what tidemark alone set). A
+//!   HorizontalPodAutoscaler restored with it may scale a held workload up: hold
+//!   those by restoring them in a later step if that matters.
 //! - Ends with the digest of the target over the restored namespaces and the
 //!   restored cluster-scoped objects, and compares it with the journal's.
+//! - Teardown deletes every object the restore of the plan applies, in reverse
+//!   order (namespaces last; a namespace's own deletion completes only where a
+//!   controller manager runs).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -34,6 +45,9 @@ use crate::restore::{Applied, ProgressSink, Rerun, RestoreError, RestorePlan, Ta
 pub const NAMESPACE_MAP: &str = "namespace-map";
 /// `--existing skip|update`.
 pub const EXISTING: &str = "existing";
+
+/// On a held workload: its replica count at the moment.
+pub const HELD_ANNOTATION: &str = "tidemark.io/held-replicas";
 
 /// What to do with an object the target already has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +88,22 @@ pub struct KubeTarget {
     kube: Option<Kube>,
     /// What the digest covers, once planned.
     scope: Option<Scope>,
+    /// Apply workloads at zero replicas ([`Target::hold`]).
+    hold: bool,
+    /// Held workloads: path and form at the moment, for the release.
+    held: Vec<(String, Value)>,
+}
+
+/// `form` at zero replicas with its count in [`HELD_ANNOTATION`], if it has
+/// replicas to hold.
+fn held_form(form: &Value) -> Option<Value> {
+    let n = form["spec"]["replicas"].as_u64().filter(|&n| n > 0)?;
+    let mut f = form.clone();
+    f["spec"]["replicas"] = json!(0);
+    let meta = f["metadata"].as_object_mut()?;
+    let notes = meta.entry("annotations").or_insert_with(|| json!({}));
+    notes[HELD_ANNOTATION] = json!(n.to_string());
+    Some(f)
 }
 
 fn parse_map(text: &str) -> Result<BTreeMap<String, String>, RestoreError> {
@@ -133,6 +163,8 @@ impl KubeTarget {
             rt,
             kube: None,
             scope: None,
+            hold: false,
+            held: Vec::new(),
         })
     }
 
@@ -393,6 +425,9 @@ impl Target for KubeTarget {
             .map(|p| p.name.as_str())
             .collect();
         let (mut applied, mut skipped, mut made_ns) = (0u64, 0u64, 0u64);
+        let hold = self.hold;
+        let mut held: Vec<(String, Value)> = Vec::new();
+        let mut stopped: Option<RestoreError> = None;
         let result: Result<(), KubeError> = self.rt.block_on(async {
             // Target namespaces the journal does not hold as objects are made first.
             for ns in scope
@@ -431,18 +466,34 @@ impl Target for KubeTarget {
                     }
                 }
                 let path = object_path(&p.gvr, p.namespace.as_deref(), &p.name);
-                kube.apply(&path, &p.form, timeout).await?;
+                match hold.then(|| held_form(&p.form)).flatten() {
+                    Some(zero) => {
+                        kube.apply(&path, &zero, timeout).await?;
+                        held.push((path, p.form.clone()));
+                    }
+                    None => {
+                        kube.apply(&path, &p.form, timeout).await?;
+                    }
+                }
                 if apply_rank(&p.gvr) == 0 {
                     crds.push(p.name.clone());
                 }
                 applied += 1;
-                progress.update("objects", i as u64 + 1, Some(total));
+                if let Err(e) = progress.update("objects", i as u64 + 1, Some(total)) {
+                    stopped = Some(e);
+                    break;
+                }
             }
             for name in crds {
                 KubeTarget::wait_established(&kube, &name, Duration::from_secs(60)).await?;
             }
             Ok(())
         });
+        let held_count = held.len();
+        self.held = held;
+        if let Some(e) = stopped {
+            return Err(e);
+        }
         result.map_err(|e| RestoreError::Apply(e.to_string()))?;
         self.scope = Some(scope);
         let mut counts = vec![("objects applied".to_string(), applied)];
@@ -483,14 +534,71 @@ impl Target for KubeTarget {
         if made_ns > 0 {
             counts.push(("namespaces created".into(), made_ns));
         }
+        let mut notes = vec![format!(
+            "journal digest at the moment (namespaces mapped): {}",
+            expected.overall
+        )];
+        if held_count > 0 {
+            notes.push(format!(
+                "{held_count} workload(s) applied at zero replicas, held until the data sources are restored (annotation {HELD_ANNOTATION}: the count at the moment)"
+            ));
+        }
         Ok(Applied {
             counts,
             final_position: None,
-            notes: vec![format!(
-                "journal digest at the moment (namespaces mapped): {}",
-                expected.overall
-            )],
+            notes,
         })
+    }
+
+    fn hold(&mut self) -> bool {
+        self.hold = true;
+        true
+    }
+
+    fn release(&mut self) -> Result<String, RestoreError> {
+        let kube = self.kube()?;
+        let timeout = self.timeouts.read;
+        let held = std::mem::take(&mut self.held);
+        self.rt
+            .block_on(async {
+                for (path, form) in &held {
+                    kube.apply(path, form, timeout).await?;
+                }
+                Ok::<_, KubeError>(())
+            })
+            .map_err(|e| {
+                RestoreError::Apply(format!(
+                    "releasing the workloads held at zero replicas: {e} (each one's count at the moment is in its annotation {HELD_ANNOTATION})"
+                ))
+            })?;
+        Ok(format!(
+            "{} workload(s) released: scaled from zero to their replica count at the moment",
+            held.len()
+        ))
+    }
+
+    fn teardown(&mut self, journal: &Journal, plan: &RestorePlan) -> Result<String, RestoreError> {
+        let (objects, _) = self.planned(journal, plan)?;
+        let kube = self.kube()?;
+        let timeout = self.timeouts.read;
+        let deleted = self
+            .rt
+            .block_on(async {
+                let mut deleted = 0u64;
+                for p in objects.iter().rev() {
+                    let path = object_path(&p.gvr, p.namespace.as_deref(), &p.name);
+                    if kube.delete(&path, timeout).await? {
+                        deleted += 1;
+                    }
+                }
+                Ok::<_, KubeError>(deleted)
+            })
+            .map_err(|e| RestoreError::Target(format!("tearing down: {e}")))?;
+        Ok(format!(
+            "deleted {deleted} of the {} restored objects from {}",
+            objects.len(),
+            self.describe()
+        ))
     }
 
     fn digest(&mut self) -> Result<Digest, RestoreError> {

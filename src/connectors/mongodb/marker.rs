@@ -7,7 +7,7 @@
 use mongodb::bson::{doc, RawDocument};
 use mongodb::options::{Acknowledgment, WriteConcern};
 
-use super::client::{block_on, Conn, Selection};
+use super::client::{Conn, Selection};
 use crate::config::Timeouts;
 use crate::connectors::{ConnectorError, MarkWriter};
 use crate::event::{ChangeEvent, Payload};
@@ -24,30 +24,39 @@ pub fn problem(selection: &Selection) -> Option<String> {
     })
 }
 
-/// Connects to the deployment (a `ping` dials it) for its markers.
+/// Connects to the deployment (a `ping` dials it) for its markers. The client
+/// lives on a runtime of the marker's own: the driver's monitoring tasks run on
+/// the runtime that made the client, so a client made on a throwaway runtime
+/// finds no server to write to later.
 pub fn connect(url: &str, timeouts: &Timeouts) -> Result<Box<dyn MarkWriter>, ConnectorError> {
-    let (url, t) = (url.to_string(), *timeouts);
-    let conn = block_on(async move {
-        let conn = Conn::open(&url, &t).await?;
-        conn.command("admin", doc! {"ping": 1}, "ping").await?;
-        Ok::<_, super::client::MongoError>(conn)
-    })
-    .map_err(ConnectorError::from_display)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ConnectorError(format!("cannot start an async runtime: {e}")))?;
+    let conn = rt
+        .block_on(async {
+            let conn = Conn::open(url, timeouts).await?;
+            conn.command("admin", doc! {"ping": 1}, "ping").await?;
+            Ok::<_, super::client::MongoError>(conn)
+        })
+        .map_err(ConnectorError::from_display)?;
     Ok(Box::new(MongoMarker {
+        rt,
         conn,
         timeouts: *timeouts,
     }))
 }
 
 struct MongoMarker {
+    rt: tokio::runtime::Runtime,
     conn: Conn,
     timeouts: Timeouts,
 }
 
 impl MarkWriter for MongoMarker {
     fn write(&mut self, id: &str) -> Result<(), ConnectorError> {
-        let (conn, id, read) = (self.conn.clone(), id.to_string(), self.timeouts.read);
-        block_on(async move {
+        let (conn, read) = (&self.conn, self.timeouts.read);
+        self.rt.block_on(async move {
             let wc = WriteConcern::builder()
                 .w(Acknowledgment::Majority)
                 .w_timeout(read)
@@ -55,7 +64,7 @@ impl MarkWriter for MongoMarker {
             conn.client
                 .database(DB)
                 .collection::<mongodb::bson::Document>(COLLECTION)
-                .insert_one(doc! {"_id": id.as_str(), "at": mongodb::bson::DateTime::now()})
+                .insert_one(doc! {"_id": id, "at": mongodb::bson::DateTime::now()})
                 .write_concern(wc)
                 .await
                 .map_err(|e| {

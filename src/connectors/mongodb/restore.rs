@@ -69,6 +69,21 @@ impl MongoTarget {
         Ok(c)
     }
 
+    /// Drops every user database of the target; returns their names.
+    fn drop_all(&mut self) -> Result<Vec<String>, RestoreError> {
+        let conn = self.conn()?;
+        self.rt
+            .block_on(async {
+                let dbs = conn.databases().await?;
+                for db in &dbs {
+                    conn.command(db, doc! {"dropDatabase": 1}, &format!("dropping {db}"))
+                        .await?;
+                }
+                Ok::<_, MongoError>(dbs)
+            })
+            .map_err(target_err)
+    }
+
     fn load_image(
         &mut self,
         journal: &Journal,
@@ -125,7 +140,7 @@ impl MongoTarget {
                         docs += 1;
                         if pending.len() >= INSERT_BATCH {
                             self.flush_docs(&conn, &pending_ns, &mut pending)?;
-                            progress.update("documents from the image", docs, None);
+                            progress.update("documents from the image", docs, None)?;
                         }
                     }
                 }
@@ -177,6 +192,21 @@ impl Target for MongoTarget {
         "drop every user database in the target first"
     }
 
+    /// Drops every user database: the target is as empty as a restore needs it.
+    fn teardown(&mut self, _: &Journal, _: &RestorePlan) -> Result<String, RestoreError> {
+        let dropped = self.drop_all()?;
+        Ok(format!(
+            "dropped {} database(s) from {}{}",
+            dropped.len(),
+            self.masked,
+            if dropped.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", dropped.join(", "))
+            }
+        ))
+    }
+
     fn rerun(&self) -> Rerun {
         Rerun::StartOverWithForce
     }
@@ -205,15 +235,7 @@ impl Target for MongoTarget {
     ) -> Result<Applied, RestoreError> {
         let conn = self.conn()?;
         if force {
-            self.rt
-                .block_on(async {
-                    for db in conn.databases().await? {
-                        conn.command(&db, doc! {"dropDatabase": 1}, &format!("dropping {db}"))
-                            .await?;
-                    }
-                    Ok::<_, MongoError>(())
-                })
-                .map_err(target_err)?;
+            self.drop_all()?;
         }
         let mut applied = Applied::default();
         self.load_image(journal, plan, progress, &mut applied)?;
@@ -267,7 +289,7 @@ impl Target for MongoTarget {
                         last_pos = pos;
                     }
                 }
-                progress.update("events", events, Some(plan.events));
+                progress.update("events", events, Some(plan.events))?;
             }
         }
         applied.counts.push(("events".into(), events));

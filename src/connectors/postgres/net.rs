@@ -330,7 +330,7 @@ impl Segment {
                 },
             };
             self.events_read = txn.events_read;
-            progress.update("journal events read", txn.events_read, Some(total_events));
+            progress.update("journal events read", txn.events_read, Some(total_events))?;
             if split.is_none()
                 && txn
                     .changes

@@ -461,7 +461,7 @@ async fn replay(
     for entry in journal.events(plan.source.id, plan.first_seq, plan.last_seq) {
         let e = entry?.event;
         seen += 1;
-        progress.update("changes replayed", seen, Some(plan.events));
+        progress.update("changes replayed", seen, Some(plan.events))?;
         let Some(Payload::Postgres(change)) = &e.payload else {
             continue;
         };

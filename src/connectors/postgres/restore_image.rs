@@ -159,7 +159,7 @@ impl PartReader {
                 self.table, self.rows
             )
         };
-        progress.update(&what, self.bytes, Some(image.bytes));
+        progress.update(&what, self.bytes, Some(image.bytes))?;
         Ok(Some(part))
     }
 }

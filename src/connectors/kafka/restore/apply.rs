@@ -19,7 +19,7 @@ use crate::connectors::kafka::{
 };
 use crate::event::{KafkaRecord, KafkaTimestampType};
 use crate::journal::Journal;
-use crate::restore::{ProgressSink, RestorePlan};
+use crate::restore::{ProgressSink, RestoreError, RestorePlan};
 
 /// How to restore.
 #[derive(Debug, Clone, Default)]
@@ -198,7 +198,12 @@ pub fn restore(
         if n.is_multiple_of(4096) {
             producer.poll(Duration::ZERO);
             producer.context().check()?;
-            progress.update("records", n, Some(total));
+            progress
+                .update("records", n, Some(total))
+                .map_err(|e| match e {
+                    RestoreError::Stopped(why) => KafkaRestoreError::Stopped(why),
+                    other => KafkaRestoreError::Produce(other.to_string()),
+                })?;
         }
         Ok(())
     })?;

@@ -87,6 +87,9 @@ pub enum KafkaRestoreError {
     /// `--topic-map` is malformed or maps two topics onto one.
     #[error("--topic-map: {0}; give a list of distinct source=target pairs, e.g. orders=orders_restored,audit=audit_restored")]
     BadTopicMap(String),
+    /// Stopped on request part-way ([`crate::restore::RestoreError::Stopped`]).
+    #[error("stopped before the end: {0}")]
+    Stopped(String),
     /// Producing failed.
     #[error("writing to the target failed: {0}; the target topics are partially restored: delete them and run the restore again")]
     Produce(String),

@@ -176,6 +176,7 @@ impl Target for KafkaTarget {
         let s: KafkaRestoreSummary =
             restore(journal, plan, &opts, progress).map_err(|e| match e {
                 super::KafkaRestoreError::Journal(j) => RestoreError::Journal(j),
+                super::KafkaRestoreError::Stopped(why) => RestoreError::Stopped(why),
                 super::KafkaRestoreError::BadTopicMap(_)
                 | super::KafkaRestoreError::UnknownTopic { .. } => {
                     RestoreError::Options(e.to_string())

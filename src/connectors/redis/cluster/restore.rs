@@ -384,7 +384,7 @@ pub fn restore(
         }
         if last_shown.elapsed().as_millis() >= 250 {
             last_shown = Instant::now();
-            sink.update("commands replayed", summary.commands, None);
+            sink.update("commands replayed", summary.commands, None)?;
         }
     }
     // Parts sealed after the last event replayed (or with no events since).

@@ -181,7 +181,7 @@ pub(super) fn replay_events<S: CommandSink>(
         }
         summary.commands += 1;
         if summary.commands.is_multiple_of(4096) {
-            progress.show(summary.keys, summary.commands);
+            progress.show(summary.keys, summary.commands)?;
         }
     }
     if in_multi {

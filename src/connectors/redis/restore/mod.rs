@@ -203,7 +203,7 @@ pub fn restore(
                 }
                 commands::write_record(&mut p, rec, version.0)?;
             }
-            progress.show(summary.keys, summary.commands);
+            progress.show(summary.keys, summary.commands)?;
             Ok(())
         })?;
     }
@@ -290,11 +290,11 @@ pub(super) struct Progress<'a> {
 }
 
 impl Progress<'_> {
-    pub(super) fn show(&mut self, keys: u64, commands: u64) {
+    pub(super) fn show(&mut self, keys: u64, commands: u64) -> Result<(), RestoreError> {
         if commands == 0 {
-            self.sink.update("keys from the base image", keys, None);
+            self.sink.update("keys from the base image", keys, None)
         } else {
-            self.sink.update("commands replayed", commands, None);
+            self.sink.update("commands replayed", commands, None)
         }
     }
 }

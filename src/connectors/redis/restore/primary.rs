@@ -418,7 +418,7 @@ fn send_image(
                 }
                 deferred |= !rdb.key(&rec).map_err(io)?;
             }
-            progress.show(summary.keys, summary.commands);
+            progress.show(summary.keys, summary.commands)?;
             Ok(())
         })?;
     }
@@ -445,7 +445,7 @@ fn send_deferred(
                 commands::write_record(stream, rec, major)?;
             }
         }
-        progress.show(summary.keys, summary.commands);
+        progress.show(summary.keys, summary.commands)?;
         Ok(())
     })
 }
