@@ -583,7 +583,9 @@ fn noted_digest(r: &Value) -> String {
     let line = notes
         .iter()
         .filter_map(Value::as_str)
-        .find_map(|n| n.strip_prefix("journal digest at the moment (namespaces mapped): "))
+        .find_map(|n| n.strip_prefix(
+                "journal digest at the moment as restored (namespaces mapped, transforms applied): ",
+            ))
         .unwrap_or_else(|| panic!("no journal digest note: {r:#}"));
     line.to_string()
 }

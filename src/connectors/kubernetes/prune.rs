@@ -82,27 +82,9 @@ pub fn captured_resources(journal: &Journal, src: SourceId) -> Result<BTreeSet<G
     Ok(out)
 }
 
-/// Deletes the object at `path`; whether it was there.
-pub async fn delete(kube: &Kube, path: &str, timeout: Duration) -> Result<bool, KubeError> {
-    let body = br#"{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Background"}"#;
-    match kube
-        .call(
-            "DELETE",
-            path,
-            Some((body.to_vec(), "application/json")),
-            timeout,
-        )
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(e) if e.is_not_found() => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
 /// Deletes the object at `path` and waits until the server no longer has it.
 pub async fn delete_and_wait(kube: &Kube, path: &str, timeout: Duration) -> Result<(), KubeError> {
-    delete(kube, path, timeout).await?;
+    kube.delete(path, timeout).await?;
     let start = Instant::now();
     let mut pause = Duration::from_millis(20);
     loop {

@@ -15,6 +15,9 @@
 //!   with it, server-side apply removes what tidemark alone set). A
 //!   HorizontalPodAutoscaler restored with it may scale a held workload up: hold
 //!   those by restoring them in a later step if that matters.
+//! - Transforms ([`super::transform`]: storage classes, images, replicas, labels,
+//!   annotations, JSON patches) apply to every object before anything is applied;
+//!   `--existing recreate` and `--prune true` delete through [`super::prune`].
 //! - Ends with the digest of the target over the restored namespaces and the
 //!   restored cluster-scoped objects, and compares it with the journal's.
 //! - Teardown deletes every object the restore of the plan applies, in reverse
@@ -43,7 +46,7 @@ use crate::restore::{Applied, ProgressSink, Rerun, RestoreError, RestorePlan, Ta
 
 /// `--namespace-map a=b,c=d`.
 pub const NAMESPACE_MAP: &str = "namespace-map";
-/// `--existing skip|update`.
+/// `--existing skip|update|recreate`.
 pub const EXISTING: &str = "existing";
 
 /// On a held workload: its replica count at the moment.
@@ -520,7 +523,7 @@ impl Target for KubeTarget {
                     let mut n = 0u64;
                     for (gvr, ns, name) in &doomed {
                         let path = object_path(gvr, Some(ns), name);
-                        n += u64::from(prune::delete(&kube, &path, timeout).await?);
+                        n += u64::from(kube.delete(&path, timeout).await?);
                     }
                     Ok::<_, KubeError>(n)
                 })
@@ -535,7 +538,7 @@ impl Target for KubeTarget {
             counts.push(("namespaces created".into(), made_ns));
         }
         let mut notes = vec![format!(
-            "journal digest at the moment (namespaces mapped): {}",
+            "journal digest at the moment as restored (namespaces mapped, transforms applied): {}",
             expected.overall
         )];
         if held_count > 0 {
