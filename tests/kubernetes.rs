@@ -574,3 +574,346 @@ fn kubernetes_secrets_need_a_key() {
         "{err}"
     );
 }
+
+/// The application of the transform and prune tests, in namespace `app`.
+fn workloads(s: &KubeServer) {
+    s.create(
+        NS,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "app"}}),
+    );
+    s.create(
+        &format!("{NS}/app/configmaps"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {"mode": "a"}}),
+    );
+    let pod = |app: &str| {
+        json!({"metadata": {"labels": {"app": app}},
+               "spec": {"initContainers": [{"name": "init", "image": format!("registry.a/{app}-init:1")}],
+                        "containers": [{"name": app, "image": format!("registry.a/{app}:1.0")}]}})
+    };
+    s.create("/apis/apps/v1/namespaces/app/deployments", json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"}, "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+        "template": pod("web")}}));
+    s.create(
+        "/apis/apps/v1/namespaces/app/daemonsets",
+        json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "agent"}, "spec": {"selector": {"matchLabels": {"app": "agent"}},
+        "template": pod("agent")}}),
+    );
+    let claim = |name: &str| {
+        json!({"metadata": {"name": name}, "spec": {"accessModes": ["ReadWriteOnce"],
+               "storageClassName": "slow", "resources": {"requests": {"storage": "1Gi"}}}})
+    };
+    s.create(
+        "/apis/apps/v1/namespaces/app/statefulsets",
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "db"}, "spec": {"replicas": 1, "serviceName": "db",
+        "selector": {"matchLabels": {"app": "db"}}, "template": pod("db"),
+        "volumeClaimTemplates": [claim("data")]}}),
+    );
+    let mut pvc = claim("shared");
+    pvc["apiVersion"] = json!("v1");
+    pvc["kind"] = json!("PersistentVolumeClaim");
+    s.create(&format!("{NS}/app/persistentvolumeclaims"), pvc);
+    let mut solo = pod("solo");
+    solo["apiVersion"] = json!("v1");
+    solo["kind"] = json!("Pod");
+    solo["metadata"]["name"] = json!("solo");
+    s.create(&format!("{NS}/app/pods"), solo);
+}
+
+/// `restore --json` that must fail: its stderr.
+fn restore_fails(run: &Run, at: Timestamp, target: &str, extra: &[&str]) -> String {
+    let out = run.restore("k8s", &at.to_rfc3339(), target, extra);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "restore {extra:?} succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    err
+}
+
+/// The digest the restore's note gives for the journal at the moment, as restored.
+fn noted_digest(r: &Value) -> String {
+    let notes = r["applied"]["notes"].as_array().unwrap();
+    let line = notes
+        .iter()
+        .filter_map(Value::as_str)
+        .find_map(|n| n.strip_prefix(
+                "journal digest at the moment as restored (namespaces mapped, transforms applied): ",
+            ))
+        .unwrap_or_else(|| panic!("no journal digest note: {r:#}"));
+    line.to_string()
+}
+
+fn count(r: &Value, prefix: &str) -> u64 {
+    r["applied"]["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c[0].as_str().unwrap().starts_with(prefix))
+        .map_or(0, |c| c[1].as_u64().unwrap())
+}
+
+/// Every transform at once into another namespace, each one's effect on the live
+/// objects, the summary's journal digest (transformed) equal to the target's; a
+/// failing JSON-patch `test` and a bad path refuse before anything is changed.
+#[test]
+fn kubernetes_restore_transforms() {
+    let Some(src) = KubeServer::start(&[]) else {
+        return;
+    };
+    workloads(&src);
+    let mut run = new_run(&src);
+    run.start(&[]);
+    let t = covered(&run);
+    let d = digest(&src, "app");
+    let rules = run.dir().join("rules.json");
+    std::fs::write(
+        &rules,
+        json!({
+            "ConfigMap": [{"op": "test", "path": "/data/mode", "value": "a"},
+                          {"op": "replace", "path": "/data/mode", "value": "patched"}],
+            "apps/v1/Deployment": [{"op": "add", "path": "/metadata/annotations/example.com~1patched",
+                                    "value": "yes"}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let rules_arg = rules.display().to_string();
+    let transforms = [
+        "--namespace-map",
+        "app=app-t",
+        "--storage-class-map",
+        "slow=fast",
+        "--image-rewrite",
+        "registry.a/=registry.b/mirror/",
+        "--replicas",
+        "web=3,*=2",
+        "--add-labels",
+        "restored-by=tidemark",
+        "--add-annotations",
+        "example.com/drill=yes",
+        "--json-patch-file",
+        rules_arg.as_str(),
+    ];
+    let r = restore_json(&run, t, &src.url(""), &transforms);
+
+    let get = |path: &str| src.get(&format!("/api{path}")).unwrap();
+    let apps = |path: &str| {
+        src.get(&format!("/apis/apps/v1/namespaces/app-t/{path}"))
+            .unwrap()
+    };
+    let (web, agent, db) = (
+        apps("deployments/web"),
+        apps("daemonsets/agent"),
+        apps("statefulsets/db"),
+    );
+    let solo = get("/v1/namespaces/app-t/pods/solo");
+    for (obj, app, tpl) in [
+        (&web, "web", "/spec/template/spec"),
+        (&agent, "agent", "/spec/template/spec"),
+        (&db, "db", "/spec/template/spec"),
+        (&solo, "solo", "/spec"),
+    ] {
+        let spec = obj.pointer(tpl).unwrap();
+        assert_eq!(
+            spec["containers"][0]["image"],
+            format!("registry.b/mirror/{app}:1.0")
+        );
+        assert_eq!(
+            spec["initContainers"][0]["image"],
+            format!("registry.b/mirror/{app}-init:1")
+        );
+    }
+    assert_eq!(web["spec"]["replicas"], 3);
+    assert_eq!(db["spec"]["replicas"], 2);
+    assert_eq!(
+        db["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"],
+        "fast"
+    );
+    let pvc = get("/v1/namespaces/app-t/persistentvolumeclaims/shared");
+    assert_eq!(pvc["spec"]["storageClassName"], "fast");
+    assert_eq!(web["metadata"]["annotations"]["example.com/patched"], "yes");
+    let cfg = get("/v1/namespaces/app-t/configmaps/cfg");
+    assert_eq!(cfg["data"]["mode"], "patched");
+    for obj in [&web, &agent, &db, &solo, &pvc, &cfg] {
+        assert_eq!(
+            obj["metadata"]["labels"]["restored-by"], "tidemark",
+            "{obj:#}"
+        );
+        assert_eq!(
+            obj["metadata"]["annotations"]["example.com/drill"], "yes",
+            "{obj:#}"
+        );
+    }
+    // The source is as it was.
+    assert_eq!(digest(&src, "app").overall, d.overall);
+    // The summary compares the target with the journal's state transformed alike.
+    let target = r["digest"]["overall"].as_str().unwrap();
+    assert_eq!(noted_digest(&r), target, "{r:#}");
+    assert_eq!(digest(&src, "app-t").overall, target);
+    assert_ne!(renamed(&d, "app-t"), target);
+    assert_eq!(count(&r, "objects transformed ("), 6, "{r:#}");
+
+    // A failing `test` refuses, naming the object, rule and path; nothing changes,
+    // neither in a new namespace nor over one that holds the earlier restore.
+    std::fs::write(
+        &rules,
+        json!({"apps/v1/Deployment": [{"op": "replace", "path": "/spec/replicas", "value": 9},
+                                       {"op": "test", "path": "/spec/replicas", "value": 7}]})
+        .to_string(),
+    )
+    .unwrap();
+    let patch = ["--json-patch-file", rules_arg.as_str()];
+    for (map, force) in [("app=app-f", false), ("app=app-t", true)] {
+        let mut args = vec!["--namespace-map", map];
+        args.extend_from_slice(&patch);
+        if force {
+            args.push("--force");
+        }
+        let err = restore_fails(&run, t, &src.url(""), &args);
+        let ns = map.trim_start_matches("app=");
+        for want in [
+            "rule `apps/v1/Deployment` operation #2 (test /spec/replicas)".to_string(),
+            format!("on apps/v1/deployments/{ns}/web"),
+            "the test wants 7, the object has 9".to_string(),
+            "nothing was applied".to_string(),
+        ] {
+            assert!(err.contains(&want), "{want} not in {err}");
+        }
+    }
+    assert!(src.get(&format!("{NS}/app-f")).is_err(), "app-f was made");
+    assert_eq!(digest(&src, "app-t").overall, target);
+    // A path that is not there.
+    std::fs::write(
+        &rules,
+        json!({"ConfigMap": [{"op": "remove", "path": "/data/no~1such"}]}).to_string(),
+    )
+    .unwrap();
+    let err = restore_fails(
+        &run,
+        t,
+        &src.url(""),
+        &[
+            "--namespace-map",
+            "app=app-f",
+            "--json-patch-file",
+            rules_arg.as_str(),
+        ],
+    );
+    assert!(
+        err.contains("rule `ConfigMap` operation #1 (remove /data/no~1such) on v1/configmaps/app-f/cfg: /data/no~1such: nothing at /data/no~1such"),
+        "{err}"
+    );
+    assert!(src.get(&format!("{NS}/app-f")).is_err(), "app-f was made");
+}
+
+/// `--existing recreate` deletes and creates what differs (and only that);
+/// `--prune true` shows in `--dry-run`, then deletes what the restored namespace
+/// holds that the journal does not, and nothing outside it.
+#[test]
+fn kubernetes_restore_recreate_and_prune() {
+    let Some(src) = KubeServer::start(&[]) else {
+        return;
+    };
+    workloads(&src);
+    let mut run = new_run(&src);
+    run.start(&[]);
+    let t = covered(&run);
+    let d = digest(&src, "app");
+    let url = src.url("");
+    restore_json(&run, t, &url, &["--namespace-map", "app=app-r"]);
+    let cfg_path = format!("{NS}/app-r/configmaps/cfg");
+    let uid = |path: &str| src.get(path).unwrap()["metadata"]["uid"].clone();
+    let web_path = "/apis/apps/v1/namespaces/app-r/deployments/web";
+    let (cfg_uid, web_uid, ns_uid) = (uid(&cfg_path), uid(web_path), uid(&format!("{NS}/app-r")));
+    // Another manager adds a key: an update (server-side apply) keeps it.
+    src.patch(&cfg_path, json!({"data": {"extra": "x"}}));
+    restore_json(&run, t, &url, &["--namespace-map", "app=app-r", "--force"]);
+    assert_eq!(src.get(&cfg_path).unwrap()["data"]["extra"], "x");
+
+    let recreate = ["--namespace-map", "app=app-r", "--existing", "recreate"];
+    let mut args = recreate.to_vec();
+    args.push("--dry-run");
+    let out = run.restore("k8s", &t.to_rfc3339(), &url, &args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("recreate v1/configmaps/app-r/cfg: data.extra"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unchanged apps/v1/deployments/app-r/web"),
+        "{text}"
+    );
+    assert_eq!(src.get(&cfg_path).unwrap()["data"]["extra"], "x");
+    let mut args = recreate.to_vec();
+    args.push("--force");
+    let r = restore_json(&run, t, &url, &args);
+    assert_eq!(count(&r, "objects recreated"), 1, "{r:#}");
+    let cfg = src.get(&cfg_path).unwrap();
+    assert_ne!(cfg["metadata"]["uid"], cfg_uid);
+    assert_eq!(cfg["data"], json!({"mode": "a"}));
+    assert_eq!(uid(web_path), web_uid, "an unchanged object was recreated");
+    assert_eq!(
+        uid(&format!("{NS}/app-r")),
+        ns_uid,
+        "the namespace was recreated"
+    );
+    assert_eq!(r["digest"]["overall"], renamed(&d, "app-r"), "{r:#}");
+
+    // Strays: two in app-r, one a controller owns, one in another namespace.
+    let cm =
+        |name: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}});
+    src.create(&format!("{NS}/app-r/configmaps"), cm("stray"));
+    src.create(
+        "/apis/apps/v1/namespaces/app-r/deployments",
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "stray-web"},
+               "spec": {"selector": {"matchLabels": {"app": "s"}},
+                        "template": {"metadata": {"labels": {"app": "s"}},
+                                     "spec": {"containers": [{"name": "s", "image": "s:1"}]}}}}),
+    );
+    let mut owned = cm("owned");
+    owned["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "Deployment",
+        "name": "web", "uid": web_uid, "controller": true}]);
+    src.create(&format!("{NS}/app-r/configmaps"), owned);
+    src.create(
+        NS,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "elsewhere"}}),
+    );
+    src.create(&format!("{NS}/elsewhere/configmaps"), cm("stray"));
+
+    let prune = ["--namespace-map", "app=app-r", "--prune", "true"];
+    let mut args = prune.to_vec();
+    args.push("--dry-run");
+    let out = run.restore("k8s", &t.to_rfc3339(), &url, &args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deletes: Vec<&str> = text.lines().filter(|l| l.starts_with("delete")).collect();
+    assert_eq!(
+        deletes,
+        vec![
+            "delete (prune) apps/v1/deployments/app-r/stray-web",
+            "delete (prune) v1/configmaps/app-r/stray"
+        ],
+        "{text}"
+    );
+    assert!(src.get(&format!("{NS}/app-r/configmaps/stray")).is_ok());
+    let mut args = prune.to_vec();
+    args.push("--force");
+    let r = restore_json(&run, t, &url, &args);
+    assert_eq!(count(&r, "objects pruned"), 2, "{r:#}");
+    assert!(src.get(&format!("{NS}/app-r/configmaps/stray")).is_err());
+    assert!(src
+        .get("/apis/apps/v1/namespaces/app-r/deployments/stray-web")
+        .is_err());
+    assert!(src.get(&format!("{NS}/app-r/configmaps/owned")).is_ok());
+    assert!(src.get(&format!("{NS}/elsewhere/configmaps/stray")).is_ok());
+    assert_eq!(digest(&src, "app").overall, d.overall, "the source changed");
+    src.delete(&format!("{NS}/app-r/configmaps/owned"));
+    assert_eq!(digest(&src, "app-r").overall, renamed(&d, "app-r"));
+}

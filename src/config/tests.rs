@@ -250,3 +250,36 @@ fn applications_check_every_reference() {
     );
     assert!(cfg.application("other").unwrap_err().contains("shop"));
 }
+
+#[test]
+fn kubernetes_profiles_take_the_restore_transforms() {
+    let cfg = |profile: &str| {
+        format!(
+            "{GOOD}\n[[source]]\nname = \"k8s\"\nkind = \"kubernetes\"\nkubeconfig = \"/k\"\nresources = [\"v1/configmaps\"]\n\n[[application]]\nname = \"a\"\nsources = [\"k8s\"]\n[application.profile.p.k8s]\ntarget = \"kubernetes:///k\"\n{profile}"
+        )
+    };
+    let keys = [
+        ("namespace-map", "a=b"),
+        ("existing", "recreate"),
+        ("prune", "true"),
+        ("storage-class-map", "slow=fast"),
+        ("image-rewrite", "registry.a/=registry.b/"),
+        ("replicas", "*=0"),
+        ("add-labels", "drill=yes"),
+        ("add-annotations", "note=drill"),
+        ("json-patch-file", "/etc/tidemark/rules.json"),
+    ];
+    let body: String = keys
+        .iter()
+        .map(|(k, v)| format!("{k} = \"{v}\"\n"))
+        .collect();
+    let c = parse(&cfg(&body)).unwrap();
+    let t = &c.application("a").unwrap().profiles["p"].targets["k8s"];
+    for (k, v) in keys {
+        assert_eq!(t.options.get(k), Some(v), "{k}");
+    }
+    let e = parse(&cfg("storage-class = \"a=b\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("storage-class"), "{e}");
+}

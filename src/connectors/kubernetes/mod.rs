@@ -7,7 +7,9 @@
 //! - [`discovery`]: resources and the default exclusions;
 //! - [`capture`]: the list/watch loops; [`object`]: journaled and restorable forms;
 //! - [`helm`]: release records for `log` and `status`;
-//! - [`restore`]: the restore target; [`digest`]: per-object digests.
+//! - [`restore`]: the restore target; [`transform`] (with [`json_patch`]): what a
+//!   restore changes in objects; [`prune`]: recreate's and prune's deletions;
+//! - [`digest`]: per-object digests.
 
 pub mod capture;
 pub mod client;
@@ -15,9 +17,12 @@ pub mod config;
 pub mod digest;
 pub mod discovery;
 pub mod helm;
+pub mod json_patch;
 pub mod marker;
 pub mod object;
+pub mod prune;
 pub mod restore;
+pub mod transform;
 
 use std::sync::Arc;
 
@@ -73,7 +78,42 @@ impl Connector for Kubernetes {
             },
             KindOption {
                 name: restore::EXISTING,
-                help: "Kubernetes: objects the target already has: `update` (default) or `skip`",
+                help: "Kubernetes: objects the target already has: `update` (default), `skip`, or `recreate` (delete and create where they differ)",
+                command: OptionFor::Restore,
+            },
+            KindOption {
+                name: prune::PRUNE,
+                help: "Kubernetes: `true`: delete what the restored namespaces hold that the journal does not at the moment",
+                command: OptionFor::Restore,
+            },
+            KindOption {
+                name: transform::STORAGE_CLASS_MAP,
+                help: "Kubernetes: storage classes of PVCs, PVs and StatefulSet claim templates, `old=new,*=new`",
+                command: OptionFor::Restore,
+            },
+            KindOption {
+                name: transform::IMAGE_REWRITE,
+                help: "Kubernetes: container image prefixes, `registry.a/=registry.b/mirror/,...`",
+                command: OptionFor::Restore,
+            },
+            KindOption {
+                name: transform::REPLICAS,
+                help: "Kubernetes: replica counts by object name, `web=3,*=1`",
+                command: OptionFor::Restore,
+            },
+            KindOption {
+                name: transform::ADD_LABELS,
+                help: "Kubernetes: labels set on every restored object, `k=v,...`",
+                command: OptionFor::Restore,
+            },
+            KindOption {
+                name: transform::ADD_ANNOTATIONS,
+                help: "Kubernetes: annotations set on every restored object, `k=v,...`",
+                command: OptionFor::Restore,
+            },
+            KindOption {
+                name: transform::JSON_PATCH_FILE,
+                help: "Kubernetes: a JSON file of RFC 6902 patches by kind, {\"Deployment\": [ops], \"apps/v1/StatefulSet\": [ops]}",
                 command: OptionFor::Restore,
             },
         ]

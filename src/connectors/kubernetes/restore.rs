@@ -15,6 +15,9 @@
 //!   with it, server-side apply removes what tidemark alone set). A
 //!   HorizontalPodAutoscaler restored with it may scale a held workload up: hold
 //!   those by restoring them in a later step if that matters.
+//! - Transforms ([`super::transform`]: storage classes, images, replicas, labels,
+//!   annotations, JSON patches) apply to every object before anything is applied;
+//!   `--existing recreate` and `--prune true` delete through [`super::prune`].
 //! - Ends with the digest of the target over the restored namespaces and the
 //!   restored cluster-scoped objects, and compares it with the journal's.
 //! - Teardown deletes every object the restore of the plan applies, in reverse
@@ -32,6 +35,8 @@ use super::config::{KubeSettings, KubeUrl};
 use super::digest::{self, part, Scope};
 use super::discovery::Gvr;
 use super::object::{apply_rank, open_object, restorable, state_at, Transform};
+use super::prune::{self, CaptureScope};
+use super::transform::Transforms;
 use crate::config::Timeouts;
 use crate::connectors::{KindOptions, SourceSettings};
 use crate::crypto::SealKey;
@@ -41,7 +46,7 @@ use crate::restore::{Applied, ProgressSink, Rerun, RestoreError, RestorePlan, Ta
 
 /// `--namespace-map a=b,c=d`.
 pub const NAMESPACE_MAP: &str = "namespace-map";
-/// `--existing skip|update`.
+/// `--existing skip|update|recreate`.
 pub const EXISTING: &str = "existing";
 
 /// On a held workload: its replica count at the moment.
@@ -54,6 +59,9 @@ pub enum Existing {
     Skip,
     /// Server-side apply over it (the default).
     Update,
+    /// Delete it and create the journal's version, where the two differ
+    /// (namespaces and CRDs are applied over: see [`prune::recreates`]).
+    Recreate,
 }
 
 /// One object to restore.
@@ -62,6 +70,8 @@ struct Planned {
     namespace: Option<String>,
     name: String,
     form: Value,
+    /// The transforms changed it.
+    transformed: bool,
 }
 
 /// Restores into the cluster of a `kubernetes://` URL.
@@ -69,6 +79,12 @@ pub struct KubeTarget {
     url: KubeUrl,
     transform: Transform,
     existing: Existing,
+    /// Storage classes, images, replicas, labels, annotations, JSON patches.
+    transforms: Transforms,
+    /// `--prune true`: delete what the journal does not hold, after applying.
+    prune: bool,
+    /// The source's label selector and inclusions, which prune matches.
+    capture: CaptureScope,
     timeouts: Timeouts,
     key: Option<Arc<SealKey>>,
     rt: tokio::runtime::Runtime,
@@ -121,12 +137,16 @@ impl KubeTarget {
         let existing = match options.get(EXISTING) {
             None | Some("update") => Existing::Update,
             Some("skip") => Existing::Skip,
+            Some("recreate") => Existing::Recreate,
             Some(other) => {
                 return Err(RestoreError::Options(format!(
-                    "--existing `{other}`: use skip or update"
+                    "--existing `{other}`: use skip, update or recreate"
                 )))
             }
         };
+        let transforms =
+            Transforms::from_options(options).map_err(|e| RestoreError::Options(e.to_string()))?;
+        let prune = prune::prune_option(options).map_err(RestoreError::Options)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -138,6 +158,9 @@ impl KubeTarget {
                 keep_node_ports: false,
             },
             existing,
+            transforms,
+            prune,
+            capture: CaptureScope::default(),
             timeouts: *timeouts,
             key: None,
             rt,
@@ -174,7 +197,12 @@ impl KubeTarget {
             let gvr = Gvr::parse(&ev.resource).map_err(RestoreError::Apply)?;
             let obj = open_object(ev, self.key.as_deref())
                 .map_err(|e| RestoreError::Refused(e.to_string()))?;
-            let form = restorable(&gvr, &obj, &self.transform);
+            let plain = restorable(&gvr, &obj, &self.transform);
+            let form = self
+                .transforms
+                .apply(&gvr, plain.clone())
+                .map_err(|e| RestoreError::Refused(e.to_string()))?;
+            let transformed = form != plain;
             let namespace = form["metadata"]["namespace"].as_str().map(str::to_string);
             let name = form["metadata"]["name"]
                 .as_str()
@@ -198,6 +226,7 @@ impl KubeTarget {
                 namespace,
                 name,
                 form,
+                transformed,
             });
         }
         out.sort_by(|a, b| {
@@ -253,6 +282,32 @@ impl KubeTarget {
             pause = (pause * 2).min(Duration::from_millis(500));
         }
     }
+
+    /// What `--prune true` deletes once `objects` (of `scope`) are applied.
+    fn prunable(
+        &mut self,
+        journal: &Journal,
+        plan: &RestorePlan,
+        objects: &[Planned],
+        scope: &Scope,
+    ) -> Result<Vec<prune::Key>, RestoreError> {
+        let resources = prune::captured_resources(journal, plan.source.id)?;
+        let keep = objects
+            .iter()
+            .filter_map(|p| Some((p.gvr.clone(), p.namespace.clone()?, p.name.clone())))
+            .collect();
+        let kube = self.kube()?;
+        self.rt
+            .block_on(prune::candidates(
+                &kube,
+                &resources,
+                &scope.namespaces,
+                &keep,
+                &self.capture,
+                self.timeouts.read,
+            ))
+            .map_err(|e| RestoreError::Target(format!("finding what to prune: {e}")))
+    }
 }
 
 impl Target for KubeTarget {
@@ -263,6 +318,10 @@ impl Target for KubeTarget {
     fn configure(&mut self, settings: &dyn SourceSettings) {
         if let Some(s) = settings.as_any().downcast_ref::<KubeSettings>() {
             self.key = s.key.clone();
+            self.capture = CaptureScope {
+                selector: s.label_selector.clone(),
+                include: s.include.clone(),
+            };
         }
     }
 
@@ -294,6 +353,9 @@ impl Target for KubeTarget {
                 "apply the journal's version over them (server-side apply, field manager tidemark)"
             }
             Existing::Skip => "leave them as they are (--existing skip) and restore the others",
+            Existing::Recreate => {
+                "delete those that differ from the journal's version and create it (--existing recreate)"
+            }
         }
     }
 
@@ -306,7 +368,7 @@ impl Target for KubeTarget {
         journal: &Journal,
         plan: &RestorePlan,
     ) -> Result<Vec<String>, RestoreError> {
-        let (objects, _) = self.planned(journal, plan)?;
+        let (objects, scope) = self.planned(journal, plan)?;
         let kube = self.kube()?;
         let timeout = self.timeouts.read;
         let mut lines = Vec::new();
@@ -326,10 +388,17 @@ impl Target for KubeTarget {
                         lines.push(format!("unchanged {what}"));
                     } else if self.existing == Existing::Skip {
                         lines.push(format!("skip {what} (differs in {})", changed.join(", ")));
+                    } else if self.existing == Existing::Recreate && prune::recreates(&p.gvr) {
+                        lines.push(format!("recreate {what}: {}", changed.join(", ")));
                     } else {
                         lines.push(format!("update {what}: {}", changed.join(", ")));
                     }
                 }
+            }
+        }
+        if self.prune {
+            for (gvr, ns, name) in self.prunable(journal, plan, &objects, &scope)? {
+                lines.push(format!("delete (prune) {gvr}/{ns}/{name}"));
             }
         }
         Ok(lines)
@@ -346,6 +415,7 @@ impl Target for KubeTarget {
         let kube = self.kube()?;
         let timeout = self.timeouts.read;
         let existing = self.existing;
+        let mut recreated = 0u64;
         let total = objects.len() as u64;
         let expected = Digest::from_parts(
             "objects",
@@ -383,11 +453,20 @@ impl Target for KubeTarget {
                         KubeTarget::wait_established(&kube, &name, Duration::from_secs(60)).await?;
                     }
                 }
-                if existing == Existing::Skip
-                    && KubeTarget::exists(&kube, p, timeout).await?.is_some()
-                {
-                    skipped += 1;
-                    continue;
+                if existing != Existing::Update {
+                    if let Some(live) = KubeTarget::exists(&kube, p, timeout).await? {
+                        if existing == Existing::Skip {
+                            skipped += 1;
+                            continue;
+                        }
+                        if prune::recreates(&p.gvr)
+                            && restorable(&p.gvr, &live, &Transform::default()) != p.form
+                        {
+                            let path = object_path(&p.gvr, p.namespace.as_deref(), &p.name);
+                            prune::delete_and_wait(&kube, &path, timeout).await?;
+                            recreated += 1;
+                        }
+                    }
                 }
                 let path = object_path(&p.gvr, p.namespace.as_deref(), &p.name);
                 match hold.then(|| held_form(&p.form)).flatten() {
@@ -427,11 +506,39 @@ impl Target for KubeTarget {
                 skipped,
             ));
         }
+        let transformed = objects.iter().filter(|p| p.transformed).count() as u64;
+        if transformed > 0 {
+            let names = self.transforms.names().join(", ");
+            counts.push((format!("objects transformed ({names})"), transformed));
+        }
+        if recreated > 0 {
+            counts.push(("objects recreated (--existing recreate)".into(), recreated));
+        }
+        if self.prune {
+            let scope = self.scope.clone().unwrap_or_default();
+            let doomed = self.prunable(journal, plan, &objects, &scope)?;
+            let pruned = self
+                .rt
+                .block_on(async {
+                    let mut n = 0u64;
+                    for (gvr, ns, name) in &doomed {
+                        let path = object_path(gvr, Some(ns), name);
+                        n += u64::from(kube.delete(&path, timeout).await?);
+                    }
+                    Ok::<_, KubeError>(n)
+                })
+                .map_err(|e| RestoreError::Apply(format!("pruning: {e}")))?;
+            counts.push((
+                "objects pruned (in the restored namespaces, not in the journal at the moment)"
+                    .into(),
+                pruned,
+            ));
+        }
         if made_ns > 0 {
             counts.push(("namespaces created".into(), made_ns));
         }
         let mut notes = vec![format!(
-            "journal digest at the moment (namespaces mapped): {}",
+            "journal digest at the moment as restored (namespaces mapped, transforms applied): {}",
             expected.overall
         )];
         if held_count > 0 {
