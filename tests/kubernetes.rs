@@ -515,11 +515,25 @@ fn kubernetes_gone_relists_and_journals_late_deletions() {
     for n in ["a", "b", "c", "keep"] {
         src.create(&format!("{NS}/app/configmaps"), cm(n, "1"));
     }
+    // 1.20 serves CronJobs only in batch/v1beta1, not in batch's preferred v1:
+    // discovery must find them there.
+    src.create(
+        "/apis/batch/v1beta1/namespaces/app/cronjobs",
+        json!({"apiVersion": "batch/v1beta1", "kind": "CronJob", "metadata": {"name": "nightly"},
+               "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"template": {"spec": {
+                   "restartPolicy": "Never", "containers": [{"name": "job", "image": "registry.example/job:1"}]}}}}}}),
+    );
     let mut run = new_run(&src);
     run.start(&[]);
     covered(&run);
     run.stop();
     let before = events(&run);
+    assert!(
+        before
+            .iter()
+            .any(|e| e.2 == "batch/v1beta1/cronjobs" && e.3 == "app/nightly"),
+        "the CronJob was not captured: {before:?}"
+    );
     src.delete(&format!("{NS}/app/configmaps/a"));
     src.patch(
         &format!("{NS}/app/configmaps/b"),
@@ -557,6 +571,9 @@ fn kubernetes_gone_relists_and_journals_late_deletions() {
     assert_eq!(after.len() - before.len(), 5, "{after:?}");
     let r = restore_json(&run, t, &src.url(""), &["--namespace-map", "app=app-r"]);
     assert_eq!(r["digest"]["overall"], renamed(&d, "app-r"), "{r:#}");
+    assert!(src
+        .get("/apis/batch/v1beta1/namespaces/app-r/cronjobs/nightly")
+        .is_ok());
 }
 
 /// A source that captures Secrets without a key is refused by `config validate`,

@@ -1,6 +1,6 @@
 //! Which resources a source captures: named in config, or discovered from the API
-//! server (legacy discovery, `/api/v1` and `/apis/<group>/<preferred version>`; 1.20
-//! has no aggregated discovery) minus the default exclusions.
+//! server (legacy discovery, `/api/v1` and `/apis/<group>/<version>`, preferred version
+//! first; 1.20 has no aggregated discovery) minus the default exclusions.
 
 use std::fmt;
 use std::time::Duration;
@@ -142,24 +142,56 @@ fn resources_of(doc: &Value, group: &str, version: &str) -> Vec<Resource> {
         .unwrap_or_default()
 }
 
-/// Every resource the server serves with list and watch, at each group's preferred
-/// version.
+/// A group's versions from `/apis`: the preferred one first, then the others in the
+/// server's order.
+fn versions_of(group: &Value) -> Vec<String> {
+    let mut out: Vec<String> = group["preferredVersion"]["groupVersion"]
+        .as_str()
+        .map(str::to_string)
+        .into_iter()
+        .collect();
+    for v in group["versions"].as_array().into_iter().flatten() {
+        if let Some(gv) = v["groupVersion"].as_str() {
+            if !out.iter().any(|o| o == gv) {
+                out.push(gv.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Adds `found` to `out`, leaving out resources of the group already there (from a
+/// more preferred version).
+fn add_new(out: &mut Vec<Resource>, found: Vec<Resource>) {
+    for r in found {
+        if !out
+            .iter()
+            .any(|o| o.gvr.group == r.gvr.group && o.gvr.plural == r.gvr.plural)
+        {
+            out.push(r);
+        }
+    }
+}
+
+/// Every resource the server serves with list and watch: each at its group's
+/// preferred version, and those a group serves only in another version (on 1.20,
+/// CronJobs exist only in `batch/v1beta1` while `batch` prefers `v1`) at the first
+/// version that has them.
 pub async fn served(kube: &Kube, timeout: Duration) -> Result<Vec<Resource>, KubeError> {
     let mut out = resources_of(&kube.get("/api/v1", timeout).await?, "", "v1");
     let groups = kube.get("/apis", timeout).await?;
     for g in groups["groups"].as_array().cloned().unwrap_or_default() {
         let name = g["name"].as_str().unwrap_or_default();
-        let Some(gv) = g["preferredVersion"]["groupVersion"].as_str() else {
-            continue;
-        };
-        let version = gv.rsplit('/').next().unwrap_or_default();
-        match kube.get(&format!("/apis/{gv}"), timeout).await {
-            Ok(doc) => out.extend(resources_of(&doc, name, version)),
-            // An aggregated API whose backend is down: skip it, as kubectl does.
-            Err(KubeError::Api { code: 503, .. }) => {
-                tracing::warn!(group = %gv, "API group unavailable; not captured until it is")
+        for gv in versions_of(&g) {
+            let version = gv.rsplit('/').next().unwrap_or_default();
+            match kube.get(&format!("/apis/{gv}"), timeout).await {
+                Ok(doc) => add_new(&mut out, resources_of(&doc, name, version)),
+                // An aggregated API whose backend is down: skip it, as kubectl does.
+                Err(KubeError::Api { code: 503, .. }) => {
+                    tracing::warn!(group = %gv, "API group unavailable; not captured until it is")
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
     }
     Ok(out)
@@ -210,6 +242,26 @@ pub async fn select(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resources_only_in_other_versions_are_found() {
+        let group = serde_json::json!({"name": "batch",
+            "versions": [{"groupVersion": "batch/v1", "version": "v1"},
+                         {"groupVersion": "batch/v1beta1", "version": "v1beta1"}],
+            "preferredVersion": {"groupVersion": "batch/v1", "version": "v1"}});
+        assert_eq!(versions_of(&group), ["batch/v1", "batch/v1beta1"]);
+        let doc = |names: &[&str]| {
+            serde_json::json!({"resources": names.iter().map(|n| serde_json::json!(
+                {"name": n, "kind": "K", "namespaced": true, "verbs": ["list", "watch"]})).collect::<Vec<_>>()})
+        };
+        let mut out = resources_of(&doc(&["jobs", "jobs/status"]), "batch", "v1");
+        add_new(
+            &mut out,
+            resources_of(&doc(&["jobs", "cronjobs"]), "batch", "v1beta1"),
+        );
+        let got: Vec<String> = out.iter().map(|r| r.gvr.to_string()).collect();
+        assert_eq!(got, ["batch/v1/jobs", "batch/v1beta1/cronjobs"]);
+    }
 
     #[test]
     fn parses_and_prints_resources() {

@@ -82,6 +82,11 @@ impl Connector for Kubernetes {
                 command: OptionFor::Restore,
             },
             KindOption {
+                name: restore::KEEP_NODE_PORTS,
+                help: "Kubernetes: `true`: restore Services' allocated nodePorts as they were (default: the target allocates new ones)",
+                command: OptionFor::Restore,
+            },
+            KindOption {
                 name: prune::PRUNE,
                 help: "Kubernetes: `true`: delete what the restored namespaces hold that the journal does not at the moment",
                 command: OptionFor::Restore,

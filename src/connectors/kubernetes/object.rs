@@ -362,6 +362,13 @@ mod tests {
                    "metadata": {"name": "web", "namespace": "b"},
                    "spec": {"type": "NodePort", "ports": [{"port": 80}]}})
         );
+        let kept = Transform {
+            keep_node_ports: true,
+            ..Transform::default()
+        };
+        let r = restorable(&Gvr::parse("v1/services").unwrap(), &svc, &kept);
+        assert_eq!(r["spec"]["ports"][0]["nodePort"], 30080);
+        assert!(r["spec"].get("clusterIP").is_none());
         let headless = json!({"metadata": {"name": "h"}, "spec": {"clusterIP": "None"}});
         let r = restorable(
             &Gvr::parse("v1/services").unwrap(),

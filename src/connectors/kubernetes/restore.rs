@@ -48,6 +48,8 @@ use crate::restore::{Applied, ProgressSink, Rerun, RestoreError, RestorePlan, Ta
 pub const NAMESPACE_MAP: &str = "namespace-map";
 /// `--existing skip|update|recreate`.
 pub const EXISTING: &str = "existing";
+/// `--keep-node-ports true`: restore Services' allocated nodePorts as they were.
+pub const KEEP_NODE_PORTS: &str = "keep-node-ports";
 
 /// On a held workload: its replica count at the moment.
 pub const HELD_ANNOTATION: &str = "tidemark.io/held-replicas";
@@ -147,6 +149,15 @@ impl KubeTarget {
         let transforms =
             Transforms::from_options(options).map_err(|e| RestoreError::Options(e.to_string()))?;
         let prune = prune::prune_option(options).map_err(RestoreError::Options)?;
+        let keep_node_ports = match options.get(KEEP_NODE_PORTS) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(RestoreError::Options(format!(
+                    "--keep-node-ports `{other}`: use true (restore each Service's nodePorts as they were; the target must have them free) or false (the target allocates new ones)"
+                )))
+            }
+        };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -155,7 +166,7 @@ impl KubeTarget {
             url,
             transform: Transform {
                 namespace_map,
-                keep_node_ports: false,
+                keep_node_ports,
             },
             existing,
             transforms,
