@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use crate::connectors::kubernetes::discovery::Gvr;
 use crate::connectors::kubernetes::helm;
-use crate::connectors::kubernetes::object::{open_object, restorable, ObjectKey, Transform};
+use crate::connectors::kubernetes::object::{fold, open_object, restorable, ObjectKey, Transform};
 use crate::crypto::SealKey;
 use crate::event::{KubeEvent, Payload};
 use crate::journal::{Journal, JournalError, SourceId};
@@ -82,14 +82,8 @@ fn states(
             if entry.seq > a && first.is_none() {
                 first = Some(state.clone());
             }
-            let Some(Payload::Kubernetes(ev)) = entry.event.payload else {
-                continue;
-            };
-            let key = (ev.resource.clone(), ev.namespace.clone(), ev.name.clone());
-            if ev.event_type == "DELETED" {
-                state.remove(&key);
-            } else {
-                state.insert(key, ev);
+            if let Some(Payload::Kubernetes(ev)) = entry.event.payload {
+                fold(&mut state, ev);
             }
         }
     }

@@ -154,17 +154,21 @@ pub fn state_at(
         return Ok(state);
     }
     for entry in journal.events(src, 1, last_seq) {
-        let Some(Payload::Kubernetes(ev)) = entry?.event.payload else {
-            continue;
-        };
-        let key = (ev.resource.clone(), ev.namespace.clone(), ev.name.clone());
-        if ev.event_type == "DELETED" {
-            state.remove(&key);
-        } else {
-            state.insert(key, ev);
+        if let Some(Payload::Kubernetes(ev)) = entry?.event.payload {
+            fold(&mut state, ev);
         }
     }
     Ok(state)
+}
+
+/// Moves `state` (key → newest event of each existing object) past `ev`.
+pub fn fold(state: &mut BTreeMap<ObjectKey, KubeEvent>, ev: KubeEvent) {
+    let key = (ev.resource.clone(), ev.namespace.clone(), ev.name.clone());
+    if ev.event_type == "DELETED" {
+        state.remove(&key);
+    } else {
+        state.insert(key, ev);
+    }
 }
 
 /// How restore changes objects on the way into a target.
